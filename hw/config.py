@@ -1,0 +1,221 @@
+"""The one hardware configuration object.
+
+Every hardware parameter lives in :class:`HwConfig`; every derived size is a
+property computed here, never in callers. The Amaranth elaboration, the golden
+simulator, the compiler's tiling and the binary header all read this object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["HwConfig", "HwConfigError"]
+
+
+class HwConfigError(ValueError):
+    """A hardware configuration value is out of range or inconsistent."""
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """Parameters of a multicore int8 DNN accelerator.
+
+    Parameters
+    ----------
+    cores : int
+        Number of identical cores sharing the DRAM port (1 to 16).
+    pe_rows : int
+        PE array rows: input-channel lanes reduced per cycle. Also the width
+        in bytes of one activation line (the DMA and buffer granule).
+    pe_cols : int
+        PE array columns: output-channel lanes produced per cycle. Must equal
+        ``pe_rows`` (one line format is shared by inputs and outputs).
+    act_lines : int
+        Activation scratchpad depth, in lines of ``pe_rows`` bytes.
+    weight_blocks : int
+        Weight scratchpad depth, in blocks of ``pe_rows x pe_cols`` int8.
+    acc_entries : int
+        Accumulator scratchpad depth, in entries of ``pe_cols`` int32.
+    param_entries : int
+        Post-processing parameter scratchpad depth, in entries of ``pe_cols``
+        32-bit words (int32 biases or float32 multipliers).
+    dram_bytes : int
+        DRAM capacity in bytes (a multiple of the line size).
+    dram_bytes_per_cycle : int
+        Bandwidth of the one DRAM port shared by all cores, in bytes per
+        cycle; at most one line per cycle.
+    dram_latency : int
+        Cycles from a granted read request to its data (at least 2).
+    queue_depth : int
+        Depth of each per-unit instruction queue (DMA, PE, PPU).
+    fetch_lines : int
+        Depth of the instruction prefetch buffer, in lines.
+    watchdog_cycles : int
+        Cycles without any progress after which the accelerator stops with
+        the WATCHDOG error (a deadlocked program or barrier).
+    """
+
+    cores: int = 1
+    pe_rows: int = 16
+    pe_cols: int = 16
+    act_lines: int = 8192
+    weight_blocks: int = 512
+    acc_entries: int = 1024
+    param_entries: int = 256
+    dram_bytes: int = 64 * 1024 * 1024
+    dram_bytes_per_cycle: int = 16
+    dram_latency: int = 40
+    queue_depth: int = 8
+    fetch_lines: int = 32
+    watchdog_cycles: int = 100_000
+
+    def __post_init__(self):
+        def check(name, ok, accepted):
+            if not ok:
+                raise HwConfigError(f"{name} must be {accepted}, not {getattr(self, name)!r}")
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise HwConfigError(f"{field.name} must be an integer, not {value!r}")
+        check("cores", 1 <= self.cores <= 16, "between 1 and 16")
+        check("pe_rows", self.pe_rows in (4, 8, 16, 32), "one of 4, 8, 16, 32")
+        check("pe_cols", self.pe_cols == self.pe_rows, f"equal to pe_rows ({self.pe_rows})")
+        check("act_lines", _is_power_of_two(self.act_lines) and 64 <= self.act_lines <= 65536,
+              "a power of two between 64 and 65536")
+        check("weight_blocks", _is_power_of_two(self.weight_blocks) and 4 <= self.weight_blocks <= 4096,
+              "a power of two between 4 and 4096")
+        check("acc_entries", _is_power_of_two(self.acc_entries) and 16 <= self.acc_entries <= 65536,
+              "a power of two between 16 and 65536")
+        check("param_entries", _is_power_of_two(self.param_entries) and 8 <= self.param_entries <= 4096,
+              "a power of two between 8 and 4096")
+        check("dram_bytes", self.dram_bytes % self.line_bytes == 0 and _is_power_of_two(self.dram_bytes)
+              and self.dram_bytes >= 4096 and self.dram_bytes <= 2**32,
+              f"a power of two between 4 KiB and 4 GiB (a multiple of the {self.line_bytes}-byte line)")
+        check("dram_bytes_per_cycle", 1 <= self.dram_bytes_per_cycle <= self.line_bytes,
+              f"between 1 and the line size ({self.line_bytes} bytes)")
+        check("dram_latency", 2 <= self.dram_latency <= 1024, "between 2 and 1024")
+        check("queue_depth", _is_power_of_two(self.queue_depth) and 2 <= self.queue_depth <= 64,
+              "a power of two between 2 and 64")
+        check("fetch_lines", _is_power_of_two(self.fetch_lines)
+              and 2 * self.instr_lines <= self.fetch_lines <= 1024,
+              f"a power of two between {2 * self.instr_lines} (two instructions) and 1024")
+        check("watchdog_cycles", 2 * self.dram_latency + 64 <= self.watchdog_cycles <= 2**31,
+              f"between {2 * self.dram_latency + 64} and 2**31")
+
+    # -- derived sizes ------------------------------------------------------------------
+
+    @property
+    def lanes(self) -> int:
+        """Vector lanes: channels per activation line and per accumulator entry."""
+        return self.pe_rows
+
+    @property
+    def line_bytes(self) -> int:
+        """Bytes per line: the unit of DRAM addresses and of every DMA transfer."""
+        return self.pe_rows
+
+    @property
+    def dram_lines(self) -> int:
+        return self.dram_bytes // self.line_bytes
+
+    @property
+    def instr_lines(self) -> int:
+        """Lines occupied by one 256-bit instruction in DRAM."""
+        return max(1, 32 // self.line_bytes)
+
+    @property
+    def weight_block_bytes(self) -> int:
+        return self.pe_rows * self.pe_cols
+
+    @property
+    def weight_lines(self) -> int:
+        """Weight scratchpad depth in lines (each block is ``pe_rows`` lines)."""
+        return self.weight_blocks * self.pe_rows
+
+    @property
+    def param_lines_per_entry(self) -> int:
+        """Lines per parameter entry (``pe_cols`` 32-bit words)."""
+        return 4 * self.pe_cols // self.line_bytes
+
+    @property
+    def param_lines(self) -> int:
+        return self.param_entries * self.param_lines_per_entry
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Peak MACs per cycle of one core."""
+        return self.pe_rows * self.pe_cols
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.cores * self.macs_per_cycle
+
+    @property
+    def macs_per_dram_byte(self) -> float:
+        """Machine balance: peak MACs per cycle over DRAM bytes per cycle."""
+        return self.peak_macs_per_cycle / self.dram_bytes_per_cycle
+
+    def buffer_lines(self, buffer: str) -> int:
+        """Depth in lines of a DMA-addressable scratchpad (``act``, ``weight``, ``param``)."""
+        return {"act": self.act_lines, "weight": self.weight_lines, "param": self.param_lines}[buffer]
+
+    # -- identity and serialization -----------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def hash(self) -> str:
+        """Short content hash: names Verilator builds and tags binaries."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "configuration") -> HwConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise HwConfigError(
+                f"{source}: unknown hardware parameter(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except HwConfigError as error:
+            raise HwConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> HwConfig:
+        """Load a TOML file (keys at top level or under ``[hw]``); ``None`` gives the defaults."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        try:
+            with path.open("rb") as file:
+                values = tomllib.load(file)
+        except FileNotFoundError:
+            raise HwConfigError(f"hardware configuration file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise HwConfigError(f"{path}: not valid TOML: {error}") from None
+        if "hw" in values and isinstance(values["hw"], dict):
+            values = values["hw"]
+        return cls.from_dict(values, source=str(path))
+
+    def to_toml(self) -> str:
+        return "".join(f"{key} = {value}\n" for key, value in self.to_dict().items())
+
+    def describe(self) -> str:
+        return (f"{self.cores} core(s) x {self.pe_rows}x{self.pe_cols} PEs, "
+                f"act {self.act_lines * self.line_bytes // 1024} KiB, "
+                f"weight {self.weight_blocks * self.weight_block_bytes // 1024} KiB, "
+                f"acc {self.acc_entries * 4 * self.pe_cols // 1024} KiB, "
+                f"DRAM {self.dram_bytes_per_cycle} B/cycle latency {self.dram_latency}")
