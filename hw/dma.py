@@ -1,0 +1,217 @@
+"""The DMA engine: strided, padded line transfers between DRAM and the scratchpads.
+
+LOAD walks three nested loops over lines; padding lines are written with the
+pad value without touching DRAM, every other line is a read request on the
+shared DRAM port whose response is written to the scratchpad named in its tag.
+Up to ``dram_latency`` reads are in flight, so a long load streams at the
+port's bandwidth. STORE reads act lines one cycle ahead of the write request
+and holds the line while the port is busy. An instruction completes (and
+signals its semaphores) when its last line has landed: all read responses for
+a LOAD, the last granted write for a STORE.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import HwConfig
+from .isa import DMA_PAYLOAD, Buffer, ErrorCode, Opcode
+from .memsys import RequestSignature, ResponseSignature
+from .unit import unit_members
+
+__all__ = ["DmaUnit"]
+
+
+class DmaUnit(wiring.Component):
+    """DMA unit of one core.
+
+    Members
+    -------
+    req, resp : the core's port on the shared DRAM system.
+    line_we, line_buffer, line_addr, line_data : one scratchpad line write per cycle
+        (the core decodes the buffer into the act / weight / param write ports).
+    act_raddr, act_ren, act_rdata : act read port for STORE.
+    stall : a request is waiting for the DRAM port this cycle.
+    """
+
+    def __init__(self, hw: HwConfig):
+        self.hw = hw
+        line_bits = 8 * hw.line_bytes
+        super().__init__({
+            **unit_members(),
+            "req": Out(RequestSignature(hw)),
+            "resp": In(ResponseSignature(hw)),
+            "line_we": Out(1), "line_buffer": Out(2), "line_addr": Out(18), "line_data": Out(line_bits),
+            "act_raddr": Out(16), "act_ren": Out(1), "act_rdata": In(line_bits),
+            "stall": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self.hw
+        head = self.queue.payload
+        instr = Signal(DMA_PAYLOAD)
+        is_store = Signal()
+        signal_mask = Signal(8)
+        pc = Signal(32)
+
+        i0, i1, i2 = Signal(12), Signal(12), Signal(12)
+        sram, sram_row, sram_plane = Signal(32), Signal(32), Signal(32)
+        dram, dram_row, dram_plane = Signal(48), Signal(48), Signal(48)
+        outstanding = Signal(range(hw.dram_latency + 4))
+        store_valid = Signal()      # a store line is held waiting for the port
+        store_addr = Signal(48)
+
+        depth = Signal(32)
+        with m.Switch(instr.buffer):
+            with m.Case(Buffer.ACT):
+                m.d.comb += depth.eq(hw.act_lines)
+            with m.Case(Buffer.WEIGHT):
+                m.d.comb += depth.eq(hw.weight_lines)
+            with m.Default():
+                m.d.comb += depth.eq(hw.param_lines)
+
+        row_pad = Signal()
+        col_pad = Signal()
+        pad = Signal()
+        m.d.comb += [
+            row_pad.eq((i1 < instr.pad_top) | (i1 >= instr.n1 - instr.pad_bottom)),
+            col_pad.eq((i0 < instr.pad_left) | (i0 >= instr.n0 - instr.pad_right)),
+            pad.eq(row_pad | col_pad),
+        ]
+        last0 = Signal()
+        last1 = Signal()
+        last2 = Signal()
+        m.d.comb += [last0.eq(i0 == instr.n0 - 1), last1.eq(i1 == instr.n1 - 1), last2.eq(i2 == instr.n2 - 1)]
+
+        advance = Signal()          # the current line is handled this cycle
+        issue_done = Signal()       # all lines handled
+        response_write = Signal()
+        m.d.comb += response_write.eq(self.resp.valid)
+
+        # Scratchpad line writes: read responses have priority, pad lines use free cycles.
+        tag_buffer = self.resp.payload.tag[18:20]
+        tag_addr = self.resp.payload.tag[0:18]
+        pad_line = Cat([instr.pad_value] * hw.line_bytes)
+        with m.If(response_write):
+            m.d.comb += [self.line_we.eq(1), self.line_buffer.eq(tag_buffer), self.line_addr.eq(tag_addr),
+                         self.line_data.eq(self.resp.payload.data)]
+        with m.Elif(advance & pad & ~is_store):
+            m.d.comb += [self.line_we.eq(1), self.line_buffer.eq(instr.buffer), self.line_addr.eq(sram),
+                         self.line_data.eq(pad_line)]
+
+        with m.If(self.req.valid & self.req.ready & ~self.req.payload.write):
+            with m.If(~response_write):
+                m.d.sync += outstanding.eq(outstanding + 1)
+        with m.Elif(response_write):
+            m.d.sync += outstanding.eq(outstanding - 1)
+
+        m.d.comb += [
+            self.stall.eq(self.req.valid & ~self.req.ready),
+            self.progress.eq(advance | response_write | (self.req.valid & self.req.ready)),
+            self.done_signal.eq(signal_mask),
+            self.done_pc.eq(pc),
+        ]
+
+        # Store pipeline: the held line goes out when the port grants it.
+        with m.If(store_valid):
+            m.d.comb += [
+                self.req.valid.eq(1),
+                self.req.payload.addr.eq(store_addr),
+                self.req.payload.write.eq(1),
+                self.req.payload.wdata.eq(self.act_rdata),
+            ]
+
+        opcode = head.instr.opcode
+        with m.FSM(name="dma"):
+            with m.State("IDLE"):
+                m.d.comb += self.can_start.eq(~self.halt)
+                m.d.comb += self.queue.ready.eq(self.sem_ok & ~self.halt)
+                with m.If(self.queue.valid & self.queue.ready):
+                    payload = head.instr.payload.dma
+                    m.d.sync += [
+                        instr.eq(payload),
+                        is_store.eq(opcode == Opcode.STORE),
+                        signal_mask.eq(head.instr.signal),
+                        pc.eq(head.pc),
+                        i0.eq(0), i1.eq(0), i2.eq(0),
+                        sram.eq(payload.sram_addr), sram_row.eq(payload.sram_addr),
+                        sram_plane.eq(payload.sram_addr),
+                        dram.eq(payload.dram_addr), dram_row.eq(payload.dram_addr),
+                        dram_plane.eq(payload.dram_addr),
+                    ]
+                    empty = (payload.n0 == 0) | (payload.n1 == 0) | (payload.n2 == 0)
+                    with m.If((opcode == Opcode.SYNC) | empty):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                sram_bad = sram >= depth
+                dram_bad = ~pad & (dram >= hw.dram_lines)
+                with m.If(self.halt):
+                    m.next = "HALT"
+                with m.Elif(sram_bad | dram_bad):
+                    m.d.sync += [self.error.eq(1), self.error_pc.eq(pc),
+                                 self.error_code.eq(Mux(sram_bad, ErrorCode.SRAM_RANGE, ErrorCode.DRAM_RANGE))]
+                    m.next = "HALT"
+                with m.Elif(is_store):
+                    can_issue = ~store_valid | self.req.ready
+                    with m.If(can_issue):
+                        m.d.comb += advance.eq(1)
+                        with m.If(~pad):
+                            m.d.comb += [self.act_ren.eq(1), self.act_raddr.eq(sram)]
+                            m.d.sync += [store_valid.eq(1), store_addr.eq(dram)]
+                        with m.Else():
+                            m.d.sync += store_valid.eq(0)
+                with m.Else():
+                    with m.If(pad):
+                        m.d.comb += advance.eq(~response_write)
+                    with m.Else():
+                        m.d.comb += [
+                            self.req.valid.eq(1),
+                            self.req.payload.addr.eq(dram),
+                            self.req.payload.write.eq(0),
+                            self.req.payload.tag.eq(Cat(sram[:18], instr.buffer)),
+                            advance.eq(self.req.ready),
+                        ]
+                with m.If(advance):
+                    with m.If(~last0):
+                        m.d.sync += [i0.eq(i0 + 1), sram.eq(sram + 1)]
+                        with m.If(~pad):
+                            m.d.sync += dram.eq(dram + 1)
+                    with m.Elif(~last1):
+                        next_row = dram_row + Mux(row_pad, 0, instr.dram_s1)
+                        m.d.sync += [i0.eq(0), i1.eq(i1 + 1),
+                                     sram_row.eq(sram_row + instr.sram_s1), sram.eq(sram_row + instr.sram_s1),
+                                     dram_row.eq(next_row), dram.eq(next_row)]
+                    with m.Elif(~last2):
+                        m.d.sync += [i0.eq(0), i1.eq(0), i2.eq(i2 + 1),
+                                     sram_plane.eq(sram_plane + instr.sram_s2),
+                                     sram_row.eq(sram_plane + instr.sram_s2),
+                                     sram.eq(sram_plane + instr.sram_s2),
+                                     dram_plane.eq(dram_plane + instr.dram_s2),
+                                     dram_row.eq(dram_plane + instr.dram_s2),
+                                     dram.eq(dram_plane + instr.dram_s2)]
+                    with m.Else():
+                        m.d.comb += issue_done.eq(1)
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.halt):
+                    m.next = "HALT"
+                with m.Elif(is_store):
+                    with m.If(~store_valid | self.req.ready):
+                        m.next = "DONE"
+                with m.Else():
+                    with m.If((outstanding == 0) | ((outstanding == 1) & response_write)):
+                        m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.progress.eq(1)]
+                m.next = "IDLE"
+            with m.State("HALT"):
+                m.d.comb += self.busy.eq(1)
+        # A store line granted in RUN while no new line replaces it.
+        with m.If(store_valid & self.req.ready & ~(advance & is_store & ~pad)):
+            m.d.sync += store_valid.eq(0)
+        return m

@@ -1,0 +1,116 @@
+"""The accelerator top: cores, the shared DRAM system, the barrier unit, status.
+
+Ports (Verilog names): ``start``, ``core_mask``, ``prog_addr`` (32 bits per
+core), the backing-store port ``mem__addr/re/we/wdata/rdata``, and the status
+``done``, ``error_code``, ``error_core``, ``error_pc``, ``cycles`` and
+``counters`` (48 bits x 7 per core, in ``COUNTER_NAMES`` order).
+"""
+
+from amaranth.back import verilog
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import HwConfig
+from .core import COUNTER_BITS, COUNTER_NAMES, Core
+from .isa import ErrorCode
+from .memsys import BackingStoreSignature, MemorySystem
+
+__all__ = ["Accelerator", "generate_verilog", "TOP_NAME"]
+
+TOP_NAME = "dlfusion_accel"
+
+
+class Accelerator(wiring.Component):
+    """A multicore dlfusion accelerator for one :class:`HwConfig`.
+
+    Members
+    -------
+    start : In(1), a one-cycle pulse.
+    core_mask : In(cores), cores that run a stream.
+    prog_addr : In(32 * cores), each core's first instruction line.
+    mem : Out(BackingStoreSignature), the DRAM backing store.
+    done : Out(1), all enabled cores reached END, or an error stopped the run.
+    error_code, error_core, error_pc : the first error.
+    cycles : Out(48), cycles from start to done.
+    counters : Out(48 * 7 * cores), per-core counters.
+    """
+
+    def __init__(self, hw: HwConfig):
+        self.hw = hw
+        super().__init__({
+            "start": In(1), "core_mask": In(hw.cores), "prog_addr": In(32 * hw.cores),
+            "mem": Out(BackingStoreSignature(hw)),
+            "done": Out(1), "error_code": Out(4), "error_core": Out(4), "error_pc": Out(32),
+            "cycles": Out(48), "counters": Out(COUNTER_BITS * len(COUNTER_NAMES) * hw.cores),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self.hw
+        m.submodules.memsys = memsys = MemorySystem(hw, 2 * hw.cores)
+        wiring.connect(m, wiring.flipped(self.mem), memsys.mem)
+
+        running = Signal()
+        error = Signal()
+        halt = Signal()
+        m.d.comb += halt.eq(error)
+        cores = []
+        for index in range(hw.cores):
+            core = Core(hw, index)
+            m.submodules[f"core{index}"] = core
+            cores.append(core)
+            wiring.connect(m, core.fetch, getattr(memsys, f"req{2 * index}"))
+            wiring.connect(m, core.fetch_resp, getattr(memsys, f"resp{2 * index}"))
+            wiring.connect(m, core.dma, getattr(memsys, f"req{2 * index + 1}"))
+            wiring.connect(m, core.dma_resp, getattr(memsys, f"resp{2 * index + 1}"))
+            width = COUNTER_BITS * len(COUNTER_NAMES)
+            m.d.comb += [
+                core.start.eq(self.start), core.enable.eq(self.core_mask[index]),
+                core.prog_addr.eq(self.prog_addr[32 * index:32 * index + 32]), core.halt.eq(halt),
+                self.counters[width * index:width * (index + 1)].eq(core.counters),
+            ]
+
+        # Barrier: a core passes when every core in its mask waits with the same mask.
+        for core in cores:
+            ready = Cat((~core.barrier_mask[j]) | (other.barrier_arrive & (other.barrier_mask == core.barrier_mask))
+                        for j, other in enumerate(cores)).all()
+            m.d.comb += core.barrier_go.eq(core.barrier_arrive & ready)
+
+        all_finished = Cat(core.finished for core in cores).all()
+        done = Signal()
+        m.d.comb += self.done.eq(done)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), done.eq(0), self.cycles.eq(0)]
+        with m.Elif(running & ~done):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(all_finished | error):
+                m.d.sync += done.eq(1)
+
+        # First error wins; the lowest core wins a tie.
+        with m.If(running & ~error):
+            for index in reversed(range(hw.cores)):
+                with m.If(cores[index].error):
+                    m.d.sync += [error.eq(1), self.error_code.eq(cores[index].error_code),
+                                 self.error_core.eq(index), self.error_pc.eq(cores[index].error_pc)]
+
+        # Watchdog: no progress anywhere for watchdog_cycles.
+        idle_cycles = Signal(range(hw.watchdog_cycles + 1))
+        progress = Cat(core.progress for core in cores).any() | memsys.busy
+        with m.If(self.start | progress | ~running | done):
+            m.d.sync += idle_cycles.eq(0)
+        with m.Else():
+            m.d.sync += idle_cycles.eq(idle_cycles + 1)
+        with m.If(running & ~done & ~error & ~Cat(core.error for core in cores).any()
+                  & (idle_cycles == hw.watchdog_cycles)):
+            m.d.sync += [error.eq(1), self.error_code.eq(ErrorCode.WATCHDOG)]
+            for index in reversed(range(hw.cores)):
+                with m.If(~cores[index].finished):
+                    m.d.sync += [self.error_core.eq(index), self.error_pc.eq(cores[index].pc)]
+        return m
+
+
+def generate_verilog(hw: HwConfig) -> str:
+    """Verilog of the accelerator for ``hw``, top module ``dlfusion_accel``."""
+    top = Accelerator(hw)
+    return verilog.convert(top, name=TOP_NAME, emit_src=False)
