@@ -1,0 +1,424 @@
+"""Lowering of single layers to tiled, double-buffered instruction streams.
+
+A *windowed* layer (convolution, depthwise convolution, fully connected,
+max/average pooling) is tiled into bands of ``T`` output rows (full width, all
+input channel blocks) and groups of output-channel blocks whose weights fit in
+half the weight scratchpad. Everything is double-buffered: input tiles, weight
+groups, accumulator tiles and output tiles each have two slots, guarded by the
+semaphore pairs of :mod:`.program`, so the DMA loads tile ``n+1`` (and stores
+tile ``n-1``) while the PE array computes tile ``n`` and the PPU requantizes.
+
+Per output-channel block the PE runs one MATMUL per (kernel tap, input block),
+each sweeping the whole ``T x OW`` tile (one pixel per cycle); when the tile
+is a single pixel (fully connected, global pooling) the input-block or tap
+loop is folded into the instruction's loops instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hw.config import HwConfig
+from ..hw.isa import Buffer, MatmulMode, Opcode, Unit
+from .program import (ACC_FREE, ACC_FULL, IN_FREE, IN_FULL, OUT_FREE, OUT_FULL, W_FREE, W_FULL,
+                      CompileError, StreamBuilder)
+
+__all__ = ["WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for", "params_for"]
+
+FIELD_MAX_COUNT = 4095
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _byte(value: int) -> int:
+    return int(value) & 0xFF
+
+
+@dataclass
+class WindowedLayer:
+    """A layer that slides a ``kernel x kernel`` window over a ``(C, H, W)`` tensor.
+
+    ``kind`` is ``conv``, ``depthwise``, ``maxpool`` or ``avgpool`` (a fully connected
+    layer is a 1x1 ``conv`` on a 1x1 image).
+    """
+    kind: str
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: int
+    stride: int
+    pad: int
+    in_signed: bool
+    in_zp: int
+    out_signed: bool
+    out_zp: int
+    clamp_lo: int
+    clamp_hi: int
+
+    @property
+    def out_height(self) -> int:
+        return (self.height + 2 * self.pad - self.kernel) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        return (self.width + 2 * self.pad - self.kernel) // self.stride + 1
+
+    @property
+    def macs(self) -> int:
+        per_output = self.kernel * self.kernel * (self.in_channels if self.kind == "conv" else 1)
+        return self.out_channels * self.out_height * self.out_width * per_output
+
+    def check(self) -> None:
+        if self.kind not in ("conv", "depthwise", "maxpool", "avgpool"):
+            raise CompileError(f"unknown windowed layer kind {self.kind!r}")
+        if not 1 <= self.kernel <= 7:
+            raise CompileError(f"kernel must be between 1 and 7, not {self.kernel}")
+        if self.stride not in (1, 2):
+            raise CompileError(f"stride must be 1 or 2, not {self.stride}")
+        if not 0 <= self.pad < self.kernel:
+            raise CompileError(f"padding must be between 0 and kernel - 1 ({self.kernel - 1}), not {self.pad}")
+        if self.kind != "conv" and self.in_channels != self.out_channels:
+            raise CompileError(f"{self.kind} needs as many output channels as input channels "
+                               f"({self.in_channels}), not {self.out_channels}")
+        if self.out_height < 1 or self.out_width < 1:
+            raise CompileError(f"a {self.kernel}x{self.kernel} window does not fit a {self.height}x{self.width} "
+                               f"input with padding {self.pad}")
+
+
+def weight_blocks_for(layer: WindowedLayer, lanes: int) -> int:
+    """Weight blocks per output-channel block."""
+    if layer.kind == "conv":
+        return layer.kernel * layer.kernel * _ceil_div(layer.in_channels, lanes)
+    if layer.kind == "depthwise":
+        return _ceil_div(layer.kernel * layer.kernel, lanes)
+    if layer.kind == "avgpool":
+        return 1
+    return 0
+
+
+def pack_windowed_weights(layer: WindowedLayer, weight: np.ndarray | None, lanes: int) -> np.ndarray:
+    """Weight blocks in the order the lowering addresses them: (out block, tap, in block).
+
+    ``weight`` is (K, C, k, k) for conv, (C, 1, k, k) for depthwise, unused for pools.
+    """
+    k = layer.kernel
+    cout_blocks = _ceil_div(layer.out_channels, lanes)
+    per_block = weight_blocks_for(layer, lanes)
+    blocks = np.zeros((cout_blocks * per_block, lanes, lanes), dtype=np.int8)
+    if layer.kind == "conv":
+        cin_blocks = _ceil_div(layer.in_channels, lanes)
+        padded = np.zeros((cout_blocks * lanes, cin_blocks * lanes, k, k), dtype=np.int8)
+        padded[:layer.out_channels, :layer.in_channels] = weight
+        # [ob, oc, ib, ic, ky, kx] -> [ob, ky, kx, ib, ic (row), oc (col)]
+        view = padded.reshape(cout_blocks, lanes, cin_blocks, lanes, k, k).transpose(0, 4, 5, 2, 3, 1)
+        blocks[:] = view.reshape(-1, lanes, lanes)
+    elif layer.kind == "depthwise":
+        taps = np.zeros((cout_blocks * lanes, per_block * lanes), dtype=np.int8)
+        taps[:layer.out_channels, :k * k] = weight.reshape(layer.out_channels, k * k)
+        # [ob, oc, b, row] -> [ob, b, row, oc]
+        blocks[:] = taps.reshape(cout_blocks, lanes, per_block, lanes).transpose(0, 2, 3, 1).reshape(-1, lanes, lanes)
+    elif layer.kind == "avgpool":
+        blocks[:] = 1
+    return blocks
+
+
+def params_for(bias: np.ndarray, multiplier: np.ndarray, channels: int, lanes: int) -> np.ndarray:
+    """(2 * out blocks, L) uint32 words: per block a bias entry then a multiplier entry."""
+    blocks = _ceil_div(channels, lanes)
+    b = np.zeros(blocks * lanes, dtype=np.int32)
+    mult = np.zeros(blocks * lanes, dtype=np.float32)
+    b[:channels] = bias
+    mult[:channels] = multiplier
+    entries = np.empty((blocks, 2, lanes), dtype=np.uint32)
+    entries[:, 0] = b.reshape(blocks, lanes).view(np.uint32)
+    entries[:, 1] = mult.reshape(blocks, lanes).view(np.uint32)
+    return entries.reshape(2 * blocks, lanes)
+
+
+@dataclass
+class _Tiling:
+    rows: int           # output rows per tile
+    in_rows: int        # input rows per tile (with halo)
+    in_width: int       # input columns per tile (with padding)
+    group_blocks: int   # output-channel blocks per weight group
+    in_slot: int        # lines
+    out_slot: int       # lines
+
+
+def plan_tiling(hw: HwConfig, layer: WindowedLayer) -> _Tiling:
+    lanes = hw.lanes
+    k, s = layer.kernel, layer.stride
+    cin_blocks = _ceil_div(layer.in_channels, lanes)
+    cout_blocks = _ceil_div(layer.out_channels, lanes)
+    per_block = weight_blocks_for(layer, lanes)
+    half_weights = hw.weight_blocks // 2
+    if per_block > half_weights:
+        raise CompileError(f"{layer.kind} layer needs {per_block} weight blocks per output-channel block, "
+                           f"half the weight scratchpad holds {half_weights}; "
+                           f"needs weight_blocks >= {2 * per_block}")
+    group = cout_blocks if per_block == 0 else min(cout_blocks, half_weights // per_block)
+    in_width = (layer.out_width - 1) * s + k
+    ow = layer.out_width
+    if ow > FIELD_MAX_COUNT or in_width > FIELD_MAX_COUNT:
+        raise CompileError(f"rows of {in_width} pixels exceed the {FIELD_MAX_COUNT}-iteration loop fields")
+    best = None
+    for rows in range(min(layer.out_height, FIELD_MAX_COUNT), 0, -1):
+        in_rows = (rows - 1) * s + k
+        in_blocks = cin_blocks if layer.kind == "conv" else group
+        in_slot = in_blocks * in_rows * in_width
+        out_slot = group * rows * ow
+        if 2 * in_slot + 2 * out_slot <= hw.act_lines and 2 * rows * ow <= hw.acc_entries \
+                and in_rows * in_width * s <= 0xFFFF:
+            best = _Tiling(rows, in_rows, in_width, group, in_slot, out_slot)
+            break
+    if best is None:
+        in_rows = k
+        in_blocks = cin_blocks if layer.kind == "conv" else group
+        need = 2 * in_blocks * in_rows * in_width + 2 * group * ow
+        raise CompileError(f"{layer.kind} layer {layer.in_channels}x{layer.height}x{layer.width}: one output row "
+                           f"needs {need} act lines double-buffered (act_lines = {hw.act_lines}) and "
+                           f"{2 * ow} accumulator entries (acc_entries = {hw.acc_entries})")
+    return best
+
+
+def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *, in_line: int, out_line: int,
+                   weight_line: int, param_line: int) -> dict:
+    """Emit the whole layer into ``stream``. Returns the tiling as a dict (for reports)."""
+    layer.check()
+    lanes = hw.lanes
+    tiling = plan_tiling(hw, layer)
+    k, s, p = layer.kernel, layer.stride, layer.pad
+    H, W = layer.height, layer.width
+    OH, OW = layer.out_height, layer.out_width
+    cin_blocks = _ceil_div(layer.in_channels, lanes)
+    cout_blocks = _ceil_div(layer.out_channels, lanes)
+    per_block = weight_blocks_for(layer, lanes)
+    group = tiling.group_blocks
+    groups = _ceil_div(cout_blocks, group)
+    tiles_per_group = _ceil_div(OH, tiling.rows)
+    if 2 * cout_blocks > hw.param_entries:
+        raise CompileError(f"{layer.out_channels} output channels need {2 * cout_blocks} parameter entries, "
+                           f"param_entries = {hw.param_entries}")
+
+    half_weights = hw.weight_blocks // 2
+    in_slots = [0, tiling.in_slot]
+    out_slots = [2 * tiling.in_slot, 2 * tiling.in_slot + tiling.out_slot]
+    acc_tile = tiling.rows * OW
+    acc_slots = [0, acc_tile]
+
+    pad_value = layer.in_zp
+    if layer.kind == "maxpool":
+        pad_value = -128 if layer.in_signed else 0
+    mode = {"conv": MatmulMode.MATMUL, "depthwise": MatmulMode.DEPTHWISE,
+            "avgpool": MatmulMode.DEPTHWISE, "maxpool": MatmulMode.MAX}[layer.kind]
+    has_weights = per_block > 0
+
+    # Initial credits: two free slots of everything.
+    stream.credit(Unit.DMA, IN_FREE | W_FREE)
+    stream.credit(Unit.PE, ACC_FREE)
+    stream.credit(Unit.PPU, OUT_FREE)
+    stream.emit(Opcode.LOAD, buffer=Buffer.PARAM, dram_addr=param_line, sram_addr=0,
+                n2=1, n1=2 * cout_blocks, n0=hw.param_lines_per_entry, dram_s1=hw.param_lines_per_entry,
+                sram_s1=hw.param_lines_per_entry)
+
+    tiles = [(g, t) for g in range(groups) for t in range(tiles_per_group)]
+
+    def group_range(g):
+        first = g * group
+        return first, min(cout_blocks, first + group)
+
+    def load_weights(g):
+        if not has_weights:
+            return
+        first, last = group_range(g)
+        blocks = (last - first) * per_block
+        stream.emit(Opcode.LOAD, wait=W_FREE, signal=W_FULL, buffer=Buffer.WEIGHT,
+                    dram_addr=weight_line + first * per_block * lanes, sram_addr=(g % 2) * half_weights * lanes,
+                    n2=1, n1=blocks, n0=lanes, dram_s1=lanes, sram_s1=lanes)
+
+    def load_input(index):
+        g, t = tiles[index]
+        oy0 = t * tiling.rows
+        rows = min(tiling.rows, OH - oy0)
+        in_rows = (rows - 1) * s + k
+        first_row = oy0 * s - p
+        pad_top = max(0, -first_row)
+        valid_rows = max(0, min(H, first_row + in_rows) - max(0, first_row))
+        pad_bottom = in_rows - pad_top - valid_rows
+        valid_cols = min(W, tiling.in_width - p)
+        pad_right = tiling.in_width - p - valid_cols
+        if layer.kind == "conv":
+            block0, blocks = 0, cin_blocks
+        else:
+            block0, last = group_range(g)
+            blocks = last - block0
+        stream.emit(Opcode.LOAD, wait=IN_FREE, signal=IN_FULL, buffer=Buffer.ACT,
+                    dram_addr=in_line + block0 * H * W + max(0, first_row) * W,
+                    dram_s1=W, dram_s2=H * W,
+                    sram_addr=in_slots[index % 2], sram_s1=tiling.in_width,
+                    sram_s2=tiling.in_rows * tiling.in_width,
+                    n2=blocks, n1=in_rows, n0=tiling.in_width,
+                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=pad_right,
+                    pad_value=_byte(pad_value))
+
+    def store_output(index):
+        g, t = tiles[index]
+        oy0 = t * tiling.rows
+        rows = min(tiling.rows, OH - oy0)
+        first, last = group_range(g)
+        stream.emit(Opcode.STORE, wait=OUT_FULL, signal=OUT_FREE, buffer=Buffer.ACT,
+                    dram_addr=out_line + first * OH * OW + oy0 * OW, dram_s1=OW, dram_s2=OH * OW,
+                    sram_addr=out_slots[index % 2], sram_s1=OW, sram_s2=tiling.rows * OW,
+                    n2=last - first, n1=rows, n0=OW)
+
+    load_weights(0)
+    load_input(0)
+    if len(tiles) > 1:
+        load_input(1)
+    acc_count = 0
+    in_plane = tiling.in_rows * tiling.in_width
+    for index, (g, t) in enumerate(tiles):
+        oy0 = t * tiling.rows
+        rows = min(tiling.rows, OH - oy0)
+        first, last = group_range(g)
+        in_slot = in_slots[index % 2]
+        wslot = (g % 2) * half_weights
+        single_pixel = rows * OW == 1
+        for j in range(first, last):
+            local = j - first
+            acc_slot = acc_slots[acc_count % 2]
+            acc_count += 1
+            instructions = []   # (fields) for this output block
+            if layer.kind == "conv":
+                for ky in range(k):
+                    for kx in range(k):
+                        tap = ky * k + kx
+                        w0 = wslot + local * per_block + tap * cin_blocks
+                        act0 = in_slot + ky * tiling.in_width + kx
+                        if single_pixel:
+                            instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0, act_s0=in_plane,
+                                                     n1=1, n0=cin_blocks, acc_s0=0, acc_s1=0))
+                        else:
+                            for cb in range(cin_blocks):
+                                instructions.append(dict(w_addr=w0 + cb, act_addr=act0 + cb * in_plane,
+                                                         n1=rows, n0=OW, act_s1=s * tiling.in_width, act_s0=s,
+                                                         acc_s1=OW, acc_s0=1))
+            else:
+                block_base = in_slot + local * in_plane
+                foldable = single_pixel and layer.kind in ("maxpool", "avgpool")
+                if foldable:
+                    instructions.append(dict(w_addr=wslot + local * per_block, w_row=0, act_addr=block_base,
+                                             n1=k, n0=k, act_s1=tiling.in_width, act_s0=1, acc_s1=0, acc_s0=0))
+                else:
+                    for ky in range(k):
+                        for kx in range(k):
+                            tap = ky * k + kx
+                            if layer.kind == "depthwise":
+                                w_addr, w_row = wslot + local * per_block + tap // lanes, tap % lanes
+                            else:
+                                w_addr, w_row = wslot + local * per_block, 0
+                            instructions.append(dict(w_addr=w_addr, w_row=w_row,
+                                                     act_addr=block_base + ky * tiling.in_width + kx,
+                                                     n1=rows, n0=OW, act_s1=s * tiling.in_width, act_s0=s,
+                                                     acc_s1=OW, acc_s0=1))
+            for n, fields in enumerate(instructions):
+                wait = signal = 0
+                if n == 0:
+                    wait |= ACC_FREE
+                    if j == first:
+                        wait |= IN_FULL
+                        if t == 0 and has_weights:
+                            wait |= W_FULL
+                if n == len(instructions) - 1:
+                    signal |= ACC_FULL
+                    if j == last - 1:
+                        signal |= IN_FREE
+                        if t == tiles_per_group - 1 and has_weights:
+                            signal |= W_FREE
+                stream.emit(Opcode.MATMUL, wait=wait, signal=signal, mode=mode, accumulate=int(n > 0),
+                            in_signed=int(layer.in_signed), in_zp=_byte(layer.in_zp),
+                            acc_addr=acc_slot, **fields)
+            wait = ACC_FULL | (OUT_FREE if j == first else 0)
+            signal = ACC_FREE | (OUT_FULL if j == last - 1 else 0)
+            stream.emit(Opcode.REQUANT, wait=wait, signal=signal, acc_addr=acc_slot, acc_s1=OW, acc_s0=1,
+                        out_addr=out_slots[index % 2] + local * tiling.rows * OW, out_s1=OW, out_s0=1,
+                        n1=rows, n0=OW, param_addr=2 * j, out_signed=int(layer.out_signed),
+                        out_zp=_byte(layer.out_zp), clamp_lo=_byte(layer.clamp_lo), clamp_hi=_byte(layer.clamp_hi))
+        if t == 0 and g + 1 < groups:
+            load_weights(g + 1)
+        if index + 2 < len(tiles):
+            load_input(index + 2)
+        store_output(index)
+    return {"tile_rows": tiling.rows, "tiles": len(tiles), "weight_groups": groups,
+            "group_blocks": group, "in_slot_lines": tiling.in_slot, "out_slot_lines": tiling.out_slot}
+
+
+@dataclass
+class AddLayer:
+    """QLinearAdd of two ``(C, H, W)`` tensors."""
+    channels: int
+    height: int
+    width: int
+    signed: bool
+    clamp_lo: int
+    clamp_hi: int
+
+
+def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: int, b_line: int, out_line: int,
+              param_line: int) -> dict:
+    lanes = hw.lanes
+    blocks = _ceil_div(layer.channels, lanes)
+    H, W = layer.height, layer.width
+    if W > FIELD_MAX_COUNT:
+        raise CompileError(f"rows of {W} pixels exceed the {FIELD_MAX_COUNT}-iteration loop fields")
+    rows = None
+    for candidate in range(H, 0, -1):
+        slot = blocks * candidate * W
+        if 6 * slot <= hw.act_lines and candidate * W <= FIELD_MAX_COUNT:
+            rows = candidate
+            break
+    if rows is None:
+        raise CompileError(f"add of {layer.channels}x{H}x{W}: one row needs {6 * blocks * W} act lines "
+                           f"(act_lines = {hw.act_lines})")
+    slot = blocks * rows * W
+    a_slots, b_slots, out_slots = (0, slot), (2 * slot, 3 * slot), (4 * slot, 5 * slot)
+    stream.credit(Unit.DMA, IN_FREE)
+    stream.credit(Unit.PPU, OUT_FREE)
+    stream.emit(Opcode.LOAD, buffer=Buffer.PARAM, dram_addr=param_line, sram_addr=0, n2=1, n1=3,
+                n0=hw.param_lines_per_entry, dram_s1=hw.param_lines_per_entry, sram_s1=hw.param_lines_per_entry)
+    tiles = _ceil_div(H, rows)
+
+    def load(index):
+        y0 = index * rows
+        count = min(rows, H - y0)
+        # A waits for the slot pair to be free; B, behind it in the in-order DMA queue,
+        # signals that both have landed.
+        for line, slots, wait, signal in ((a_line, a_slots, IN_FREE, 0), (b_line, b_slots, 0, IN_FULL)):
+            stream.emit(Opcode.LOAD, wait=wait, signal=signal, buffer=Buffer.ACT,
+                        dram_addr=line + y0 * W, dram_s1=W, dram_s2=H * W, sram_addr=slots[index % 2],
+                        sram_s1=W, sram_s2=rows * W, n2=blocks, n1=count, n0=W)
+
+    load(0)
+    if tiles > 1:
+        load(1)
+    for index in range(tiles):
+        y0 = index * rows
+        count = min(rows, H - y0)
+        stream.emit(Opcode.ADD, wait=IN_FULL | OUT_FREE, signal=IN_FREE | OUT_FULL,
+                    a_addr=a_slots[index % 2], a_s1=rows * W, a_s0=1,
+                    b_addr=b_slots[index % 2], b_s1=rows * W, b_s0=1,
+                    out_addr=out_slots[index % 2], out_s1=rows * W, out_s0=1,
+                    n1=blocks, n0=count * W, param_addr=0, in_signed=int(layer.signed),
+                    out_signed=int(layer.signed), out_zp=0, clamp_lo=_byte(layer.clamp_lo),
+                    clamp_hi=_byte(layer.clamp_hi))
+        if index + 2 < tiles:
+            load(index + 2)
+        stream.emit(Opcode.STORE, wait=OUT_FULL, signal=OUT_FREE, buffer=Buffer.ACT,
+                    dram_addr=out_line + y0 * W, dram_s1=W, dram_s2=H * W, sram_addr=out_slots[index % 2],
+                    sram_s1=W, sram_s2=rows * W, n2=blocks, n1=count, n0=W)
+    return {"tile_rows": rows, "tiles": tiles}
