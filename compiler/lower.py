@@ -326,6 +326,19 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                                                      act_addr=block_base + ky * tiling.in_width + kx,
                                                      n1=rows, n0=OW, act_s1=s * tiling.in_width, act_s0=s,
                                                      acc_s1=OW, acc_s0=1))
+            folded = instructions[0]
+            if folded["acc_s0"] == 0 and folded["n1"] * folded["n0"] > 1:
+                # A folded loop accumulates into one entry: its first iteration must overwrite,
+                # so it is split off; the rest of its row and the remaining rows accumulate.
+                act, w = folded["act_addr"], folded["w_addr"]
+                parts = [dict(folded, n1=1, n0=1)]
+                if folded["n0"] > 1:
+                    parts.append(dict(folded, n1=1, n0=folded["n0"] - 1, act_addr=act + folded.get("act_s0", 0),
+                                      w_addr=w + folded.get("w_s0", 0)))
+                if folded["n1"] > 1:
+                    parts.append(dict(folded, n1=folded["n1"] - 1, act_addr=act + folded.get("act_s1", 0),
+                                      w_addr=w + folded.get("w_s1", 0)))
+                instructions[0:1] = parts
             for n, fields in enumerate(instructions):
                 wait = signal = 0
                 if n == 0:

@@ -68,7 +68,7 @@ class HwConfig:
     pe_rows: int = 16
     pe_cols: int = 16
     act_lines: int = 8192
-    weight_blocks: int = 512
+    weight_blocks: int = 1024
     acc_entries: int = 1024
     param_entries: int = 256
     dram_bytes: int = 64 * 1024 * 1024
