@@ -1,0 +1,46 @@
+# dlfusion: every target creates .venv and installs what it needs by itself.
+# `make sim BIN=program.dlfb [HW=config.toml] [WAVES=1]` runs a binary on the RTL.
+PYTHON ?= python3
+VENV   := .venv
+VBIN   := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HW     ?=
+BIN    ?=
+WAVES  ?=
+OUT    ?= build/accel.v
+
+HW_ARG := $(if $(HW),--hw $(HW),)
+
+.PHONY: install test demo bench verilog sim lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VBIN)/pip install --quiet --upgrade pip
+	$(VBIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VBIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(VBIN)/dlfusion demo $(HW_ARG)
+
+bench: $(STAMP)
+	$(VBIN)/python -m dlfusion.bench $(HW_ARG)
+
+verilog: $(STAMP)
+	$(VBIN)/dlfusion verilog $(HW_ARG) -o $(OUT)
+
+sim: $(STAMP)
+	@test -n "$(BIN)" || { echo "usage: make sim BIN=program.dlfb [HW=config.toml] [WAVES=1]"; exit 2; }
+	$(VBIN)/dlfusion run $(BIN) --backend rtl $(HW_ARG) $(if $(WAVES),--waves,) --json
+
+lint: $(STAMP)
+	$(VBIN)/ruff check hw sim compiler dlfusion tests
+	$(VBIN)/dlfusion verilog $(HW_ARG) -o build/lint/accel.v
+	$(VBIN)/python -m dlfusion.sim.verilator_tool lint build/lint/accel.v
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,285 @@
+"""The ``dlfusion`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .compiler.program import CompileError
+from .hw.config import HwConfig, HwConfigError
+from .hw.isa import IsaError
+from .sim.binary import Binary, BinaryError, atomic_write
+
+__all__ = ["main"]
+
+KNOWN_ERRORS = (HwConfigError, BinaryError, CompileError, IsaError)
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _print_json(payload: dict) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _load_hw(path) -> HwConfig:
+    return HwConfig.load(path)
+
+
+def _run_backend(binary, inputs, backend, *, waves=False, progress=False):
+    from .sim.runtime import run
+    options = {"waves": waves} if backend == "rtl" else {}
+    if progress and backend == "rtl":
+        print(f"[dlfusion] building/running the RTL model for HwConfig {binary.hw.hash} "
+              "(first build of a configuration takes a few minutes)...", file=sys.stderr, flush=True)
+    return run(binary, inputs, backend=backend, **options)
+
+
+# -- verilog ------------------------------------------------------------------------------------
+
+def cmd_verilog(args) -> int:
+    from .hw.top import generate_verilog
+    hw = _load_hw(args.hw)
+    text = generate_verilog(hw)
+    atomic_write(args.output, text)
+    print(f"wrote {args.output}: {hw.describe()} (HwConfig {hw.hash})", file=sys.stderr)
+    return 0
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+def _parse_inputs(binary: Binary, specs: list[str]) -> dict:
+    names = [t.name for t in binary.inputs]
+    inputs = {}
+    for spec in specs or []:
+        if "=" in spec:
+            name, path = spec.split("=", 1)
+        elif len(names) == 1:
+            name, path = names[0], spec
+        else:
+            raise UsageError(f"--input {spec!r}: this binary has inputs {names}; write NAME=FILE.npy")
+        try:
+            inputs[name] = np.load(path)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--input {spec!r}: cannot read a .npy array ({error})") from None
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise UsageError(f"missing input(s) {missing}; pass --input NAME=FILE.npy (this binary takes {names})")
+    return inputs
+
+
+def cmd_run(args) -> int:
+    binary = Binary.read(args.binary)
+    if args.hw:
+        binary.check_hw(_load_hw(args.hw))
+    inputs = _parse_inputs(binary, args.input)
+    started = time.perf_counter()
+    result = _run_backend(binary, inputs, args.backend, waves=args.waves, progress=not args.json)
+    elapsed = time.perf_counter() - started
+    if result.error is not None:
+        payload = result.to_json()
+        payload["wall_seconds"] = round(elapsed, 3)
+        if args.json:
+            _print_json(payload)
+        print(f"dlfusion: error: the accelerator stopped: {result.error}", file=sys.stderr)
+        return 3
+    if args.output:
+        if len(result.outputs) == 1:
+            atomic_write(args.output, _npy_bytes(next(iter(result.outputs.values()))))
+        else:
+            base = Path(args.output)
+            for name, array in result.outputs.items():
+                atomic_write(base.with_name(f"{base.stem}_{name}.npy"), _npy_bytes(array))
+    payload = result.to_json()
+    payload["wall_seconds"] = round(elapsed, 3)
+    macs = int(binary.metadata.get("macs", 0))
+    if macs:
+        payload["macs"] = macs
+        payload["utilization"] = macs / (binary.hw.peak_macs_per_cycle * max(1, result.cycles))
+    waveform = getattr(result, "waveform", None)
+    if waveform:
+        payload["waveform"] = str(waveform)
+    if args.json:
+        _print_json(payload)
+    else:
+        print(f"{args.backend}: {result.cycles} cycles"
+              + (f", utilization {payload['utilization']:.3f}" if macs else "")
+              + (f", waveform {waveform}" if waveform else ""))
+    return 0
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+# -- layer ------------------------------------------------------------------------------------------
+
+def _build_layer(args, hw):
+    from .compiler import layers
+    common = dict(seed=args.seed)
+    if args.kind == "conv":
+        return layers.build_conv(hw, h=args.h, w=args.w, cin=args.cin, cout=args.cout, k=args.k,
+                                 stride=args.stride, pad=args.pad, **common)
+    if args.kind == "fc":
+        return layers.build_fc(hw, cin=args.cin, cout=args.cout, **common)
+    if args.kind == "dwconv":
+        return layers.build_dwconv(hw, h=args.h, w=args.w, c=args.cin, k=args.k, stride=args.stride,
+                                   pad=args.pad, **common)
+    if args.kind == "pool":
+        return layers.build_pool(hw, h=args.h, w=args.w, c=args.cin, k=args.k, stride=args.stride,
+                                 pad=args.pad or 0, mode=args.mode, **common)
+    return layers.build_add(hw, h=args.h, w=args.w, c=args.cin, **common)
+
+
+def layer_report(case, result) -> dict:
+    hw = case.binary.hw
+    matches = result.error is None and all(
+        np.array_equal(result.outputs[name], expected) for name, expected in case.expected.items())
+    payload = {
+        "backend": result.backend,
+        "layer": case.description,
+        "hw": hw.hash,
+        "cycles": int(result.cycles),
+        "macs": int(case.macs),
+        "utilization": case.macs / (hw.peak_macs_per_cycle * max(1, result.cycles)),
+        "matches_reference": bool(matches),
+        "counters": result.counters,
+        "error": None if result.error is None else result.error.to_json(),
+    }
+    if result.error is None:
+        payload["output_sha256"] = _sha256(result.outputs["y"])
+    for name in ("cycles_per_second", "sim_seconds"):
+        if hasattr(result, name):
+            payload[name] = getattr(result, name)
+    return payload
+
+
+def cmd_layer(args) -> int:
+    hw = _load_hw(args.hw)
+    for name in ("h", "w", "cin", "cout", "k", "stride"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer, not {value}")
+    case = _build_layer(args, hw)
+    if args.save:
+        case.binary.write(args.save)
+    result = _run_backend(case.binary, case.inputs, args.backend, waves=args.waves, progress=not args.json)
+    payload = layer_report(case, result)
+    if args.json:
+        _print_json(payload)
+    else:
+        status = "matches the numpy reference" if payload["matches_reference"] else "DOES NOT MATCH the reference"
+        print(f"{args.kind} on {args.backend}: {payload['cycles']} cycles, {payload['macs']} MACs, "
+              f"utilization {payload['utilization']:.3f}; output {status}")
+    return 0 if payload["matches_reference"] else 4
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    from .compiler import layers
+    hw = _load_hw(args.hw)
+    print(f"dlfusion demo: one 3x3 convolution ({args.h}x{args.w}, {args.c} -> {args.c} channels) on "
+          f"{hw.describe()}", flush=True)
+    case = layers.build_conv(hw, h=args.h, w=args.w, cin=args.c, cout=args.c, k=3, seed=1)
+    golden = _run_backend(case.binary, case.inputs, "golden")
+    print("  golden simulator: done", flush=True)
+    rtl = _run_backend(case.binary, case.inputs, "rtl", progress=True)
+    rows = []
+    for result in (golden, rtl):
+        report = layer_report(case, result)
+        rows.append(report)
+    same = rtl.error is None and golden.error is None and all(
+        np.array_equal(rtl.outputs[n], golden.outputs[n]) for n in golden.outputs)
+    print(f"  {'backend':8} {'cycles':>10} {'utilization':>12} {'matches numpy':>14}")
+    for row in rows:
+        label = row["backend"] + (" (est.)" if row["backend"] == "golden" else "")
+        print(f"  {label:14} {row['cycles']:>10} {row['utilization']:>12.3f} {str(row['matches_reference']):>8}")
+    print(f"  RTL output == golden output: {same}")
+    counters = rtl.counters[0]
+    print("  RTL counters (core 0): " + ", ".join(f"{k}={v}" for k, v in counters.items()))
+    if hasattr(rtl, "cycles_per_second"):
+        print(f"  RTL simulation speed: {rtl.cycles_per_second:,.0f} cycles/s")
+    return 0 if same and rows[1]["matches_reference"] else 4
+
+
+# -- parser -----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlfusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verilog", help="write the accelerator's Verilog for a HwConfig")
+    p.add_argument("--hw", help="HwConfig TOML file (default: built-in defaults)")
+    p.add_argument("-o", "--output", required=True, help="Verilog file to write")
+    p.set_defaults(func=cmd_verilog)
+
+    p = sub.add_parser("run", help="run a .dlfb binary on a backend")
+    p.add_argument("binary")
+    p.add_argument("--backend", choices=("golden", "rtl"), default="golden")
+    p.add_argument("--hw", help="check the binary against this HwConfig TOML")
+    p.add_argument("--input", action="append", help="NAME=FILE.npy (or FILE.npy for a single input)")
+    p.add_argument("--output", help="write the output array(s) to this .npy path")
+    p.add_argument("--waves", action="store_true", help="rtl: dump an FST waveform")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("layer", help="build one layer with seeded random data, run and check it")
+    p.add_argument("kind", choices=("conv", "fc", "dwconv", "pool", "add"))
+    p.add_argument("--h", type=int, default=14)
+    p.add_argument("--w", type=int, default=14)
+    p.add_argument("--cin", "--c", dest="cin", type=int, default=32, help="input channels (channels for dwconv/pool/add)")
+    p.add_argument("--cout", type=int, default=32)
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--pad", type=int, default=None, help="default: k // 2 (pool: 0)")
+    p.add_argument("--mode", choices=("max", "avg"), default="max", help="pool mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("golden", "rtl"), default="golden")
+    p.add_argument("--hw", help="HwConfig TOML file")
+    p.add_argument("--save", help="also write the binary to this .dlfb path")
+    p.add_argument("--waves", action="store_true", help="rtl: dump an FST waveform")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layer)
+
+    p = sub.add_parser("demo", help="compile a convolution, run it on the RTL and the golden simulator")
+    p.add_argument("--hw", help="HwConfig TOML file")
+    p.add_argument("--h", type=int, default=28)
+    p.add_argument("--w", type=int, default=28)
+    p.add_argument("--c", type=int, default=64)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as error:
+        parser.error(str(error))
+    except KNOWN_ERRORS as error:
+        print(f"dlfusion: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dlfusion: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
