@@ -97,18 +97,18 @@ class PeArray(wiring.Component):
         ]
 
         with m.If(issue):
-            with m.If(~last0):
+            with m.If(last):
+                m.d.sync += active.eq(0)
+            with m.Elif(~last0):
                 m.d.sync += [i0.eq(i0 + 1), act.eq(act + instr.act_s0), weight.eq(weight + instr.w_s0),
                              acc.eq(acc + instr.acc_s0)]
-            with m.Elif(~last):
+            with m.Else():
                 m.d.sync += [
                     i0.eq(0), i1.eq(i1 + 1),
                     act_row.eq(act_row + instr.act_s1), act.eq(act_row + instr.act_s1),
                     weight_row.eq(weight_row + instr.w_s1), weight.eq(weight_row + instr.w_s1),
                     acc_row.eq(acc_row + instr.acc_s1), acc.eq(acc_row + instr.acc_s1),
                 ]
-            with m.Else():
-                m.d.sync += active.eq(0)
 
         free = Signal()
         m.d.comb += free.eq(~stopped & ~self.halt & (~active | (issue & last)))
