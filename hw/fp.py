@@ -18,11 +18,10 @@ leaves this domain):
 The ``ref_*`` functions are exact pure-Python models (integer / Fraction
 arithmetic) of the same behaviour, used by the tests and by other code.
 """
-# ruff: noqa: F405
 
 from fractions import Fraction
 
-from amaranth.hdl import *  # noqa: F403 (Amaranth idiom; names listed in amaranth.hdl.__all__)
+from amaranth.hdl import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
