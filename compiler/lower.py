@@ -162,24 +162,30 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer) -> _Tiling:
                            f"half the weight scratchpad holds {half_weights}; "
                            f"needs weight_blocks >= {2 * per_block}")
     group = cout_blocks if per_block == 0 else min(cout_blocks, half_weights // per_block)
+    # Parameters (bias + multiplier entries per block) are double-buffered per group too.
+    group = min(group, hw.param_entries // 4)
     in_width = (layer.out_width - 1) * s + k
     ow = layer.out_width
     if ow > FIELD_MAX_COUNT or in_width > FIELD_MAX_COUNT:
         raise CompileError(f"rows of {in_width} pixels exceed the {FIELD_MAX_COUNT}-iteration loop fields")
     best = None
-    for rows in range(min(layer.out_height, FIELD_MAX_COUNT), 0, -1):
-        in_rows = (rows - 1) * s + k
-        in_blocks = cin_blocks if layer.kind == "conv" else group
-        in_slot = in_blocks * in_rows * in_width
-        out_slot = group * rows * ow
-        if 2 * in_slot + 2 * out_slot <= hw.act_lines and 2 * rows * ow <= hw.acc_entries \
-                and in_rows * in_width * s <= 0xFFFF:
-            best = _Tiling(rows, in_rows, in_width, group, in_slot, out_slot)
+    # Prefer whole weight groups and tall tiles; shrink the group (output-channel blocks
+    # per pass) before giving up, which also shrinks the input slot of depthwise layers.
+    for candidate_group in range(group, 0, -1):
+        in_blocks = cin_blocks if layer.kind == "conv" else candidate_group
+        for rows in range(min(layer.out_height, FIELD_MAX_COUNT), 0, -1):
+            in_rows = (rows - 1) * s + k
+            in_slot = in_blocks * in_rows * in_width
+            out_slot = candidate_group * rows * ow
+            if 2 * in_slot + 2 * out_slot <= hw.act_lines and 2 * rows * ow <= hw.acc_entries \
+                    and in_rows * in_width * s <= 0xFFFF:
+                best = _Tiling(rows, in_rows, in_width, candidate_group, in_slot, out_slot)
+                break
+        if best is not None:
             break
     if best is None:
-        in_rows = k
-        in_blocks = cin_blocks if layer.kind == "conv" else group
-        need = 2 * in_blocks * in_rows * in_width + 2 * group * ow
+        in_blocks = cin_blocks if layer.kind == "conv" else 1
+        need = 2 * in_blocks * k * in_width + 2 * ow
         raise CompileError(f"{layer.kind} layer {layer.in_channels}x{layer.height}x{layer.width}: one output row "
                            f"needs {need} act lines double-buffered (act_lines = {hw.act_lines}) and "
                            f"{2 * ow} accumulator entries (acc_entries = {hw.acc_entries})")
@@ -201,9 +207,6 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     group = tiling.group_blocks
     groups = _ceil_div(cout_blocks, group)
     tiles_per_group = _ceil_div(OH, tiling.rows)
-    if 2 * cout_blocks > hw.param_entries:
-        raise CompileError(f"{layer.out_channels} output channels need {2 * cout_blocks} parameter entries, "
-                           f"param_entries = {hw.param_entries}")
 
     half_weights = hw.weight_blocks // 2
     in_slots = [0, tiling.in_slot]
@@ -217,14 +220,13 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     mode = {"conv": MatmulMode.MATMUL, "depthwise": MatmulMode.DEPTHWISE,
             "avgpool": MatmulMode.DEPTHWISE, "maxpool": MatmulMode.MAX}[layer.kind]
     has_weights = per_block > 0
+    half_params = hw.param_entries // 2
+    lines_per_entry = hw.param_lines_per_entry
 
     # Initial credits: two free slots of everything.
     stream.credit(Unit.DMA, IN_FREE | W_FREE)
     stream.credit(Unit.PE, ACC_FREE)
     stream.credit(Unit.PPU, OUT_FREE)
-    stream.emit(Opcode.LOAD, buffer=Buffer.PARAM, dram_addr=param_line, sram_addr=0,
-                n2=1, n1=2 * cout_blocks, n0=hw.param_lines_per_entry, dram_s1=hw.param_lines_per_entry,
-                sram_s1=hw.param_lines_per_entry)
 
     tiles = [(g, t) for g in range(groups) for t in range(tiles_per_group)]
 
@@ -233,13 +235,19 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
         return first, min(cout_blocks, first + group)
 
     def load_weights(g):
-        if not has_weights:
-            return
+        # The group's parameters, then its weights, into slot g % 2; the last load signals.
         first, last = group_range(g)
-        blocks = (last - first) * per_block
-        stream.emit(Opcode.LOAD, wait=W_FREE, signal=W_FULL, buffer=Buffer.WEIGHT,
-                    dram_addr=weight_line + first * per_block * lanes, sram_addr=(g % 2) * half_weights * lanes,
-                    n2=1, n1=blocks, n0=lanes, dram_s1=lanes, sram_s1=lanes)
+        stream.emit(Opcode.LOAD, wait=W_FREE, signal=0 if has_weights else W_FULL, buffer=Buffer.PARAM,
+                    dram_addr=param_line + 2 * first * lines_per_entry,
+                    sram_addr=(g % 2) * half_params * lines_per_entry,
+                    n2=1, n1=2 * (last - first), n0=lines_per_entry, dram_s1=lines_per_entry,
+                    sram_s1=lines_per_entry)
+        if has_weights:
+            blocks = (last - first) * per_block
+            stream.emit(Opcode.LOAD, signal=W_FULL, buffer=Buffer.WEIGHT,
+                        dram_addr=weight_line + first * per_block * lanes,
+                        sram_addr=(g % 2) * half_weights * lanes,
+                        n2=1, n1=blocks, n0=lanes, dram_s1=lanes, sram_s1=lanes)
 
     def load_input(index):
         g, t = tiles[index]
@@ -345,22 +353,24 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                     wait |= ACC_FREE
                     if j == first:
                         wait |= IN_FULL
-                        if t == 0 and has_weights:
+                        if t == 0:
                             wait |= W_FULL
                 if n == len(instructions) - 1:
                     signal |= ACC_FULL
                     if j == last - 1:
                         signal |= IN_FREE
-                        if t == tiles_per_group - 1 and has_weights:
-                            signal |= W_FREE
                 stream.emit(Opcode.MATMUL, wait=wait, signal=signal, mode=mode, accumulate=int(n > 0),
                             in_signed=int(layer.in_signed), in_zp=_byte(layer.in_zp),
                             acc_addr=acc_slot, **fields)
             wait = ACC_FULL | (OUT_FREE if j == first else 0)
             signal = ACC_FREE | (OUT_FULL if j == last - 1 else 0)
+            if j == last - 1 and t == tiles_per_group - 1:
+                # The PPU is the last reader of the group's parameters (and comes after the
+                # PE's last read of its weights): it frees the weight/parameter slot.
+                signal |= W_FREE
             stream.emit(Opcode.REQUANT, wait=wait, signal=signal, acc_addr=acc_slot, acc_s1=OW, acc_s0=1,
                         out_addr=out_slots[index % 2] + local * tiling.rows * OW, out_s1=OW, out_s0=1,
-                        n1=rows, n0=OW, param_addr=2 * j, out_signed=int(layer.out_signed),
+                        n1=rows, n0=OW, param_addr=(g % 2) * half_params + 2 * local, out_signed=int(layer.out_signed),
                         out_zp=_byte(layer.out_zp), clamp_lo=_byte(layer.clamp_lo), clamp_hi=_byte(layer.clamp_hi))
         if t == 0 and g + 1 < groups:
             load_weights(g + 1)
