@@ -5,17 +5,22 @@ is a JSON file named by the environment variable ``DLFUSION_RTL_JOB``::
 
     {"prog_addr": [line per core], "core_mask": int, "max_cycles": int,
      "regions": [[start_line, line_count], ...], "result": "<path>",
-     "sv_clock": true, "clock_period_ns": 10}
+     "dump_dir": "<the +DUMP_DIR directory>", "sv_clock": true, "clock_period_ns": 10}
 
 The bench resets the accelerator, pulses ``start``, sleeps until ``done`` rises
 (Python is woken once, not per cycle) or ``max_cycles`` simulated cycles pass
 (then it records a harness timeout instead of hanging), reads the status and
 counters, has the testbench write each region to ``region_<i>.hex`` in its
-``+DUMP_DIR`` and writes the result JSON atomically::
+``+DUMP_DIR`` (only after a clean end: no error, no timeout) and writes the
+result JSON atomically::
 
     {"status": "done" | "timeout", "cycles", "error_code", "error_core", "error_pc",
      "counters": [[7 ints] per core], "regions": [file per region], "tb_cycles",
-     "sim_cycles", "sim_seconds", "dram_oob"}
+     "sim_cycles", "sim_seconds", "dump_seconds", "bench_seconds", "dram_oob"}
+
+``sim_seconds`` is the wall-clock time from the start pulse to ``done`` (or the
+watchdog), ``sim_cycles`` the clock cycles simulated meanwhile; ``bench_seconds``
+covers the whole test (reset, run, dumps), ``dump_seconds`` the region dumps.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class AccelTestbench:
 
 @cocotb.test()
 async def run_job(dut):
+    test_start = time.perf_counter()
     job_path = Path(os.environ[JOB_ENV])
     job = json.loads(job_path.read_text())
     tb = AccelTestbench(dut, job)
@@ -140,6 +146,7 @@ async def run_job(dut):
     result["status"] = "done" if finished else "timeout"
     result["sim_cycles"] = result["tb_cycles"] - cycles_before
     result["sim_seconds"] = sim_seconds
+    dump_start = time.perf_counter()
     dump_dir = Path(job["dump_dir"])
     regions = []
     # Outputs are only meaningful after a clean end (the backends report none on error).
@@ -148,4 +155,6 @@ async def run_job(dut):
         await tb.dump_region(index, int(start), int(count))
         regions.append(str(dump_dir / f"region_{index}.hex"))
     result["regions"] = regions
+    result["dump_seconds"] = time.perf_counter() - dump_start
+    result["bench_seconds"] = time.perf_counter() - test_start
     _write_json_atomic(Path(job["result"]), result)

@@ -35,6 +35,16 @@ Results
     ``sim_cycles / sim_seconds``;
 ``wall_seconds``
     the whole :meth:`~RtlSimulator.run` call (image, process, dumps, decoding);
+``process_seconds``
+    the simulator process, start to exit (includes ``sim_seconds``);
+``bench_seconds``, ``dump_seconds``
+    the cocotb test body (reset, run, dumps) and the region dumps alone;
+``image_lines``
+    DRAM lines written to the ``$readmemh`` image;
+``dram_out_of_range_accesses``
+    memory-port accesses beyond the DRAM that the testbench ignored (should be 0);
+``max_cycles``, ``model_dir``
+    the harness watchdog used and the model that ran;
 ``waveform``
     path of the FST trace (``waves=True`` only; its run directory is kept), else None;
 ``run_dir``
@@ -71,7 +81,7 @@ __all__ = ["RtlBuildError", "RtlSimulationError", "RtlSimulator", "DEFAULT_MAX_C
            "default_build_root", "read_region_hex", "write_image_hex"]
 
 #: Harness watchdog when neither the simulator nor the run names one (simulated cycles).
-DEFAULT_MAX_CYCLES = 20_000_000
+DEFAULT_MAX_CYCLES = 50_000_000
 #: Bumped whenever the build recipe below changes in a way the key would not see.
 BUILD_FORMAT = 1
 TOPLEVEL = "tb_top"
@@ -329,13 +339,21 @@ class RtlSimulator:
         Parallel compile jobs of a build (make ``-j``).
     keep_runs : bool
         Keep every run directory (image, dumps, logs), not only failed and waves runs.
+    clock : {"sv", "cocotb"}
+        ``"sv"`` (default): the clock is generated in tb_top.sv (Verilator ``--timing``).
+        ``"cocotb"``: no ``--timing``, clk driven by a cocotb ``Clock`` (its C++/GPI
+        implementation); about half the speed on small designs, kept for comparison
+        and debugging (model directory suffix ``-cocotbclk``).
     """
 
     backend = "rtl"
 
     def __init__(self, hw: HwConfig, waves: bool = False, build_dir: str | Path | None = None,
                  verbose: bool = False, *, max_cycles: int | None = None, verilog: str | None = None,
-                 jobs: int = 2, keep_runs: bool = False):
+                 jobs: int = 2, keep_runs: bool = False, clock: str = "sv"):
+        if clock not in ("sv", "cocotb"):
+            raise ValueError(f"clock must be 'sv' or 'cocotb', not {clock!r}")
+        self.clock = clock
         self.hw = hw
         self.waves = bool(waves)
         self.verbose = bool(verbose)
@@ -344,7 +362,8 @@ class RtlSimulator:
         self.keep_runs = keep_runs
         self._verilog = verilog
         root = Path(build_dir).resolve() if build_dir is not None else default_build_root()
-        self.model_dir = root / (hw.hash + ("-waves" if self.waves else ""))
+        self.model_dir = root / (hw.hash + ("-waves" if self.waves else "")
+                                 + ("-cocotbclk" if clock == "cocotb" else ""))
         self._lock_path = self.model_dir / "build.lock"
         self._stamp_path = self.model_dir / "build.json"
         self._fingerprint: str | None = None
@@ -366,9 +385,15 @@ class RtlSimulator:
 
     def _recipe(self) -> list:
         """Everything besides the accelerator Verilog that determines the model."""
-        return [BUILD_FORMAT, TB_SOURCE.read_bytes(), _PUBLIC_VLT, VERILATOR_ARGS,
+        return [BUILD_FORMAT, TB_SOURCE.read_bytes(), _PUBLIC_VLT, self._verilator_args(),
                 sorted(self._parameters().items()), self.waves, verilator_tool.version(),
                 _version("cocotb"), sys.version_info[:2], verilator_tool.MAKE_FIXES]
+
+    def _verilator_args(self) -> list[str]:
+        args = list(VERILATOR_ARGS)
+        if self.clock != "sv":
+            args.remove("--timing")
+        return args
 
     def _source_fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -444,7 +469,7 @@ class RtlSimulator:
         accel.write_text(verilog)
         vlt = model / "public.vlt"
         vlt.write_text(_PUBLIC_VLT)
-        args = list(VERILATOR_ARGS)
+        args = self._verilator_args()
         if self.waves:
             args += ["--trace-fst", "--trace-structs"] + _fst_flags(model / "lz4shim")
         log = model / "build.log"
@@ -454,7 +479,8 @@ class RtlSimulator:
         start = time.perf_counter()
         try:
             runner.build(sources=[accel, TB_SOURCE, vlt], hdl_toplevel=TOPLEVEL, build_dir=model,
-                         build_args=args, defines={"TB_SV_CLOCK": 1}, parameters=self._parameters(),
+                         build_args=args, defines={"TB_SV_CLOCK": 1} if self.clock == "sv" else {},
+                         parameters=self._parameters(),
                          timescale=("1ns", "1ps"), waves=self.waves, log_file=log,
                          verbose=self.verbose)
         except (RuntimeError, SystemExit, OSError) as error:
@@ -548,7 +574,8 @@ class RtlSimulator:
         outputs = {}
         if error is None:
             for tensor, path in zip(binary.outputs, raw["regions"], strict=True):
-                data = read_region_hex(path, tensor.lines(lanes), lanes)
+                count = tensor.lines(lanes)
+                data = read_region_hex(path, count, lanes) if count else b""
                 outputs[tensor.name] = binary.from_lines(tensor, data)
 
         keep = self.keep_runs or self.waves
@@ -562,6 +589,8 @@ class RtlSimulator:
             "cycles_per_second": sim_cycles / sim_seconds if sim_seconds > 0 else float("inf"),
             "wall_seconds": time.perf_counter() - wall_start,
             "process_seconds": raw["process_seconds"],
+            "bench_seconds": raw.get("bench_seconds"),
+            "dump_seconds": raw.get("dump_seconds"),
             "image_lines": raw["image_lines"],
             "waveform": str(Path(run_dir) / "dump.fst") if self.waves else None,
             "run_dir": str(run_dir) if keep else None,
@@ -589,7 +618,7 @@ class RtlSimulator:
         result_path = run_dir / "result.json"
         job = {"prog_addr": prog_addr, "core_mask": core_mask, "max_cycles": max_cycles,
                "regions": regions, "result": str(result_path), "dump_dir": str(run_dir),
-               "sv_clock": True, "clock_period_ns": CLOCK_PERIOD_NS}
+               "sv_clock": self.clock == "sv", "clock_period_ns": CLOCK_PERIOD_NS}
         job_path = run_dir / "job.json"
         job_path.write_text(json.dumps(job))
         plusargs = [f"+DUMP_DIR={run_dir}"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -105,6 +106,8 @@ def verilator_env(base: dict | None = None, *, jobs: int | None = None) -> dict:
              and not (jobs and f.startswith("-j"))]
     # make parses "CFG_CXXFLAGS_STD=-std=gnu++20" as one assignment; values must not contain spaces.
     flags += list(MAKE_FIXES)
+    if shutil.which("ccache") and not any(f.startswith("OBJCACHE=") for f in flags):
+        flags.append("OBJCACHE=ccache")     # verilated.mk's compiler launcher hook
     if jobs:
         flags.insert(0, f"-j{jobs}")
     env["MAKEFLAGS"] = " ".join(flags)

@@ -21,7 +21,7 @@ from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import ErrorCode
 from dlfusion.sim import verilator_tool
 from dlfusion.sim.binary import Binary, Segment, Stream, Tensor
-from dlfusion.sim.rtl import TB_SOURCE, RtlSimulator, read_region_hex, write_image_hex
+from dlfusion.sim.rtl import TB_SOURCE, RtlBuildError, RtlSimulator, read_region_hex, write_image_hex
 from dlfusion.sim.runtime import COUNTER_NAMES
 
 pytestmark = pytest.mark.rtl
@@ -207,18 +207,22 @@ def test_image_loads_and_dumps_back_bit_exact(copy_sim):
     assert result.dram_out_of_range_accesses == 0
 
 
-def test_outputs_placement_status_and_counters(copy_sim):
+def test_outputs_placement_status_and_counters(copy_sim, capfd):
     rng = np.random.default_rng(2)
     binary, data = _copy_binary(HW, {1: 777}, rng)       # only core 1 runs
     # an extra output over lines no one wrote reads back as zeros (DRAM starts zeroed),
     # one over the source reads back the loaded image
     binary.outputs.append(Tensor("untouched", 60000, (3 * L,), "uint8", "flat"))
     binary.outputs.append(Tensor("source", 777, (COPY_LINES * L,), "uint8", "flat"))
+    binary.outputs.append(Tensor("empty", 900, (0,), "uint8", "flat"))
     result = copy_sim.run(binary, {})
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""                       # silent unless verbose
     assert result.error is None
     assert result.outputs["out1"].tobytes() == data[1]
     assert not result.outputs["untouched"].any()
     assert result.outputs["source"].tobytes() == data[1]
+    assert result.outputs["empty"].shape == (0,)
     # the mock's cycle count: 1 (core 0 skipped) + 2 per line + 1 (core 1 done) + 1
     assert result.cycles == 2 * COPY_LINES + 3
     assert len(result.counters) == HW.cores
@@ -246,6 +250,13 @@ def test_build_is_cached(copy_sim, build_root, copy_verilog):
     # different Verilog for the same HwConfig is a different key: not reused
     assert again._source_fingerprint() != RtlSimulator(
         HW, build_dir=build_root / "copy", verilog=copy_verilog + "\n// changed\n")._source_fingerprint()
+
+
+def test_build_failure_raises_with_log_tail(tmp_path):
+    broken = "module dlfusion_accel(input clk);\n  wire = ;\nendmodule\n"
+    sim = RtlSimulator(HW, build_dir=tmp_path, verilog=broken)
+    with pytest.raises(RtlBuildError, match=r"(?s)failed.*%Error.*dlfusion_accel\.v:2"):
+        sim.build()
 
 
 def test_binary_for_other_hw_is_rejected(copy_sim):
