@@ -1,0 +1,187 @@
+"""Random valid programs, for differential testing of the RTL against the golden simulator.
+
+A random program is a serial chain of random instructions (each waits on its
+own unit's semaphore and signals the semaphore of the next instruction's unit,
+so it runs in program order and is race-free whatever the timing) over a
+small window of every scratchpad: LOADs with random strides and padding,
+MATMULs in every mode with random zero points and strides (including stride-0
+accumulation), REQUANTs and ADDs with random parameters and clamps, STOREs.
+It ends by storing the whole act window and a requantized view of the
+accumulator window to an output region, so every state difference shows up in
+the output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compiler.program import DramAllocator, StreamBuilder, assemble, pack_params
+from ..hw.config import HwConfig
+from ..hw.isa import Buffer, MatmulMode, Opcode, Unit
+from .binary import Binary, Segment, Tensor
+
+__all__ = ["random_program", "ACT_WINDOW", "ACC_WINDOW", "WEIGHT_WINDOW"]
+
+ACT_WINDOW = 64      # act lines used
+ACC_WINDOW = 16      # accumulator entries used
+WEIGHT_WINDOW = 4    # weight blocks used
+DATA_LINES = 96
+UNIT_TOKEN = {Unit.DMA: 1, Unit.PE: 2, Unit.PPU: 4}   # semaphore i: unit i may go
+
+
+class _Chain:
+    """Collects instructions, then links them into a program-order chain of semaphores."""
+
+    def __init__(self):
+        self.items = []
+
+    def emit(self, opcode, unit, **fields):
+        self.items.append((opcode, unit, fields))
+
+    def write(self, stream: StreamBuilder) -> None:
+        first_unit = self.items[0][1]
+        stream.sync(Unit.DMA, signal=UNIT_TOKEN[first_unit])
+        for index, (opcode, unit, fields) in enumerate(self.items):
+            following = self.items[index + 1][1] if index + 1 < len(self.items) else None
+            signal = UNIT_TOKEN[following] if following is not None else 0
+            if opcode is Opcode.SYNC:
+                stream.sync(unit, wait=UNIT_TOKEN[unit], signal=signal)
+            else:
+                stream.emit(opcode, wait=UNIT_TOKEN[unit], signal=signal, **fields)
+        stream.end()
+
+
+def _span(counts, strides) -> int:
+    return sum((n - 1) * s for n, s in zip(counts, strides))
+
+
+def _loops(rng, window: int, dims: int, inner_stride: int | None = None):
+    """Random counts and strides whose furthest address stays below ``window``.
+
+    With ``inner_stride`` the innermost stride is fixed (the DMA's is always 1)."""
+    while True:
+        counts = [int(rng.integers(1, 5)) for _ in range(dims)]
+        strides = [int(rng.choice([0, 1, 2, 3, 5, 8])) for _ in range(dims)]
+        if inner_stride is not None:
+            strides[-1] = inner_stride
+        if _span(counts, strides) < window:
+            base = int(rng.integers(0, window - _span(counts, strides)))
+            return base, counts, strides
+
+
+def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, dict]:
+    """A random race-free single-core program and its (empty) input dict."""
+    rng = np.random.default_rng(seed)
+    lanes = hw.lanes
+    lpe = hw.param_lines_per_entry
+    dram = DramAllocator(hw)
+    data_line = dram.allocate(DATA_LINES, "random data")
+    data = rng.integers(0, 256, size=DATA_LINES * lanes, dtype=np.uint8).tobytes()
+    params = np.zeros((16, lanes), dtype=np.uint32)
+    for entry in range(0, 8, 2):
+        params[entry] = rng.integers(-50_000, 50_000, size=lanes).astype(np.int32).view(np.uint32)
+        mult = rng.uniform(1e-3, 0.5, size=lanes) * rng.choice([-1, 1], size=lanes)
+        params[entry + 1] = mult.astype(np.float32).view(np.uint32)
+    for entry in range(8, 16, 3):
+        ra, rb = (2.0 ** rng.uniform(-10, 2, size=lanes) for _ in range(2))
+        fixed = rng.uniform(-300, 300, size=lanes)
+        for offset, values in enumerate((ra, rb, fixed)):
+            if entry + offset < 16:
+                params[entry + offset] = values.astype(np.float32).view(np.uint32)
+    param_line = dram.allocate(16 * lpe, "params")
+    out_lines = ACT_WINDOW + ACC_WINDOW
+    output = Tensor("dram_out", dram.allocate(out_lines, "output"), (out_lines * lanes,), "uint8", "flat")
+
+    stream = StreamBuilder(0)
+    chain = _Chain()
+    chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.PARAM, dram_addr=param_line, n2=1, n1=1, n0=16 * lpe)
+    chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.WEIGHT, dram_addr=data_line,
+                n2=1, n1=1, n0=WEIGHT_WINDOW * lanes)
+    chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.ACT, dram_addr=data_line + 7, n2=1, n1=1, n0=ACT_WINDOW)
+
+    kinds = ["load", "load_weight", "matmul", "matmul", "matmul", "requant", "add", "store", "sync"]
+    for _ in range(length):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind == "load":
+            # Destination lines are distinct: overlapping destinations within one LOAD are
+            # unspecified (pad lines are written at issue, data lines when DRAM answers).
+            while True:
+                base, (n2, n1, n0), (s2, s1, _) = _loops(rng, ACT_WINDOW, 3, inner_stride=1)
+                lines = [base + i2 * s2 + i1 * s1 + i0 for i2 in range(n2) for i1 in range(n1) for i0 in range(n0)]
+                if len(set(lines)) == len(lines):
+                    break
+            pads = [int(rng.integers(0, 3)) for _ in range(4)]
+            chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.ACT, sram_addr=base, sram_s1=s1, sram_s2=s2,
+                       dram_addr=data_line + int(rng.integers(0, 40)), dram_s1=int(rng.integers(0, 6)),
+                       dram_s2=int(rng.integers(0, 10)), n0=n0, n1=n1, n2=n2, pad_top=pads[0],
+                       pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3],
+                       pad_value=int(rng.integers(0, 256)))
+        elif kind == "load_weight":
+            line = int(rng.integers(0, WEIGHT_WINDOW * lanes - 4))
+            chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.WEIGHT, sram_addr=line, n2=1, n1=1,
+                        n0=int(rng.integers(1, 5)), dram_addr=data_line + int(rng.integers(0, 80)))
+        elif kind == "matmul":
+            act, (n1, n0), (act_s1, act_s0) = _loops(rng, ACT_WINDOW, 2)
+            acc_s1, acc_s0 = (int(rng.choice([0, 1, 2])) for _ in range(2))
+            if _span((n1, n0), (acc_s1, acc_s0)) >= ACC_WINDOW:
+                acc_s1 = acc_s0 = 0
+            acc = int(rng.integers(0, ACC_WINDOW - _span((n1, n0), (acc_s1, acc_s0))))
+            w_s1, w_s0 = (int(rng.choice([0, 1])) for _ in range(2))
+            w = int(rng.integers(0, WEIGHT_WINDOW - _span((n1, n0), (w_s1, w_s0)))) \
+                if _span((n1, n0), (w_s1, w_s0)) < WEIGHT_WINDOW else 0
+            if _span((n1, n0), (w_s1, w_s0)) >= WEIGHT_WINDOW:
+                w_s1 = w_s0 = 0
+            chain.emit(Opcode.MATMUL, Unit.PE, mode=MatmulMode(int(rng.integers(0, 3))),
+                        accumulate=int(rng.integers(0, 2)), in_signed=int(rng.integers(0, 2)),
+                        in_zp=int(rng.integers(0, 256)), w_row=int(rng.integers(0, lanes)),
+                        w_addr=w, w_s1=w_s1, w_s0=w_s0, act_addr=act, act_s1=act_s1, act_s0=act_s0,
+                        acc_addr=acc, acc_s1=acc_s1, acc_s0=acc_s0, n1=n1, n0=n0)
+        elif kind == "requant":
+            acc, (n1, n0), (acc_s1, acc_s0) = _loops(rng, ACC_WINDOW, 2)
+            out_s1, out_s0 = int(rng.choice([1, 4, 8])), 1
+            out = int(rng.integers(0, ACT_WINDOW - _span((n1, n0), (out_s1, out_s0))))
+            lo, hi = sorted(int(v) for v in rng.integers(0, 256, size=2))
+            chain.emit(Opcode.REQUANT, Unit.PPU, acc_addr=acc, acc_s1=acc_s1, acc_s0=acc_s0, out_addr=out,
+                        out_s1=out_s1, out_s0=out_s0, n1=n1, n0=n0, param_addr=2 * int(rng.integers(0, 4)),
+                        out_signed=int(rng.integers(0, 2)), out_zp=int(rng.integers(0, 256)),
+                        clamp_lo=lo if rng.random() < 0.3 else 0x80, clamp_hi=hi if rng.random() < 0.3 else 0x7F)
+        elif kind == "add":
+            # The output either is the A operand in place or overlaps no operand line:
+            # an ADD that reads a line an earlier iteration of itself wrote is unspecified.
+            while True:
+                (a, (n1, n0), (a_s1, a_s0)) = _loops(rng, ACT_WINDOW, 2)
+                span = _span((n1, n0), (a_s1, a_s0))
+                b = int(rng.integers(0, ACT_WINDOW - span))
+                out = a if rng.random() < 0.3 else int(rng.integers(0, ACT_WINDOW - span))
+                grid = [i1 * a_s1 + i0 * a_s0 for i1 in range(n1) for i0 in range(n0)]
+                outs = [out + g for g in grid]
+                reads = [a + g for g in grid] + [b + g for g in grid]
+                if out == a and not set(outs) & {b + g for g in grid} or not set(outs) & set(reads):
+                    if len(set(outs)) == len(outs):
+                        break
+            signed = int(rng.integers(0, 2))
+            chain.emit(Opcode.ADD, Unit.PPU, a_addr=a, a_s1=a_s1, a_s0=a_s0, b_addr=b, b_s1=a_s1, b_s0=a_s0,
+                       out_addr=out, out_s1=a_s1, out_s0=a_s0, n1=n1, n0=n0,
+                       param_addr=8 + 3 * int(rng.integers(0, 2)), in_signed=signed, out_signed=signed,
+                       out_zp=int(rng.integers(0, 256)) if rng.random() < 0.3 else 0,
+                       clamp_lo=0x80 if signed else 0, clamp_hi=0x7F if signed else 0xFF)
+        elif kind == "store":
+            base, (n1, n0), (s1, _) = _loops(rng, ACT_WINDOW, 2, inner_stride=1)
+            chain.emit(Opcode.STORE, Unit.DMA, buffer=Buffer.ACT, sram_addr=base, sram_s1=s1, n2=1, n1=n1,
+                        n0=n0, dram_addr=output.dram_line + int(rng.integers(0, ACT_WINDOW - n1 * n0 + 1)),
+                        dram_s1=n0)
+        else:
+            chain.emit(Opcode.SYNC, Unit(int(rng.integers(0, 3))))
+    # Make every scratchpad window observable.
+    chain.emit(Opcode.REQUANT, Unit.PPU, acc_addr=0, acc_s1=0, acc_s0=1, out_addr=0, out_s1=0, out_s0=1,
+                n1=1, n0=0, param_addr=0)   # an empty instruction (n0 = 0) must be harmless
+    chain.emit(Opcode.STORE, Unit.DMA, buffer=Buffer.ACT, sram_addr=0, n2=1, n1=1, n0=ACT_WINDOW,
+                dram_addr=output.dram_line)
+    chain.emit(Opcode.REQUANT, Unit.PPU, acc_addr=0, acc_s1=0, acc_s0=1, out_addr=0, out_s1=0, out_s0=1,
+                n1=1, n0=ACC_WINDOW, param_addr=0, out_signed=1, clamp_lo=0x80, clamp_hi=0x7F)
+    chain.emit(Opcode.STORE, Unit.DMA, buffer=Buffer.ACT, sram_addr=0, n2=1, n1=1, n0=ACC_WINDOW,
+                dram_addr=output.dram_line + ACT_WINDOW)
+    chain.write(stream)
+    segments = [Segment("data", data_line, data), Segment("params", param_line, pack_params(params))]
+    binary = assemble(hw, [stream], segments, dram, [], [output], {"random_program": seed})
+    return binary, {}
