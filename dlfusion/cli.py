@@ -270,9 +270,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as error:
-        parser.error(str(error))
-    except KNOWN_ERRORS as error:
+    except (UsageError, *KNOWN_ERRORS) as error:
         print(f"dlfusion: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
