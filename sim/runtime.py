@@ -1,0 +1,212 @@
+"""Backend interface: run a binary on the golden simulator or on the RTL.
+
+:func:`run` is the one entry point; both backends return a :class:`RunResult`
+with the logical output arrays, the cycle count, per-core counters
+(:data:`COUNTER_NAMES`) and the accelerator error, if any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..hw.isa import ErrorCode
+from .binary import Binary, BinaryError
+
+__all__ = [
+    "COUNTER_NAMES", "BACKENDS", "ErrorInfo", "RunResult", "AcceleratorError", "build_dram_image",
+    "read_outputs", "run",
+]
+
+#: Per-core performance counters, in the order the hardware reports them.
+#:
+#: ``instructions``: instructions dispatched, including END and BARRIER;
+#: ``dma_busy``, ``pe_busy``, ``ppu_busy``: cycles the unit is executing an instruction;
+#: ``dma_stall``: cycles the DMA has a DRAM request waiting for the shared port;
+#: ``sem_wait``: cycles a unit's queue head waits on semaphores (summed over units);
+#: ``barrier_wait``: cycles the dispatcher spends in BARRIER.
+COUNTER_NAMES = ("instructions", "dma_busy", "dma_stall", "pe_busy", "ppu_busy", "sem_wait", "barrier_wait")
+
+#: Accepted ``backend`` names of :func:`run`.
+BACKENDS = ("golden", "rtl")
+
+
+@dataclass
+class ErrorInfo:
+    """An accelerator error: what, on which core, at which instruction.
+
+    Attributes
+    ----------
+    code : ErrorCode
+    core : int
+    pc : int
+        Index of the offending instruction in that core's stream.
+    """
+    code: ErrorCode
+    core: int
+    pc: int
+
+    def __str__(self) -> str:
+        return f"{ErrorCode(self.code).name} on core {self.core} at instruction {self.pc}"
+
+    def to_json(self) -> dict:
+        return {"code": ErrorCode(self.code).name, "core": int(self.core), "pc": int(self.pc)}
+
+
+@dataclass
+class RunResult:
+    """What a backend reports after running a binary.
+
+    Attributes
+    ----------
+    backend : str
+        ``"golden"`` or ``"rtl"``.
+    outputs : dict of str to numpy.ndarray
+        Logical output arrays (empty if the run stopped with an error).
+    cycles : int
+        Cycles until the last core finished (an estimate for the golden backend).
+    counters : list of dict
+        Per core (index = core number), the counters named in :data:`COUNTER_NAMES`.
+    error : ErrorInfo or None
+    """
+    backend: str
+    outputs: dict[str, np.ndarray]
+    cycles: int
+    counters: list[dict]
+    error: ErrorInfo | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def cycles_estimated(self) -> bool:
+        """Whether ``cycles`` and the counters come from a model rather than the RTL."""
+        return self.backend != "rtl"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable summary: cycles, error, counters and a sha256 per output."""
+        return {
+            "backend": self.backend,
+            "cycles": int(self.cycles),
+            "cycles_estimated": self.cycles_estimated,
+            "error": None if self.error is None else self.error.to_json(),
+            "counters": [{name: int(c.get(name, 0)) for name in COUNTER_NAMES} for c in self.counters],
+            "outputs": {
+                name: {"shape": list(array.shape), "dtype": str(array.dtype),
+                       "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
+                for name, array in sorted(self.outputs.items())
+            },
+        }
+
+
+class AcceleratorError(RuntimeError):
+    """The accelerator stopped with an error (raised by ``run(..., check=True)``).
+
+    Attributes
+    ----------
+    info : ErrorInfo
+    result : RunResult
+    """
+
+    def __init__(self, info: ErrorInfo, result: RunResult | None = None):
+        super().__init__(f"accelerator error: {info}")
+        self.info = info
+        self.result = result
+
+
+def build_dram_image(binary: Binary, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The initial DRAM contents: the binary's segments, then the inputs.
+
+    Parameters
+    ----------
+    binary : Binary
+    inputs : dict of str to numpy.ndarray
+        Every input named by ``binary.inputs``, as logical arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of ``binary.hw.dram_bytes`` bytes (zero where nothing is placed).
+
+    Raises
+    ------
+    BinaryError
+        An input is missing or unknown, has the wrong shape or dtype, or a segment
+        does not fit in DRAM.
+    """
+    hw = binary.hw
+    missing = sorted({t.name for t in binary.inputs} - set(inputs))
+    if missing:
+        raise BinaryError(f"missing input(s) {missing}; this binary takes "
+                          f"{sorted(t.name for t in binary.inputs)}")
+    dram = np.zeros(hw.dram_bytes, np.uint8)
+    for segment in list(binary.segments) + binary.input_segments(inputs):
+        start = segment.dram_line * hw.line_bytes
+        end = start + len(segment.data)
+        if segment.dram_line < 0 or end > hw.dram_bytes:
+            raise BinaryError(f"segment {segment.name!r} (bytes {start}..{end}) does not fit in DRAM "
+                              f"({hw.dram_bytes} bytes)")
+        dram[start:end] = np.frombuffer(segment.data, np.uint8)
+    return dram
+
+
+def read_outputs(binary: Binary, dram: np.ndarray) -> dict[str, np.ndarray]:
+    """The binary's outputs as logical arrays, read from a DRAM image (uint8, flat)."""
+    lanes = binary.hw.lanes
+    dram = np.asarray(dram, np.uint8).reshape(-1)
+    outputs = {}
+    for tensor in binary.outputs:
+        start = tensor.dram_line * lanes
+        raw = dram[start:start + tensor.lines(lanes) * lanes].tobytes()
+        outputs[tensor.name] = binary.from_lines(tensor, raw)
+    return outputs
+
+
+def run(binary: Binary, inputs: dict[str, np.ndarray] | None = None, backend: str = "golden", *,
+        check: bool = False, **options) -> RunResult:
+    """Run ``binary`` on a backend.
+
+    Parameters
+    ----------
+    binary : Binary
+    inputs : dict of str to numpy.ndarray
+        Every input of the binary.
+    backend : {"golden", "rtl"}
+        The golden simulator (``dlfusion.sim.golden``) or the Verilated RTL
+        (``dlfusion.sim.rtl``, imported only when asked for).
+    check : bool
+        Raise :class:`AcceleratorError` if the program stops with an error.
+    **options
+        Passed to the RTL simulator; the golden simulator takes none.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ValueError
+        Unknown backend, or options given to the golden backend.
+    AcceleratorError
+        ``check`` is true and the accelerator reported an error.
+    BinaryError
+        The binary does not match the configuration, or the inputs are wrong.
+    """
+    inputs = {} if inputs is None else inputs
+    if backend == "golden":
+        if options:
+            raise ValueError(f"the golden backend takes no options, got {sorted(options)}")
+        from .golden import GoldenSimulator
+        result = GoldenSimulator(binary.hw).run(binary, inputs)
+    elif backend == "rtl":
+        from .rtl import RtlSimulator
+        result = RtlSimulator(binary.hw, **options).run(binary, inputs)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    if check and result.error is not None:
+        raise AcceleratorError(result.error, result)
+    return result
