@@ -41,10 +41,12 @@ Points the ISA document leaves open, settled here (and in the RTL alike):
 * STORE skips pad iterations (nothing read or written) but their scratchpad
   address is still range-checked, as for LOAD.
 * Within one instruction, repeated destination addresses are written in loop
-  order (the last write wins; accumulation is sequential).
-* ADD reads its inputs as they were when it started: an ADD whose outputs
-  overlap inputs of *later* iterations is not race-free (the RTL's 5-stage
-  pipeline sees a write only after 5 iterations).
+  order (the last write wins; MATMUL accumulation is sequential). For a LOAD
+  writing a line twice this is one choice among the results docs/isa.md
+  leaves unspecified (the RTL writes pad lines at issue, data lines later).
+* ADD reads its inputs as they were when it started, which is one of the
+  results allowed when an output line is read by a later iteration (also
+  unspecified in docs/isa.md; in-place ADD with output = input A is exact).
 * A BARRIER's ``core_mask`` naming a core at or beyond ``hw.cores`` is
   ``BAD_FIELD``; the own core is implied; a core that never arrives (one
   without a stream, or one that ended) makes it a ``WATCHDOG``.
