@@ -342,8 +342,8 @@ class RtlSimulator:
     clock : {"sv", "cocotb"}
         ``"sv"`` (default): the clock is generated in tb_top.sv (Verilator ``--timing``).
         ``"cocotb"``: no ``--timing``, clk driven by a cocotb ``Clock`` (its C++/GPI
-        implementation); about half the speed on small designs, kept for comparison
-        and debugging (model directory suffix ``-cocotbclk``).
+        implementation): measured ~13% slower on the default accelerator and ~2x slower
+        on a tiny design; kept for comparison and debugging (model suffix ``-cocotbclk``).
     """
 
     backend = "rtl"

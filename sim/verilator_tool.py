@@ -13,12 +13,20 @@ all passed as make command-line variables through ``MAKEFLAGS`` (see
   files (``VM_PARALLEL_BUILDS=1``, every design larger than ``--output-split``)
   each compile gets a bare ``V...__pch.h.fast`` argument and g++ fails with
   "linker input file not found". Fixed with ``CFG_CXXFLAGS_PCH_I=-include``.
-  Verilator's own ``-MAKEFLAGS`` option only reaches the make it runs itself
-  (``--build``); the cocotb runner runs make on its own, so the fix has to be
-  in the environment (``MAKEFLAGS``), which both paths honour.
+  Verilator's own ``-MAKEFLAGS "CFG_CXXFLAGS_PCH_I=-include"`` works, but only
+  for the make it runs itself (``--build``/``--binary``, verified); the cocotb
+  runner runs ``make -f Vtop.mk`` on its own, where that option has no effect
+  (verified: same error). The fix therefore goes in the environment
+  (``MAKEFLAGS``), which both paths honour.
 * ``CFG_CXXFLAGS_STD`` and ``CFG_CXXFLAGS_COROUTINES`` are empty, so a
   ``--timing`` model would not compile with g++ 12 (C++17 default, no
   coroutines). Fixed with ``-std=gnu++20 -fcoroutines``.
+* ``PYTHON3`` is forced to a bare ``python`` (used by ``verilator_includer`` for
+  small, single-file models), which need not exist outside a virtualenv. Set to
+  this interpreter.
+
+FST tracing additionally needs the LZ4 headers, which the package does not ship;
+``dlfusion.sim.rtl`` supplies a two-function shim when the system lacks them.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,6 +115,8 @@ def verilator_env(base: dict | None = None, *, jobs: int | None = None) -> dict:
              and not (jobs and f.startswith("-j"))]
     # make parses "CFG_CXXFLAGS_STD=-std=gnu++20" as one assignment; values must not contain spaces.
     flags += list(MAKE_FIXES)
+    if sys.executable and " " not in sys.executable and not any(f.startswith("PYTHON3=") for f in flags):
+        flags.append(f"PYTHON3={sys.executable}")
     if shutil.which("ccache") and not any(f.startswith("OBJCACHE=") for f in flags):
         flags.append("OBJCACHE=ccache")     # verilated.mk's compiler launcher hook
     if jobs:
