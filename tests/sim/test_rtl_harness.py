@@ -199,11 +199,17 @@ def test_image_loads_and_dumps_back_bit_exact(copy_sim):
     # far apart, unaligned, one near the end of DRAM; both cores
     sources = {0: 1, 1: HW.dram_lines - DST_OFFSET - COPY_LINES}
     binary, data = _copy_binary(HW, sources, rng)
+    # a large random segment read straight back by the dump (load -> DRAM -> $writememh)
+    blob = rng.integers(0, 256, 3000 * L - 5, dtype=np.uint8).tobytes()   # ragged last line
+    binary.segments.append(Segment("blob", 20011, blob))
+    binary.outputs.append(Tensor("blob", 20011, (len(blob),), "uint8", "flat"))
     result = copy_sim.run(binary, {})
     assert result.backend == "rtl" and result.error is None
     for core, payload in data.items():
         out = result.outputs[f"out{core}"]
         assert out.dtype == np.uint8 and out.tobytes() == payload
+    assert result.outputs["blob"].tobytes() == blob
+    assert result.image_lines == 2 * COPY_LINES + 3000
     assert result.dram_out_of_range_accesses == 0
 
 
