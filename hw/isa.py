@@ -194,7 +194,12 @@ def encode(opcode: Opcode, *, wait: int = 0, signal: int = 0, **fields) -> int:
             raise IsaError(f"{opcode.name} has no field {name!r}; fields: {', '.join(table)}")
         offset, width, kind = table[name]
         if kind is not None:
-            value = kind(value).value
+            try:
+                value = kind(value).value
+            except ValueError:
+                accepted = ", ".join(f"{member.name}={member.value}" for member in kind)
+                raise IsaError(f"{opcode.name}.{name} = {value!r} is not a valid {kind.__name__} "
+                               f"(accepted: {accepted})") from None
         value = int(value)
         if not 0 <= value < 1 << width:
             raise IsaError(f"{opcode.name}.{name} = {value!r} does not fit in {width} unsigned bits "

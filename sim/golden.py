@@ -16,10 +16,10 @@ queue is full). A unit starts its queue head once every semaphore of the head's
 ``wait`` mask is non-zero (decrementing them); the instruction's whole
 functional effect is applied atomically at that start time, and its ``signal``
 mask is applied at its completion time. ``END`` and ``BARRIER`` run in the
-dispatcher once every queue is empty and every unit idle (they honour their
-``wait``/``signal`` masks like any instruction). A ``BARRIER`` then waits until
-every core in ``core_mask`` (the own core implied) has reached the same number
-of barriers. Events are processed in time order; at equal times completions
+dispatcher once every queue is empty and every unit idle (their ``wait`` and
+``signal`` masks are ignored: draining the units is their synchronisation). A
+``BARRIER`` then waits until every core in ``core_mask`` (which must include
+the own core) has reached the same number of barriers. Events are processed in time order; at equal times completions
 come first, then starts by core and unit (DMA < PE < PPU), the dispatcher
 last. For a race-free program (every cross-unit dependency through a
 semaphore) the result equals that of any legal interleaving, hence of the RTL.
@@ -47,8 +47,8 @@ Points the ISA document leaves open, settled here (and in the RTL alike):
 * ADD reads its inputs as they were when it started, which is one of the
   results allowed when an output line is read by a later iteration (also
   unspecified in docs/isa.md; in-place ADD with output = input A is exact).
-* A BARRIER's ``core_mask`` naming a core at or beyond ``hw.cores`` is
-  ``BAD_FIELD``; the own core is implied; a core that never arrives (one
+* A BARRIER's ``core_mask`` naming a core at or beyond ``hw.cores``, or not
+  naming the own core, is ``BAD_FIELD``; a core that never arrives (one
   without a stream, or one that ended) makes it a ``WATCHDOG``.
 * The reserved header bits 6..7 are ignored.
 
@@ -498,7 +498,8 @@ class GoldenSimulator:
                 op = result["opcode"]
                 if op is Opcode.STORE and result["buffer"] is not Buffer.ACT:
                     result = ErrorCode.BAD_FIELD
-                elif op is Opcode.BARRIER and result["core_mask"] >> hw.cores:
+                elif op is Opcode.BARRIER and (result["core_mask"] >> hw.cores
+                                               or not result["core_mask"] >> core.index & 1):
                     result = ErrorCode.BAD_FIELD
         core.decoded[k] = result
         return result
@@ -584,11 +585,10 @@ class GoldenSimulator:
             elif action == "drain":
                 k = core.pc
                 instr = self._instruction(core, k)
-                self._acquire(core, instr["wait"])
                 core.counters["instructions"] += 1
                 if instr["opcode"] is Opcode.END:
                     core.state = "ending"
-                    heapq.heappush(completions, (now + 1, seq, core.index, 3, k, instr["signal"]))
+                    heapq.heappush(completions, (now + 1, seq, core.index, 3, k, 0))
                     seq += 1
                 else:
                     core.state = "barrier"
@@ -598,7 +598,6 @@ class GoldenSimulator:
                 k = core.pc
                 instr = self._instruction(core, k)
                 core.counters["barrier_wait"] += now - core.barrier_reached
-                self._signal(core, instr["signal"], k, now)
                 core.state = "run"
                 core.pc += 1
                 core.last_dispatch = now
@@ -614,7 +613,7 @@ class GoldenSimulator:
         """(time, action) of the dispatcher's next step, or None while it is blocked."""
         if core.state == "barrier":
             k = len(core.barrier_arrivals)
-            mask = self._instruction(core, core.pc)["core_mask"] | 1 << core.index
+            mask = self._instruction(core, core.pc)["core_mask"]
             times = []
             for j in range(self.hw.cores):
                 if mask >> j & 1:
@@ -630,7 +629,7 @@ class GoldenSimulator:
             return reach, "error"
         op = instr["opcode"]
         if op in (Opcode.END, Opcode.BARRIER):
-            if any(core.queues) or any(core.busy) or not core.sems_ok(instr["wait"]):
+            if any(core.queues) or any(core.busy):
                 return None
             return max(reach, *core.free_at), "drain"
         u = _UNIT_INDEX[instr["unit"]] if op is Opcode.SYNC else _OPCODE_UNIT[op]

@@ -726,12 +726,13 @@ def test_semaphore_overflow():
     assert sim.cores[0].sems == [0, 0, 255, 0, 0, 0, 0, 0]
 
 
-def test_semaphores_count_and_end_honours_masks():
+def test_semaphores_count_and_end_ignores_masks():
+    """END drains the units; its wait/signal masks are ignored (as in the RTL dispatcher)."""
     words = [encode(Opcode.SYNC, unit=Unit.DMA, signal=0b11), encode(Opcode.SYNC, unit=Unit.PE, signal=0b10),
-             encode(Opcode.SYNC, unit=Unit.PPU, wait=0b10), encode(Opcode.END, wait=0b1, signal=0b1000_0000)]
+             encode(Opcode.SYNC, unit=Unit.PPU, wait=0b10), encode(Opcode.END, wait=0b100, signal=0b1000_0000)]
     sim, result = simulate(words)
     assert result.error is None
-    assert sim.cores[0].sems == [0, 1, 0, 0, 0, 0, 0, 1]
+    assert sim.cores[0].sems == [1, 1, 0, 0, 0, 0, 0, 0]
     assert result.counters[0]["instructions"] == 4
 
 
@@ -765,7 +766,7 @@ def test_broken_barrier_is_a_watchdog_error():
 
 
 def test_single_core_barrier_drains():
-    words = [load(Buffer.ACT, 0, DATA, 8), encode(Opcode.BARRIER), encode(Opcode.END)]
+    words = [load(Buffer.ACT, 0, DATA, 8), encode(Opcode.BARRIER, core_mask=1), encode(Opcode.END)]
     _, result = simulate(words)
     assert result.error is None
     assert result.counters[0]["barrier_wait"] >= HW.dram_latency
@@ -972,7 +973,7 @@ def test_cycle_model_overlap_and_queue_depth():
     """Independent units overlap; a longer program takes longer."""
     compute = [encode(Opcode.MATMUL, n1=10, n0=10)] * 4
     loads = [load(Buffer.ACT, 0, DATA, 50)] * 4
-    _, serial = simulate([*compute, encode(Opcode.BARRIER), *loads, encode(Opcode.END)])
+    _, serial = simulate([*compute, encode(Opcode.BARRIER, core_mask=1), *loads, encode(Opcode.END)])
     _, overlap = simulate([*compute, *loads, encode(Opcode.END)])
     assert serial.error is None and overlap.error is None
     assert overlap.cycles < serial.cycles
