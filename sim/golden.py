@@ -19,7 +19,7 @@ mask is applied at its completion time. ``END`` and ``BARRIER`` run in the
 dispatcher once every queue is empty and every unit idle (their ``wait`` and
 ``signal`` masks are ignored: draining the units is their synchronisation). A
 ``BARRIER`` then waits until every core in ``core_mask`` (which must include
-the own core) has reached the same number of barriers. Events are processed in time order; at equal times completions
+the own core) waits at a barrier with the same mask; they all leave together. Events are processed in time order; at equal times completions
 come first, then starts by core and unit (DMA < PE < PPU), the dispatcher
 last. For a race-free program (every cross-unit dependency through a
 semaphore) the result equals that of any legal interleaving, hence of the RTL.
@@ -595,13 +595,15 @@ class GoldenSimulator:
                     core.barrier_arrivals.append(now)
                     core.barrier_reached = max(self._fetch_ready(core, k), core.last_dispatch + 1)
             elif action == "release":
-                k = core.pc
-                instr = self._instruction(core, k)
-                core.counters["barrier_wait"] += now - core.barrier_reached
-                core.state = "run"
-                core.pc += 1
-                core.last_dispatch = now
-                core.dispatched_at.append(now)
+                # Every core of the rendezvous leaves in the same cycle.
+                mask = self._instruction(core, core.pc)["core_mask"]
+                for other in self.cores:
+                    if mask >> other.index & 1:
+                        other.counters["barrier_wait"] += now - other.barrier_reached
+                        other.state = "run"
+                        other.pc += 1
+                        other.last_dispatch = now
+                        other.dispatched_at.append(now)
 
     def _dispatched(self, core: CoreState, now: int) -> None:
         core.pc += 1
@@ -612,15 +614,16 @@ class GoldenSimulator:
     def _dispatcher_candidate(self, core: CoreState, now: int):
         """(time, action) of the dispatcher's next step, or None while it is blocked."""
         if core.state == "barrier":
-            k = len(core.barrier_arrivals)
+            # A rendezvous, as in the RTL's barrier unit: every core named in the mask is
+            # waiting at a barrier with the very same mask; they all leave together.
             mask = self._instruction(core, core.pc)["core_mask"]
             times = []
             for j in range(self.hw.cores):
                 if mask >> j & 1:
-                    arrivals = self.cores[j].barrier_arrivals
-                    if len(arrivals) < k:
+                    other = self.cores[j]
+                    if other.state != "barrier" or self._instruction(other, other.pc)["core_mask"] != mask:
                         return None
-                    times.append(arrivals[k - 1])
+                    times.append(other.barrier_arrivals[-1])
             return max(now, max(times) + 1), "release"
         k = core.pc
         instr = self._instruction(core, k)
