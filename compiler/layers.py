@@ -15,9 +15,10 @@ from ..hw.config import HwConfig
 from ..sim.binary import Binary, Segment, Tensor
 from . import reference
 from .lower import (AddLayer, WindowedLayer, lower_add, lower_windowed, pack_windowed_weights, params_for)
+from ..hw.isa import Opcode
 from .program import CompileError, DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
 
-__all__ = ["LayerCase", "build_windowed", "build_conv", "build_fc", "build_dwconv", "build_pool", "build_add",
+__all__ = ["LayerCase", "SPLITS", "partition", "split_streams", "build_windowed", "build_conv", "build_fc", "build_dwconv", "build_pool", "build_add",
            "LAYER_KINDS"]
 
 
@@ -28,6 +29,41 @@ class LayerCase:
     expected: dict[str, np.ndarray]
     macs: int
     description: dict = field(default_factory=dict)
+
+
+SPLITS = ("rows", "channels")
+
+
+def partition(total: int, parts: int) -> list[tuple[int, int]]:
+    """``total`` units in ``parts`` contiguous, balanced ranges (empty ranges dropped)."""
+    bounds = [total * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def split_streams(hw: HwConfig, cores: int, split: str, rows: int, blocks: int, emit) -> list[StreamBuilder]:
+    """One stream per core that gets work: ``emit(stream, rows=(r0, r1), blocks=(b0, b1))``
+    lowers its part. Every stream ends with a barrier across the participating cores
+    (the end of the group) and END."""
+    if not 1 <= cores <= hw.cores:
+        raise CompileError(f"cores must be between 1 and the configured {hw.cores}, not {cores}")
+    if split not in SPLITS:
+        raise CompileError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split == "rows":
+        parts = [((r0, r1), (0, blocks)) for r0, r1 in partition(rows, cores)]
+    else:
+        parts = [((0, rows), (b0, b1)) for b0, b1 in partition(blocks, cores)]
+    streams = []
+    tiling = None
+    for core, (row_range, block_range) in enumerate(parts):
+        stream = StreamBuilder(core)
+        part_tiling = emit(stream, rows=row_range, blocks=block_range)
+        tiling = tiling or part_tiling
+        streams.append(stream)
+    mask = (1 << len(streams)) - 1
+    for stream in streams:
+        stream.emit(Opcode.BARRIER, core_mask=mask)
+        stream.end()
+    return streams, tiling
 
 
 def _dtype(signed: bool):
@@ -51,8 +87,9 @@ def _multiplier(rng, channels, fan_in):
 
 def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width: int, out_channels: int | None = None,
                    kernel: int = 3, stride: int = 1, pad: int | None = None, seed: int = 0, in_signed: bool = True,
-                   out_signed: bool = True, relu: bool = False) -> LayerCase:
-    """A random conv / depthwise / maxpool / avgpool layer on a ``channels x height x width`` input."""
+                   out_signed: bool = True, relu: bool = False, cores: int = 1, split: str = "rows") -> LayerCase:
+    """A random conv / depthwise / maxpool / avgpool layer on a ``channels x height x width`` input,
+    split over ``cores`` cores by output ``rows`` or output ``channels``."""
     rng = np.random.default_rng(seed)
     out_channels = channels if out_channels is None else out_channels
     pad = kernel // 2 if pad is None else pad
@@ -106,14 +143,16 @@ def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width
     param_line = dram.allocate(params.shape[0] * hw.param_lines_per_entry, "parameters")
     segments = [Segment("weights", weight_line, pack_weight_blocks(blocks)),
                 Segment("params", param_line, pack_params(params))]
-    stream = StreamBuilder(0)
-    tiling = lower_windowed(hw, layer, stream, in_line=in_tensor.dram_line, out_line=out_tensor.dram_line,
-                            weight_line=weight_line, param_line=param_line)
-    stream.end()
+    def emit(stream, rows, blocks):
+        return lower_windowed(hw, layer, stream, in_line=in_tensor.dram_line, out_line=out_tensor.dram_line,
+                              weight_line=weight_line, param_line=param_line, rows=rows, blocks=blocks)
+
+    streams, tiling = split_streams(hw, cores, split, layer.out_height, -(-out_channels // lanes), emit)
     description = {"layer": kind, "channels": channels, "height": height, "width": width,
                    "out_channels": out_channels, "kernel": kernel, "stride": stride, "pad": pad,
-                   "out_height": layer.out_height, "out_width": layer.out_width, "seed": seed, **tiling}
-    binary = assemble(hw, [stream], segments, dram, [in_tensor], [out_tensor],
+                   "out_height": layer.out_height, "out_width": layer.out_width, "seed": seed,
+                   "cores": len(streams), "cores_requested": cores, "split": split, **tiling}
+    binary = assemble(hw, streams, segments, dram, [in_tensor], [out_tensor],
                       {"layer": description, "macs": layer.macs})
     return LayerCase(binary, {"x": x}, {"y": expected}, layer.macs, description)
 
@@ -144,7 +183,7 @@ def build_pool(hw, *, h, w, c, k=2, stride=2, pad=0, mode="max", seed=0, **kwarg
                           seed=seed, **kwargs)
 
 
-def build_add(hw: HwConfig, *, h, w, c, seed=0, signed=True) -> LayerCase:
+def build_add(hw: HwConfig, *, h, w, c, seed=0, signed=True, cores=1, split="rows") -> LayerCase:
     rng = np.random.default_rng(seed)
     dtype = _dtype(signed)
     a = _random_activations(rng, (c, h, w), signed)
@@ -163,13 +202,16 @@ def build_add(hw: HwConfig, *, h, w, c, seed=0, signed=True) -> LayerCase:
     for tensor in tensors:
         tensor.dram_line = dram.allocate(tensor.lines(lanes), tensor.name)
     param_line = dram.allocate(3 * hw.param_lines_per_entry, "parameters")
-    stream = StreamBuilder(0)
     layer = AddLayer(c, h, w, signed, lo, hi)
-    tiling = lower_add(hw, layer, stream, a_line=tensors[0].dram_line, b_line=tensors[1].dram_line,
-                       out_line=tensors[2].dram_line, param_line=param_line)
-    stream.end()
-    description = {"layer": "add", "channels": c, "height": h, "width": w, "seed": seed, **tiling}
-    binary = assemble(hw, [stream], [Segment("params", param_line, pack_params(params))], dram,
+
+    def emit(stream, rows, blocks):
+        return lower_add(hw, layer, stream, a_line=tensors[0].dram_line, b_line=tensors[1].dram_line,
+                         out_line=tensors[2].dram_line, param_line=param_line, rows=rows, blocks=blocks)
+
+    streams, tiling = split_streams(hw, cores, split, h, -(-c // lanes), emit)
+    description = {"layer": "add", "channels": c, "height": h, "width": w, "seed": seed,
+                   "cores": len(streams), "cores_requested": cores, "split": split, **tiling}
+    binary = assemble(hw, streams, [Segment("params", param_line, pack_params(params))], dram,
                       tensors[:2], tensors[2:], {"layer": description, "macs": 0})
     return LayerCase(binary, {"a": a, "b": b}, {"y": expected}, 0, description)
 

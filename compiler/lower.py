@@ -150,11 +150,15 @@ class _Tiling:
     out_slot: int       # lines
 
 
-def plan_tiling(hw: HwConfig, layer: WindowedLayer) -> _Tiling:
+def plan_tiling(hw: HwConfig, layer: WindowedLayer, out_rows: int | None = None,
+                out_blocks: int | None = None) -> _Tiling:
+    """Tile a layer (or the part of it one core computes: ``out_rows`` rows and
+    ``out_blocks`` output-channel blocks) to the scratchpads."""
     lanes = hw.lanes
     k, s = layer.kernel, layer.stride
     cin_blocks = _ceil_div(layer.in_channels, lanes)
-    cout_blocks = _ceil_div(layer.out_channels, lanes)
+    cout_blocks = out_blocks if out_blocks is not None else _ceil_div(layer.out_channels, lanes)
+    out_rows = out_rows if out_rows is not None else layer.out_height
     per_block = weight_blocks_for(layer, lanes)
     half_weights = hw.weight_blocks // 2
     if per_block > half_weights:
@@ -173,7 +177,7 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer) -> _Tiling:
     # per pass) before giving up, which also shrinks the input slot of depthwise layers.
     for candidate_group in range(group, 0, -1):
         in_blocks = cin_blocks if layer.kind == "conv" else candidate_group
-        for rows in range(min(layer.out_height, FIELD_MAX_COUNT), 0, -1):
+        for rows in range(min(out_rows, FIELD_MAX_COUNT), 0, -1):
             in_rows = (rows - 1) * s + k
             in_slot = in_blocks * in_rows * in_width
             out_slot = candidate_group * rows * ow
@@ -193,20 +197,29 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer) -> _Tiling:
 
 
 def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *, in_line: int, out_line: int,
-                   weight_line: int, param_line: int) -> dict:
-    """Emit the whole layer into ``stream``. Returns the tiling as a dict (for reports)."""
+                   weight_line: int, param_line: int, rows: tuple[int, int] | None = None,
+                   blocks: tuple[int, int] | None = None) -> dict:
+    """Emit the layer, or the part of it given by output ``rows`` ``[r0, r1)`` and
+    output-channel ``blocks`` ``[b0, b1)``, into ``stream``. Returns the tiling (for reports).
+
+    The part's semaphores are self-contained: the stream may continue with other work."""
     layer.check()
     lanes = hw.lanes
-    tiling = plan_tiling(hw, layer)
     k, s, p = layer.kernel, layer.stride, layer.pad
     H, W = layer.height, layer.width
     OH, OW = layer.out_height, layer.out_width
     cin_blocks = _ceil_div(layer.in_channels, lanes)
-    cout_blocks = _ceil_div(layer.out_channels, lanes)
+    row0, row1 = rows if rows is not None else (0, OH)
+    block0, block1 = blocks if blocks is not None else (0, _ceil_div(layer.out_channels, lanes))
+    if not (0 <= row0 < row1 <= OH and 0 <= block0 < block1 <= _ceil_div(layer.out_channels, lanes)):
+        raise CompileError(f"empty or out-of-range part: rows {row0}..{row1} of {OH}, "
+                           f"blocks {block0}..{block1}")
+    cout_blocks = block1 - block0
+    tiling = plan_tiling(hw, layer, out_rows=row1 - row0, out_blocks=cout_blocks)
     per_block = weight_blocks_for(layer, lanes)
     group = tiling.group_blocks
     groups = _ceil_div(cout_blocks, group)
-    tiles_per_group = _ceil_div(OH, tiling.rows)
+    tiles_per_group = _ceil_div(row1 - row0, tiling.rows)
 
     half_weights = hw.weight_blocks // 2
     in_slots = [0, tiling.in_slot]
@@ -231,8 +244,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     tiles = [(g, t) for g in range(groups) for t in range(tiles_per_group)]
 
     def group_range(g):
-        first = g * group
-        return first, min(cout_blocks, first + group)
+        first = block0 + g * group
+        return first, min(block1, first + group)
 
     def load_weights(g):
         # The group's parameters, then its weights, into slot g % 2; the last load signals.
@@ -251,8 +264,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
 
     def load_input(index):
         g, t = tiles[index]
-        oy0 = t * tiling.rows
-        rows = min(tiling.rows, OH - oy0)
+        oy0 = row0 + t * tiling.rows
+        rows = min(tiling.rows, row1 - oy0)
         in_rows = (rows - 1) * s + k
         first_row = oy0 * s - p
         pad_top = max(0, -first_row)
@@ -276,8 +289,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
 
     def store_output(index):
         g, t = tiles[index]
-        oy0 = t * tiling.rows
-        rows = min(tiling.rows, OH - oy0)
+        oy0 = row0 + t * tiling.rows
+        rows = min(tiling.rows, row1 - oy0)
         first, last = group_range(g)
         stream.emit(Opcode.STORE, wait=OUT_FULL, signal=OUT_FREE, buffer=Buffer.ACT,
                     dram_addr=out_line + first * OH * OW + oy0 * OW, dram_s1=OW, dram_s2=OH * OW,
@@ -291,8 +304,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     acc_count = 0
     in_plane = tiling.in_rows * tiling.in_width
     for index, (g, t) in enumerate(tiles):
-        oy0 = t * tiling.rows
-        rows = min(tiling.rows, OH - oy0)
+        oy0 = row0 + t * tiling.rows
+        rows = min(tiling.rows, row1 - oy0)
         first, last = group_range(g)
         in_slot = in_slots[index % 2]
         wslot = (g % 2) * half_weights
@@ -393,14 +406,19 @@ class AddLayer:
 
 
 def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: int, b_line: int, out_line: int,
-              param_line: int) -> dict:
+              param_line: int, rows: tuple[int, int] | None = None, blocks: tuple[int, int] | None = None) -> dict:
+    """Emit the add, or its part ``rows`` ``[r0, r1)`` x channel ``blocks`` ``[b0, b1)``."""
     lanes = hw.lanes
-    blocks = _ceil_div(layer.channels, lanes)
     H, W = layer.height, layer.width
+    row0, row1 = rows if rows is not None else (0, H)
+    block0, block1 = blocks if blocks is not None else (0, _ceil_div(layer.channels, lanes))
+    part_rows = row1 - row0
+    blocks = block1 - block0
+    offset = block0 * H * W
     if W > FIELD_MAX_COUNT:
         raise CompileError(f"rows of {W} pixels exceed the {FIELD_MAX_COUNT}-iteration loop fields")
     rows = None
-    for candidate in range(H, 0, -1):
+    for candidate in range(part_rows, 0, -1):
         slot = blocks * candidate * W
         if 6 * slot <= hw.act_lines and candidate * W <= FIELD_MAX_COUNT:
             rows = candidate
@@ -414,24 +432,24 @@ def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: i
     stream.credit(Unit.PPU, OUT_FREE)
     stream.emit(Opcode.LOAD, buffer=Buffer.PARAM, dram_addr=param_line, sram_addr=0, n2=1, n1=3,
                 n0=hw.param_lines_per_entry, dram_s1=hw.param_lines_per_entry, sram_s1=hw.param_lines_per_entry)
-    tiles = _ceil_div(H, rows)
+    tiles = _ceil_div(part_rows, rows)
 
     def load(index):
-        y0 = index * rows
-        count = min(rows, H - y0)
+        y0 = row0 + index * rows
+        count = min(rows, row1 - y0)
         # A waits for the slot pair to be free; B, behind it in the in-order DMA queue,
         # signals that both have landed.
         for line, slots, wait, signal in ((a_line, a_slots, IN_FREE, 0), (b_line, b_slots, 0, IN_FULL)):
             stream.emit(Opcode.LOAD, wait=wait, signal=signal, buffer=Buffer.ACT,
-                        dram_addr=line + y0 * W, dram_s1=W, dram_s2=H * W, sram_addr=slots[index % 2],
+                        dram_addr=line + offset + y0 * W, dram_s1=W, dram_s2=H * W, sram_addr=slots[index % 2],
                         sram_s1=W, sram_s2=rows * W, n2=blocks, n1=count, n0=W)
 
     load(0)
     if tiles > 1:
         load(1)
     for index in range(tiles):
-        y0 = index * rows
-        count = min(rows, H - y0)
+        y0 = row0 + index * rows
+        count = min(rows, row1 - y0)
         stream.emit(Opcode.ADD, wait=IN_FULL | OUT_FREE, signal=IN_FREE | OUT_FULL,
                     a_addr=a_slots[index % 2], a_s1=rows * W, a_s0=1,
                     b_addr=b_slots[index % 2], b_s1=rows * W, b_s0=1,
@@ -442,6 +460,6 @@ def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: i
         if index + 2 < tiles:
             load(index + 2)
         stream.emit(Opcode.STORE, wait=OUT_FULL, signal=OUT_FREE, buffer=Buffer.ACT,
-                    dram_addr=out_line + y0 * W, dram_s1=W, dram_s2=H * W, sram_addr=out_slots[index % 2],
+                    dram_addr=out_line + offset + y0 * W, dram_s1=W, dram_s2=H * W, sram_addr=out_slots[index % 2],
                     sram_s1=W, sram_s2=rows * W, n2=blocks, n1=count, n0=W)
     return {"tile_rows": rows, "tiles": tiles}

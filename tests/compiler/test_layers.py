@@ -16,7 +16,7 @@ from dlfusion.hw.config import HwConfig
 from dlfusion.sim.golden import GoldenSimulator
 
 DEFAULT = HwConfig()
-SMALL = HwConfig(pe_rows=4, pe_cols=4, act_lines=2048, weight_blocks=1024, acc_entries=256, param_entries=64,
+SMALL = HwConfig(pe_rows=4, pe_cols=4, act_lines=4096, weight_blocks=1024, acc_entries=256, param_entries=64,
                  dram_bytes=1 << 20, dram_bytes_per_cycle=4, dram_latency=8)
 CONFIGS = {"default": DEFAULT, "small": SMALL}
 
