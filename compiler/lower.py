@@ -247,20 +247,31 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
         first = block0 + g * group
         return first, min(block1, first + group)
 
-    def load_weights(g):
-        # The group's parameters, then its weights, into slot g % 2; the last load signals.
+    def load_params(g):
+        # Into slot g % 2, once the slot is free; for layers without weights it also
+        # tells the PE that the group may start.
         first, last = group_range(g)
         stream.emit(Opcode.LOAD, wait=W_FREE, signal=0 if has_weights else W_FULL, buffer=Buffer.PARAM,
                     dram_addr=param_line + 2 * first * lines_per_entry,
                     sram_addr=(g % 2) * half_params * lines_per_entry,
                     n2=1, n1=2 * (last - first), n0=lines_per_entry, dram_s1=lines_per_entry,
                     sram_s1=lines_per_entry)
-        if has_weights:
-            blocks = (last - first) * per_block
+
+    def load_weight_chunks(g):
+        # One LOAD per output-channel block, each signalling W_FULL, so that the first
+        # tile's compute on block j overlaps the loads of blocks j+1...
+        if not has_weights:
+            return
+        first, last = group_range(g)
+        for j in range(first, last):
             stream.emit(Opcode.LOAD, signal=W_FULL, buffer=Buffer.WEIGHT,
-                        dram_addr=weight_line + first * per_block * lanes,
-                        sram_addr=(g % 2) * half_weights * lanes,
-                        n2=1, n1=blocks, n0=lanes, dram_s1=lanes, sram_s1=lanes)
+                        dram_addr=weight_line + j * per_block * lanes,
+                        sram_addr=((g % 2) * half_weights + (j - first) * per_block) * lanes,
+                        n2=1, n1=per_block, n0=lanes, dram_s1=lanes, sram_s1=lanes)
+
+    def load_weights(g):
+        load_params(g)
+        load_weight_chunks(g)
 
     def load_input(index):
         g, t = tiles[index]
@@ -297,8 +308,9 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                     sram_addr=out_slots[index % 2], sram_s1=OW, sram_s2=tiling.rows * OW,
                     n2=last - first, n1=rows, n0=OW)
 
-    load_weights(0)
+    load_params(0)
     load_input(0)
+    load_weight_chunks(0)
     if len(tiles) > 1:
         load_input(1)
     acc_count = 0
@@ -366,8 +378,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                     wait |= ACC_FREE
                     if j == first:
                         wait |= IN_FULL
-                        if t == 0:
-                            wait |= W_FULL
+                    if t == 0 and (has_weights or j == first):
+                        wait |= W_FULL
                 if n == len(instructions) - 1:
                     signal |= ACC_FULL
                     if j == last - 1:

@@ -130,7 +130,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def _build_layer(args, hw):
     from .compiler import layers
-    common = dict(seed=args.seed)
+    common = dict(seed=args.seed, cores=args.cores, split=args.split)
     if args.kind == "conv":
         return layers.build_conv(hw, h=args.h, w=args.w, cin=args.cin, cout=args.cout, k=args.k,
                                  stride=args.stride, pad=args.pad, **common)
@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad", type=int, default=None, help="default: k // 2 (pool: 0)")
     p.add_argument("--mode", choices=("max", "avg"), default="max", help="pool mode")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cores", type=int, default=1, help="cores to split the layer over (<= HwConfig.cores)")
+    p.add_argument("--split", choices=("rows", "channels"), default="rows",
+                   help="split axis: output rows (weights loaded by every core) or output channels "
+                        "(input loaded by every core)")
     p.add_argument("--backend", choices=("golden", "rtl"), default="golden")
     p.add_argument("--hw", help="HwConfig TOML file")
     p.add_argument("--save", help="also write the binary to this .dlfb path")
