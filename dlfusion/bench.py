@@ -1,15 +1,25 @@
 """Benchmarks measured on the RTL (``make bench``).
 
-Foundation benchmark: a compute-bound 3x3 convolution (56x56, 64 -> 64
-channels) on the default single-core HwConfig: RTL cycles, PE utilization
-(MACs / (PEs x cycles)), agreement with the golden simulator and the numpy
-reference, and the RTL simulation speed in simulated cycles per wall-clock
-second. Results go to ``build/bench/foundation.json`` and stdout.
+``foundation``: a compute-bound 3x3 convolution (56x56, 64 -> 64 channels) on
+one core of the default HwConfig: RTL cycles, PE utilization (MACs / (PEs x
+cycles)), agreement with the golden simulator and the numpy reference, and the
+RTL simulation speed in simulated cycles per wall-clock second.
+
+``scaling``: four layers (a large compute-bound 3x3 convolution, a small late
+3x3 layer at 7x7x512, a fully connected layer, a memory-bound depthwise
+convolution), each split over 1, 2, 4, 8 (optionally 16) cores by output rows
+and by output channels, on the default per-core configuration with enough
+cores: cycles from the RTL, speedup over one core, utilization, DRAM bytes
+moved; a table, a JSON file and a PNG plot. Also the whole-program simulation
+speed of the default 4-core model.
+
+Results go to ``build/bench/`` (``--out``) and stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -25,6 +35,7 @@ from .sim.runtime import run
 
 
 def foundation(hw: HwConfig, out_dir: Path) -> dict:
+    hw = dataclasses.replace(hw, cores=1)
     started = time.perf_counter()
     case = layers.build_conv(hw, h=56, w=56, cin=64, cout=64, k=3, seed=1)
     compile_seconds = time.perf_counter() - started
@@ -64,16 +75,124 @@ def foundation(hw: HwConfig, out_dir: Path) -> dict:
     return result
 
 
+SCALING_LAYERS = {
+    "conv3x3_56x56_64": lambda hw, cores, split: layers.build_conv(
+        hw, h=56, w=56, cin=64, cout=64, k=3, cores=cores, split=split, seed=11),
+    "conv3x3_7x7_512": lambda hw, cores, split: layers.build_conv(
+        hw, h=7, w=7, cin=512, cout=512, k=3, cores=cores, split=split, seed=12),
+    "fc_1024_1000": lambda hw, cores, split: layers.build_fc(
+        hw, cin=1024, cout=1000, cores=cores, split=split, seed=13),
+    "dwconv3x3_56x56_128": lambda hw, cores, split: layers.build_dwconv(
+        hw, h=56, w=56, c=128, k=3, cores=cores, split=split, seed=14),
+}
+
+
+def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
+    from .sim.rtl import RtlSimulator
+    from .sim.traffic import dram_traffic
+    model = dataclasses.replace(hw, cores=max(core_counts))
+    print(f"[bench] scaling on {model.describe()} (HwConfig {model.hash}); a program on k cores "
+          "leaves the others idle, which do not touch the port", flush=True)
+    simulator = RtlSimulator(model)
+    simulator.build()
+    rows = []
+    for name, build in SCALING_LAYERS.items():
+        for split in ("rows", "channels"):
+            base = None
+            for cores in core_counts:
+                case = build(model, cores, split)
+                result = simulator.run(case.binary, case.inputs)
+                if result.error is not None or not np.array_equal(result.outputs["y"], case.expected["y"]):
+                    raise SystemExit(f"{name} {split} {cores} cores: wrong result ({result.error})")
+                base = base or result.cycles
+                traffic = dram_traffic(case.binary)
+                row = {"layer": name, "split": split, "cores": cores, "cores_used": case.description["cores"],
+                       "cycles": result.cycles, "speedup": base / result.cycles,
+                       "utilization": case.macs / (model.macs_per_cycle * cores * result.cycles),
+                       "macs": case.macs, "dram_bytes": traffic["total_bytes"],
+                       "dma_stall": sum(c["dma_stall"] for c in result.counters),
+                       "sim_cycles_per_second": getattr(result, "cycles_per_second", None)}
+                rows.append(row)
+                print(f"[bench] {name:22} {split:8} {cores:2} cores: {result.cycles:>9,} cycles  "
+                      f"x{row['speedup']:.2f}  util {row['utilization']:.3f}  "
+                      f"DRAM {row['dram_bytes'] / 1e6:.2f} MB", flush=True)
+    default = hw
+    speed = None
+    if default.cores >= 4:
+        sim4 = RtlSimulator(default)
+        sim4.build()
+        case = SCALING_LAYERS["conv3x3_56x56_64"](default, 4, "rows")
+        result = sim4.run(case.binary, case.inputs)
+        speed = {"hw": default.hash, "cores": default.cores, "cycles": result.cycles,
+                 "sim_seconds": getattr(result, "sim_seconds", None),
+                 "cycles_per_second": getattr(result, "cycles_per_second", None)}
+        print(f"[bench] whole-program RTL speed, default {default.cores}-core model: "
+              f"{speed['cycles_per_second']:,.0f} cycles/s ({result.cycles:,} cycles)", flush=True)
+    report = {"hw": model.to_dict(), "hw_hash": model.hash, "rows": rows, "default_model_speed": speed}
+    atomic_write(out_dir / "scaling.json", json.dumps(report, indent=2))
+    _scaling_table(rows, out_dir / "scaling.md")
+    _scaling_plot(rows, out_dir / "scaling.png")
+    return report
+
+
+def _scaling_table(rows, path: Path) -> None:
+    lines = ["| layer | split | cores | RTL cycles | speedup | utilization | DRAM MB | DMA stall cycles |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['split']} | {r['cores']} | {r['cycles']:,} | {r['speedup']:.2f} | "
+                     f"{r['utilization']:.3f} | {r['dram_bytes'] / 1e6:.2f} | {r['dma_stall']:,} |")
+    atomic_write(path, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _scaling_plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, split in zip(axes, ("rows", "channels")):
+        for name in SCALING_LAYERS:
+            points = [(r["cores"], r["speedup"]) for r in rows if r["layer"] == name and r["split"] == split]
+            if points:
+                xs, ys = zip(*points)
+                axis.plot(xs, ys, marker="o", label=name)
+        cores = sorted({r["cores"] for r in rows})
+        axis.plot(cores, cores, linestyle=":", color="grey", label="linear")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(cores, [str(c) for c in cores])
+        axis.set_xlabel("cores")
+        axis.set_title(f"split by output {split}")
+        axis.grid(True, alpha=0.3)
+    axes[0].set_ylabel("speedup over 1 core (RTL cycles)")
+    axes[1].legend(fontsize=8, loc="upper left")
+    figure.suptitle("dlfusion: layer scaling on the shared DRAM port")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlfusion.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="*", choices=("foundation", "scaling"), default=[],
+                        help="benchmarks to run (default: all)")
     parser.add_argument("--hw", help="HwConfig TOML (default: built-in defaults)")
-    parser.add_argument("--out", default="build/bench", help="directory for the JSON results")
+    parser.add_argument("--out", default="build/bench", help="directory for the results")
+    parser.add_argument("--max-cores", type=int, default=8, choices=(4, 8, 16),
+                        help="largest core count of the scaling study")
     args = parser.parse_args(argv)
     hw = HwConfig.load(args.hw)
     out_dir = Path(args.out)
-    result = foundation(hw, out_dir)
-    return 0 if result["matches_reference"] and result["rtl_equals_golden"] else 1
+    which = args.which or ["foundation", "scaling"]
+    ok = True
+    if "foundation" in which:
+        result = foundation(hw, out_dir)
+        ok &= result["matches_reference"] and result["rtl_equals_golden"]
+    if "scaling" in which:
+        counts = tuple(c for c in (1, 2, 4, 8, 16) if c <= args.max_cores)
+        scaling(hw, out_dir, counts)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -193,9 +193,10 @@ def cmd_layer(args) -> int:
 def cmd_demo(args) -> int:
     from .compiler import layers
     hw = _load_hw(args.hw)
-    print(f"dlfusion demo: one 3x3 convolution ({args.h}x{args.w}, {args.c} -> {args.c} channels) on "
-          f"{hw.describe()}", flush=True)
-    case = layers.build_conv(hw, h=args.h, w=args.w, cin=args.c, cout=args.c, k=3, seed=1)
+    print(f"dlfusion demo: one 3x3 convolution ({args.h}x{args.w}, {args.c} -> {args.c} channels) split by "
+          f"output rows over {hw.cores} core(s) of {hw.describe()}", flush=True)
+    case = layers.build_conv(hw, h=args.h, w=args.w, cin=args.c, cout=args.c, k=3, seed=1, cores=hw.cores,
+                             split="rows")
     golden = _run_backend(case.binary, case.inputs, "golden")
     print("  golden simulator: done", flush=True)
     rtl = _run_backend(case.binary, case.inputs, "rtl", progress=True)
@@ -210,8 +211,8 @@ def cmd_demo(args) -> int:
         label = row["backend"] + (" (est.)" if row["backend"] == "golden" else "")
         print(f"  {label:14} {row['cycles']:>10} {row['utilization']:>12.3f} {str(row['matches_reference']):>8}")
     print(f"  RTL output == golden output: {same}")
-    counters = rtl.counters[0]
-    print("  RTL counters (core 0): " + ", ".join(f"{k}={v}" for k, v in counters.items()))
+    for core, counters in enumerate(rtl.counters):
+        print(f"  RTL counters (core {core}): " + ", ".join(f"{k}={v}" for k, v in counters.items()))
     if hasattr(rtl, "cycles_per_second"):
         print(f"  RTL simulation speed: {rtl.cycles_per_second:,.0f} cycles/s")
     return 0 if same and rows[1]["matches_reference"] else 4

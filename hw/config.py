@@ -64,7 +64,7 @@ class HwConfig:
         the WATCHDOG error (a deadlocked program or barrier).
     """
 
-    cores: int = 1
+    cores: int = 4
     pe_rows: int = 16
     pe_cols: int = 16
     act_lines: int = 8192
