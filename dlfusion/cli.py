@@ -106,7 +106,7 @@ def cmd_run(args) -> int:
     macs = int(binary.metadata.get("macs", 0))
     if macs:
         payload["macs"] = macs
-        payload["utilization"] = macs / (binary.hw.peak_macs_per_cycle * max(1, result.cycles))
+        payload["utilization"] = macs / (binary.hw.macs_per_cycle * len(binary.streams) * max(1, result.cycles))
     waveform = getattr(result, "waveform", None)
     if waveform:
         payload["waveform"] = str(waveform)
@@ -155,7 +155,9 @@ def layer_report(case, result) -> dict:
         "hw": hw.hash,
         "cycles": int(result.cycles),
         "macs": int(case.macs),
-        "utilization": case.macs / (hw.peak_macs_per_cycle * max(1, result.cycles)),
+        # Utilization of the PEs of the cores the program uses.
+        "utilization": case.macs / (hw.macs_per_cycle * len(case.binary.streams) * max(1, result.cycles)),
+        "cores": len(case.binary.streams),
         "matches_reference": bool(matches),
         "counters": result.counters,
         "error": None if result.error is None else result.error.to_json(),

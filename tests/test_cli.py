@@ -25,6 +25,7 @@ def test_layer_json_report(capsys):
     assert report["matches_reference"] is True
     case = layers.build_conv(HwConfig(), h=9, w=7, cin=20, cout=18, k=3, stride=2)
     assert report["macs"] == case.macs == 18 * 5 * 4 * 20 * 9
+    assert report["cores"] == 1
     assert report["utilization"] == pytest.approx(report["macs"] / (256 * report["cycles"]))
     assert len(report["output_sha256"]) == 64
     assert set(report["counters"][0]) >= {"instructions", "dma_busy", "pe_busy", "ppu_busy", "dma_stall"}
@@ -122,3 +123,19 @@ def test_verilog_is_written(tmp_path, capsys):
     assert code == 0
     text = out.read_text()
     assert "module dlfusion_accel" in text and "mem__rdata" in text
+
+
+@pytest.mark.parametrize("split", ["rows", "channels"])
+def test_layer_split_over_cores(capsys, split):
+    code, out, _ = run_cli(capsys, "layer", "conv", "--h", "12", "--w", "12", "--cin", "32", "--cout", "48",
+                           "--cores", "3", "--split", split, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["cores"] == 3 and report["layer"]["split"] == split
+    assert report["matches_reference"] is True
+    assert sum(1 for c in report["counters"] if c["instructions"] > 0) == 3
+
+
+def test_too_many_cores_is_a_clear_error(capsys):
+    code, _, err = run_cli(capsys, "layer", "conv", "--cores", "5")
+    assert code == 2 and "cores must be between 1 and the configured 4, not 5" in err
