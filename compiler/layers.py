@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.config import HwConfig
+from ..hw.isa import Opcode
 from ..sim.binary import Binary, Segment, Tensor
 from . import reference
-from .lower import (AddLayer, WindowedLayer, lower_add, lower_windowed, pack_windowed_weights, params_for)
-from ..hw.isa import Opcode
+from .lower import AddLayer, WindowedLayer, lower_add, lower_windowed, pack_windowed_weights, params_for
 from .program import CompileError, DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
 
-__all__ = ["LayerCase", "SPLITS", "partition", "split_streams", "build_windowed", "build_conv", "build_fc", "build_dwconv", "build_pool", "build_add",
+__all__ = ["LayerCase", "SPLITS", "partition", "split_streams", "build_windowed", "build_conv", "build_fc",
+           "build_dwconv", "build_pool", "build_add",
            "LAYER_KINDS"]
 
 
@@ -37,7 +38,7 @@ SPLITS = ("rows", "channels")
 def partition(total: int, parts: int) -> list[tuple[int, int]]:
     """``total`` units in ``parts`` contiguous, balanced ranges (empty ranges dropped)."""
     bounds = [total * i // parts for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 def split_streams(hw: HwConfig, cores: int, split: str, rows: int, blocks: int, emit) -> list[StreamBuilder]:

@@ -22,8 +22,18 @@ import numpy as np
 
 from ..hw.config import HwConfig
 from ..hw.isa import Buffer, MatmulMode, Opcode, Unit
-from .program import (ACC_FREE, ACC_FULL, IN_FREE, IN_FULL, OUT_FREE, OUT_FULL, W_FREE, W_FULL,
-                      CompileError, StreamBuilder)
+from .program import (
+    ACC_FREE,
+    ACC_FULL,
+    IN_FREE,
+    IN_FULL,
+    OUT_FREE,
+    OUT_FULL,
+    W_FREE,
+    W_FULL,
+    CompileError,
+    StreamBuilder,
+)
 
 __all__ = ["WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for", "params_for"]
 

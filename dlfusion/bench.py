@@ -150,11 +150,11 @@ def _scaling_plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for axis, split in zip(axes, ("rows", "channels")):
+    for axis, split in zip(axes, ("rows", "channels"), strict=True):
         for name in SCALING_LAYERS:
             points = [(r["cores"], r["speedup"]) for r in rows if r["layer"] == name and r["split"] == split]
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 axis.plot(xs, ys, marker="o", label=name)
         cores = sorted({r["cores"] for r in rows})
         axis.plot(cores, cores, linestyle=":", color="grey", label="linear")

@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=("conv", "fc", "dwconv", "pool", "add"))
     p.add_argument("--h", type=int, default=14)
     p.add_argument("--w", type=int, default=14)
-    p.add_argument("--cin", "--c", dest="cin", type=int, default=32, help="input channels (channels for dwconv/pool/add)")
+    p.add_argument("--cin", "--c", dest="cin", type=int, default=32,
+                   help="input channels (channels for dwconv/pool/add)")
     p.add_argument("--cout", type=int, default=32)
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--stride", type=int, default=1)

@@ -234,7 +234,7 @@ class Core(wiring.Component):
         sem_error_pc = Signal(32)
         higher_wants = Const(0)
         waiting = []
-        for unit, queue in zip(units, queues):
+        for unit, queue in zip(units, queues, strict=True):
             head = INSTRUCTION(queue.r_data[:INSTRUCTION.size])
             wait = head.wait
             available = Cat((~wait[i]) | (semaphores[i] != 0) for i in range(NUM_SEMAPHORES)).all()
@@ -245,7 +245,7 @@ class Core(wiring.Component):
             waiting.append(queue.r_rdy & unit.can_start & ~unit.sem_ok)
         for i, semaphore in enumerate(semaphores):
             taken = Cat((q.r_rdy & u.queue.ready & INSTRUCTION(q.r_data[:INSTRUCTION.size]).wait[i])
-                        for u, q in zip(units, queues)).any()
+                        for u, q in zip(units, queues, strict=True)).any()
             given = [u.done & u.done_signal[i] for u in units]
             total = Signal(range(2 * SEMAPHORE_MAX + 4), name=f"sem{i}_next")
             m.d.comb += total.eq(semaphore - taken + sum(given))

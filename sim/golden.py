@@ -19,7 +19,8 @@ mask is applied at its completion time. ``END`` and ``BARRIER`` run in the
 dispatcher once every queue is empty and every unit idle (their ``wait`` and
 ``signal`` masks are ignored: draining the units is their synchronisation). A
 ``BARRIER`` then waits until every core in ``core_mask`` (which must include
-the own core) waits at a barrier with the same mask; they all leave together. Events are processed in time order; at equal times completions
+the own core) waits at a barrier with the same mask; they all leave together.
+Events are processed in time order; at equal times completions
 come first, then starts by core and unit (DMA < PE < PPU), the dispatcher
 last. For a race-free program (every cross-unit dependency through a
 semaphore) the result equals that of any legal interleaving, hence of the RTL.

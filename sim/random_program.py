@@ -52,7 +52,7 @@ class _Chain:
 
 
 def _span(counts, strides) -> int:
-    return sum((n - 1) * s for n, s in zip(counts, strides))
+    return sum((n - 1) * s for n, s in zip(counts, strides, strict=True))
 
 
 def _loops(rng, window: int, dims: int, inner_stride: int | None = None):
