@@ -35,9 +35,11 @@ from .program import (
     StreamBuilder,
 )
 
-__all__ = ["WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for", "params_for"]
+__all__ = ["initial_credits", "WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for", "params_for"]
 
 FIELD_MAX_COUNT = 4095
+#: Largest window (global pooling and flattening fully connected layers use big ones).
+MAX_KERNEL = 64
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -46,6 +48,13 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _byte(value: int) -> int:
     return int(value) & 0xFF
+
+
+def initial_credits(stream: StreamBuilder) -> None:
+    """Two free slots of every double-buffered resource: emitted once at the start of a stream."""
+    stream.credit(Unit.DMA, IN_FREE | W_FREE)
+    stream.credit(Unit.PE, ACC_FREE)
+    stream.credit(Unit.PPU, OUT_FREE)
 
 
 @dataclass
@@ -86,8 +95,8 @@ class WindowedLayer:
     def check(self) -> None:
         if self.kind not in ("conv", "depthwise", "maxpool", "avgpool"):
             raise CompileError(f"unknown windowed layer kind {self.kind!r}")
-        if not 1 <= self.kernel <= 7:
-            raise CompileError(f"kernel must be between 1 and 7, not {self.kernel}")
+        if not 1 <= self.kernel <= MAX_KERNEL:
+            raise CompileError(f"kernel must be between 1 and {MAX_KERNEL}, not {self.kernel}")
         if self.stride not in (1, 2):
             raise CompileError(f"stride must be 1 or 2, not {self.stride}")
         if not 0 <= self.pad < self.kernel:
@@ -208,11 +217,13 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer, out_rows: int | None = None,
 
 def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *, in_line: int, out_line: int,
                    weight_line: int, param_line: int, rows: tuple[int, int] | None = None,
-                   blocks: tuple[int, int] | None = None) -> dict:
+                   blocks: tuple[int, int] | None = None, credits: bool = True) -> dict:
     """Emit the layer, or the part of it given by output ``rows`` ``[r0, r1)`` and
     output-channel ``blocks`` ``[b0, b1)``, into ``stream``. Returns the tiling (for reports).
 
-    The part's semaphores are self-contained: the stream may continue with other work."""
+    The part leaves the semaphores as it found them, so the stream may continue with other
+    work; ``credits`` emits the initial "two free slots" credits (once per stream: see
+    :func:`initial_credits`)."""
     layer.check()
     lanes = hw.lanes
     k, s, p = layer.kernel, layer.stride, layer.pad
@@ -246,10 +257,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     half_params = hw.param_entries // 2
     lines_per_entry = hw.param_lines_per_entry
 
-    # Initial credits: two free slots of everything.
-    stream.credit(Unit.DMA, IN_FREE | W_FREE)
-    stream.credit(Unit.PE, ACC_FREE)
-    stream.credit(Unit.PPU, OUT_FREE)
+    if credits:
+        initial_credits(stream)
 
     tiles = [(g, t) for g in range(groups) for t in range(tiles_per_group)]
 
@@ -428,7 +437,8 @@ class AddLayer:
 
 
 def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: int, b_line: int, out_line: int,
-              param_line: int, rows: tuple[int, int] | None = None, blocks: tuple[int, int] | None = None) -> dict:
+              param_line: int, rows: tuple[int, int] | None = None, blocks: tuple[int, int] | None = None,
+              credits: bool = True) -> dict:
     """Emit the add, or its part ``rows`` ``[r0, r1)`` x channel ``blocks`` ``[b0, b1)``."""
     lanes = hw.lanes
     H, W = layer.height, layer.width
@@ -450,8 +460,8 @@ def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: i
                            f"(act_lines = {hw.act_lines})")
     slot = blocks * rows * W
     a_slots, b_slots, out_slots = (0, slot), (2 * slot, 3 * slot), (4 * slot, 5 * slot)
-    stream.credit(Unit.DMA, IN_FREE)
-    stream.credit(Unit.PPU, OUT_FREE)
+    if credits:
+        initial_credits(stream)
     stream.emit(Opcode.LOAD, buffer=Buffer.PARAM, dram_addr=param_line, sram_addr=0, n2=1, n1=3,
                 n0=hw.param_lines_per_entry, dram_s1=hw.param_lines_per_entry, sram_s1=hw.param_lines_per_entry)
     tiles = _ceil_div(part_rows, rows)

@@ -41,9 +41,9 @@ def test_other_layer_kinds(capsys, kind, extra):
 
 
 def test_bad_layer_parameters(capsys):
-    code, _, err = run_cli(capsys, "layer", "conv", "--k", "9", "--pad", "0")
+    code, _, err = run_cli(capsys, "layer", "conv", "--k", "99", "--pad", "0")
     assert code == 2
-    assert "kernel must be between 1 and 7, not 9" in err
+    assert "kernel must be between 1 and 64, not 99" in err
     assert "Traceback" not in err
 
 

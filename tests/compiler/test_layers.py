@@ -134,7 +134,7 @@ def test_layer_too_large_is_a_clear_error():
 def test_bad_layer_parameters_are_clear_errors():
     with pytest.raises(CompileError, match="stride must be 1 or 2, not 3"):
         layers.build_conv(DEFAULT, h=8, w=8, cin=4, cout=4, k=3, stride=3)
-    with pytest.raises(CompileError, match="kernel must be between 1 and 7, not 9"):
-        layers.build_conv(DEFAULT, h=12, w=12, cin=4, cout=4, k=9, pad=0)
+    with pytest.raises(CompileError, match="kernel must be between 1 and 64, not 99"):
+        layers.build_conv(DEFAULT, h=12, w=12, cin=4, cout=4, k=99, pad=0)
     with pytest.raises(CompileError, match="pool mode must be 'max' or 'avg'"):
         layers.build_pool(DEFAULT, h=8, w=8, c=4, mode="min")

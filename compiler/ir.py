@@ -1,0 +1,159 @@
+"""The quantized graph IR: one op enum, tensors with scales and zero points.
+
+A :class:`Graph` is a list of :class:`Node` in topological order over named
+:class:`Tensor` values of shape ``(C, H, W)`` (batch 1). Every op carries what
+its lowering needs (int8 weights, int32 biases, float32 requantization
+multipliers computed the way onnxruntime computes them). :func:`check` is the
+invariant check run between passes (always in tests).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check"]
+
+
+class IRError(ValueError):
+    """A graph violates an IR invariant or uses something the compiler does not support."""
+
+
+class Op(enum.Enum):
+    CONV = "conv"                  #: QLinearConv, groups = 1
+    DEPTHWISE = "depthwise"        #: QLinearConv, groups = channels
+    FC = "fc"                      #: QGemm / QLinearMatMul on a flattened (C, 1, 1) tensor
+    ADD = "add"                    #: QLinearAdd
+    MAXPOOL = "maxpool"            #: MaxPool on a quantized tensor
+    AVGPOOL = "avgpool"            #: QLinearAveragePool / QLinearGlobalAveragePool
+    CONCAT = "concat"              #: channel concatenation (same scale and zero point)
+
+
+#: Ops that the windowed lowering handles (a k x k window over the input).
+WINDOWED = (Op.CONV, Op.DEPTHWISE, Op.FC, Op.MAXPOOL, Op.AVGPOOL)
+
+
+@dataclass
+class Tensor:
+    """A quantized activation of logical shape ``(C, H, W)``."""
+    name: str
+    shape: tuple[int, int, int]
+    dtype: str          # "int8" | "uint8"
+    scale: float
+    zero_point: int
+
+    @property
+    def signed(self) -> bool:
+        return self.dtype == "int8"
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return (-128, 127) if self.signed else (0, 255)
+
+
+@dataclass
+class Node:
+    """One operator. ``attrs`` by op:
+
+    windowed ops: ``kernel, stride, pad``; CONV/DEPTHWISE/FC also ``weight`` (int8,
+    (K, C, k, k) or (C, 1, k, k)), ``bias`` (int32, (K,)), ``multiplier`` (float32, (K,));
+    AVGPOOL ``multiplier`` (float32 scalar); every op ``clamp`` (lo, hi) of the output.
+    ADD: ``a_scale, a_zp, b_scale, b_zp``. CONCAT: nothing.
+    """
+    name: str
+    op: Op
+    inputs: list[str]
+    output: str
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def macs(self) -> int:
+        return int(self.attrs.get("macs", 0))
+
+
+@dataclass
+class Graph:
+    name: str
+    tensors: dict[str, Tensor]
+    nodes: list[Node]
+    input: str
+    output: str
+    #: onnxruntime's QuantizeLinear of the float input and DequantizeLinear of the output
+    input_quant: dict = field(default_factory=dict)
+    output_dequant: dict = field(default_factory=dict)
+
+    def producer(self, tensor: str) -> Node | None:
+        for node in self.nodes:
+            if node.output == tensor:
+                return node
+        return None
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [node for node in self.nodes if tensor in node.inputs]
+
+    @property
+    def macs(self) -> int:
+        return sum(node.macs for node in self.nodes)
+
+
+def _out_size(size, kernel, stride, pad):
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def check(graph: Graph) -> None:
+    """Raise :class:`IRError` unless every invariant holds."""
+    defined = {graph.input}
+    if graph.input not in graph.tensors:
+        raise IRError(f"graph input {graph.input!r} has no tensor")
+    names = set()
+    for node in graph.nodes:
+        if node.name in names:
+            raise IRError(f"node name {node.name!r} is used twice")
+        names.add(node.name)
+        for name in node.inputs:
+            if name not in defined:
+                raise IRError(f"{node.name}: input {name!r} is used before it is produced (order is not topological)")
+        if node.output in defined:
+            raise IRError(f"{node.name}: output {node.output!r} is produced twice")
+        if node.output not in graph.tensors:
+            raise IRError(f"{node.name}: output {node.output!r} has no tensor")
+        defined.add(node.output)
+        out = graph.tensors[node.output]
+        ins = [graph.tensors[name] for name in node.inputs]
+        c, h, w = ins[0].shape
+        if node.op in WINDOWED:
+            k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
+            expected_hw = (_out_size(h, k, s, p), _out_size(w, k, s, p))
+            if out.shape[1:] != expected_hw:
+                raise IRError(f"{node.name}: output spatial shape {out.shape[1:]} != {expected_hw}")
+            if node.op in (Op.CONV, Op.FC):
+                weight = node.attrs["weight"]
+                if weight.shape != (out.shape[0], c, k, k) or weight.dtype != np.int8:
+                    raise IRError(f"{node.name}: weight {weight.shape} {weight.dtype} does not match "
+                                  f"{(out.shape[0], c, k, k)} int8")
+            if node.op in (Op.DEPTHWISE, Op.MAXPOOL, Op.AVGPOOL) and out.shape[0] != c:
+                raise IRError(f"{node.name}: {node.op.value} changes the channel count {c} -> {out.shape[0]}")
+            if node.op in (Op.CONV, Op.FC, Op.DEPTHWISE):
+                for key, dtype in (("bias", np.int32), ("multiplier", np.float32)):
+                    value = node.attrs[key]
+                    if value.shape != (out.shape[0],) or value.dtype != dtype:
+                        raise IRError(f"{node.name}: {key} must be ({out.shape[0]},) {np.dtype(dtype).name}")
+            if node.op is Op.MAXPOOL and (out.scale != ins[0].scale or out.zero_point != ins[0].zero_point
+                                          or out.dtype != ins[0].dtype):
+                raise IRError(f"{node.name}: MaxPool must keep the quantization of its input")
+        elif node.op is Op.ADD:
+            if len(ins) != 2 or ins[0].shape != ins[1].shape or out.shape != ins[0].shape:
+                raise IRError(f"{node.name}: add needs two inputs of the output's shape")
+            if len({t.dtype for t in (*ins, out)}) != 1:
+                raise IRError(f"{node.name}: add inputs and output must share a dtype")
+        elif node.op is Op.CONCAT:
+            if any(t.shape[1:] != out.shape[1:] for t in ins) or sum(t.shape[0] for t in ins) != out.shape[0]:
+                raise IRError(f"{node.name}: concat shapes do not add up")
+            if any((t.scale, t.zero_point, t.dtype) != (out.scale, out.zero_point, out.dtype) for t in ins):
+                raise IRError(f"{node.name}: concat inputs must share the output's quantization")
+        else:
+            raise IRError(f"{node.name}: unknown op {node.op!r}")
+    if graph.output not in defined:
+        raise IRError(f"graph output {graph.output!r} is never produced")
