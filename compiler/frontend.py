@@ -30,6 +30,26 @@ def _f32(value) -> np.float32:
     return np.float32(np.asarray(value, dtype=np.float32).reshape(-1)[0])
 
 
+def _table_multiplier(part: Tensor, y_scale: np.float32, y_zero: int, dtype, where: str) -> np.float32:
+    """A float32 multiplier ``m`` with ``clamp(rne((x - zx) * m) + zy) == table[x]`` for every
+    8-bit ``x``, where ``table`` is onnxruntime's QLinearConcat lookup table
+    (dequantize with the input's parameters, quantize with the output's)."""
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1)
+    real = (x - part.zero_point).astype(np.float32) * np.float32(part.scale)
+    table = np.clip(np.rint(real / y_scale) + y_zero, info.min, info.max)
+    guess = np.float32(np.float32(part.scale) / y_scale)
+    bits = int(guess.view(np.int32))
+    for step in range(64):      # the nearest float32 values around the scale ratio
+        for candidate in {bits + step, bits - step}:
+            m = np.array(candidate, np.int32).view(np.float32)
+            ours = np.clip(np.rint((x - part.zero_point).astype(np.float32) * m) + y_zero, info.min, info.max)
+            if np.array_equal(ours, table):
+                return np.float32(m)
+    raise IRError(f"{where}: cannot reproduce the requantization table of input {part.name!r} "
+                  "with a multiplier")
+
+
 def load_onnx(path: str | Path, name: str | None = None) -> Graph:
     """Read a quantized (QOperator) ONNX model into a checked :class:`Graph`."""
     import onnx
@@ -264,11 +284,19 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
             else:
                 scale, zero = const(node.input[0], node), const(node.input[1], node)
                 parts = [tensor(node.input[i], node) for i in range(2, len(node.input), 3)]
-                for i, part in zip(range(2, len(node.input), 3), parts, strict=True):
-                    if _f32(const(node.input[i + 1], node)) != _f32(scale) or \
-                            int(const(node.input[i + 2], node)) != int(zero):
-                        raise IRError(f"{where}: inputs with a different scale or zero point than the output "
-                                      f"are not supported ({part.name!r})")
+                for index, part in enumerate(parts):
+                    if _f32(part.scale) == _f32(scale) and part.zero_point == int(zero):
+                        continue
+                    # onnxruntime requantizes this input through a 256-entry lookup table; an
+                    # identity 1x1 depthwise layer reproduces it with a multiplier found below.
+                    multiplier = _table_multiplier(part, _f32(scale), int(zero), np.asarray(zero).dtype, where)
+                    rescaled = Node(f"{node.name or node.output[0]}:rescale{index}", Op.DEPTHWISE, [part.name],
+                                    f"{part.name}:rescaled",
+                                    dict(kernel=1, stride=1, pad=0, weight=np.ones((part.shape[0], 1, 1, 1), np.int8),
+                                         bias=np.zeros(part.shape[0], np.int32),
+                                         multiplier=np.full(part.shape[0], multiplier, np.float32),
+                                         macs=part.shape[0] * part.shape[1] * part.shape[2]))
+                    parts[index] = emit(rescaled, part.shape, scale, zero)
             shape = (sum(t.shape[0] for t in parts), *parts[0].shape[1:])
             emit(Node(node.name or node.output[0], Op.CONCAT, [t.name for t in parts], node.output[0], {}),
                  shape, scale, zero)
