@@ -25,11 +25,19 @@ import numpy as np
 
 from ..hw.config import HwConfig
 from ..hw.isa import Opcode
-from ..sim.binary import Binary, Segment, Tensor as DramTensor, atomic_write
+from ..sim.binary import Binary, Segment, atomic_write
+from ..sim.binary import Tensor as DramTensor
 from .ir import Graph, Node, Op, check
 from .layers import SPLITS, partition
-from .lower import (AddLayer, WindowedLayer, initial_credits, lower_add, lower_windowed, pack_windowed_weights,
-                    params_for)
+from .lower import (
+    AddLayer,
+    WindowedLayer,
+    initial_credits,
+    lower_add,
+    lower_windowed,
+    pack_windowed_weights,
+    params_for,
+)
 from .program import CompileError, StreamBuilder, assemble, pack_params, pack_weight_blocks
 from .reference import qlinear_add_params
 

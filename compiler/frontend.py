@@ -270,7 +270,8 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
         elif op in ("Flatten", "Reshape"):
             x = tensor(node.input[0], node)
             consumers = [n.op_type for n in graph.node if node.output[0] in n.input]
-            if not all(t in ("QGemm", "QLinearMatMul", "DequantizeLinear") for t in consumers) and x.shape[1:] != (1, 1):
+            feeds_fc = all(t in ("QGemm", "QLinearMatMul", "DequantizeLinear") for t in consumers)
+            if not feeds_fc and x.shape[1:] != (1, 1):
                 raise IRError(f"{where}: a reshape is only supported before a fully connected layer "
                               f"(here it feeds {consumers})")
             alias[node.output[0]] = x.name

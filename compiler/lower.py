@@ -35,7 +35,8 @@ from .program import (
     StreamBuilder,
 )
 
-__all__ = ["initial_credits", "WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for", "params_for"]
+__all__ = ["initial_credits", "WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for",
+           "params_for"]
 
 FIELD_MAX_COUNT = 4095
 #: Largest window (global pooling and flattening fully connected layers use big ones).
