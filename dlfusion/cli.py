@@ -70,9 +70,17 @@ def _parse_inputs(binary: Binary, specs: list[str]) -> dict:
         else:
             raise UsageError(f"--input {spec!r}: this binary has inputs {names}; write NAME=FILE.npy")
         try:
-            inputs[name] = np.load(path)
+            array = np.load(path)
         except (OSError, ValueError) as error:
             raise UsageError(f"--input {spec!r}: cannot read a .npy array ({error})") from None
+        quant = binary.metadata.get("input_quant")
+        if quant and np.issubdtype(array.dtype, np.floating):
+            # A float model input: quantize it as the model's QuantizeLinear does.
+            array = np.asarray(array, np.float32).reshape(quant["shape"])[0]
+            info = np.iinfo(np.dtype(quant["dtype"]))
+            array = np.clip(np.rint(array / np.float32(quant["scale"])) + quant["zero_point"], info.min,
+                            info.max).astype(quant["dtype"])
+        inputs[name] = array
     missing = [n for n in names if n not in inputs]
     if missing:
         raise UsageError(f"missing input(s) {missing}; pass --input NAME=FILE.npy (this binary takes {names})")
@@ -190,6 +198,41 @@ def cmd_layer(args) -> int:
     return 0 if payload["matches_reference"] else 4
 
 
+# -- compile ----------------------------------------------------------------------------------------
+
+def cmd_compile(args) -> int:
+    from .compiler.compile import Plan, compile_graph, make_plan
+    from .compiler.frontend import load_onnx
+    from .compiler.ir import IRError
+    hw = _load_hw(args.hw)
+    source = Path(args.model)
+    if source.suffix != ".onnx":
+        raise UsageError(f"{args.model!r}: give a quantized .onnx file (QOperator format)")
+    try:
+        graph = load_onnx(source)
+    except IRError as error:
+        raise UsageError(str(error)) from None
+    if args.plan:
+        plan = Plan.read(args.plan)
+    else:
+        plan = make_plan(graph, hw, fusion=args.fusion, cores=args.cores or hw.cores, split=args.split)
+    started = time.perf_counter()
+    binary = compile_graph(graph, hw, plan)
+    output = Path(args.output)
+    binary.write(output)
+    plan.write(output.with_suffix(".plan.json"))
+    summary = {"binary": str(output), "plan": str(output.with_suffix(".plan.json")), "model": graph.name,
+               "layers": len(graph.nodes), "groups": len(plan.groups), "macs": graph.macs, "hw": hw.hash,
+               "instructions": sum(s.instructions for s in binary.streams),
+               "compile_seconds": round(time.perf_counter() - started, 3)}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"compiled {graph.name}: {summary['layers']} layers in {summary['groups']} groups, "
+              f"{summary['instructions']} instructions -> {output} (plan {summary['plan']})")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------
 
 def cmd_demo(args) -> int:
@@ -263,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--waves", action="store_true", help="rtl: dump an FST waveform")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_layer)
+
+    p = sub.add_parser("compile", help="compile a quantized ONNX model to a .dlfb binary (and its plan)")
+    p.add_argument("model", help="quantized QOperator .onnx file")
+    p.add_argument("--hw", help="HwConfig TOML file")
+    p.add_argument("--cores", type=int, default=None, help="cores per group (default: all)")
+    p.add_argument("--split", choices=("rows", "channels"), default="rows")
+    p.add_argument("--fusion", choices=("none",), default="none",
+                   help="fusion scheme (one layer per group; multi-layer fusion is in progress)")
+    p.add_argument("--plan", help="compile with this plan JSON instead")
+    p.add_argument("-o", "--output", required=True, help="binary to write; the plan goes beside it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("demo", help="compile a convolution, run it on the RTL and the golden simulator")
     p.add_argument("--hw", help="HwConfig TOML file")
