@@ -117,17 +117,18 @@ def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
                       f"x{row['speedup']:.2f}  util {row['utilization']:.3f}  "
                       f"DRAM {row['dram_bytes'] / 1e6:.2f} MB", flush=True)
     default = hw
-    speed = None
+    speed = []
     if default.cores >= 4:
-        sim4 = RtlSimulator(default)
-        sim4.build()
         case = SCALING_LAYERS["conv3x3_56x56_64"](default, 4, "rows")
-        result = sim4.run(case.binary, case.inputs)
-        speed = {"hw": default.hash, "cores": default.cores, "cycles": result.cycles,
-                 "sim_seconds": getattr(result, "sim_seconds", None),
-                 "cycles_per_second": getattr(result, "cycles_per_second", None)}
-        print(f"[bench] whole-program RTL speed, default {default.cores}-core model: "
-              f"{speed['cycles_per_second']:,.0f} cycles/s ({result.cycles:,} cycles)", flush=True)
+        for threads in (1, 2):
+            sim4 = RtlSimulator(default, threads=threads)
+            sim4.build()
+            result = sim4.run(case.binary, case.inputs)
+            speed.append({"hw": default.hash, "cores": default.cores, "threads": threads, "cycles": result.cycles,
+                          "sim_seconds": getattr(result, "sim_seconds", None),
+                          "cycles_per_second": getattr(result, "cycles_per_second", None)})
+            print(f"[bench] whole-program RTL speed, default {default.cores}-core model, Verilator threads "
+                  f"{threads}: {speed[-1]['cycles_per_second']:,.0f} cycles/s ({result.cycles:,} cycles)", flush=True)
     report = {"hw": model.to_dict(), "hw_hash": model.hash, "rows": rows, "default_model_speed": speed}
     atomic_write(out_dir / "scaling.json", json.dumps(report, indent=2))
     _scaling_table(rows, out_dir / "scaling.md")

@@ -350,10 +350,15 @@ class RtlSimulator:
 
     def __init__(self, hw: HwConfig, waves: bool = False, build_dir: str | Path | None = None,
                  verbose: bool = False, *, max_cycles: int | None = None, verilog: str | None = None,
-                 jobs: int = 2, keep_runs: bool = False, clock: str = "sv"):
+                 jobs: int = 2, keep_runs: bool = False, clock: str = "sv", threads: int = 1):
         if clock not in ("sv", "cocotb"):
             raise ValueError(f"clock must be 'sv' or 'cocotb', not {clock!r}")
         self.clock = clock
+        if not 1 <= int(threads) <= 16:
+            raise ValueError(f"threads must be between 1 and 16, not {threads!r}")
+        # Verilator --threads: model evaluation on several host threads (helps multicore models
+        # on an otherwise idle machine; with other load it can be slower).
+        self.threads = int(threads)
         self.hw = hw
         self.waves = bool(waves)
         self.verbose = bool(verbose)
@@ -363,7 +368,8 @@ class RtlSimulator:
         self._verilog = verilog
         root = Path(build_dir).resolve() if build_dir is not None else default_build_root()
         self.model_dir = root / (hw.hash + ("-waves" if self.waves else "")
-                                 + ("-cocotbclk" if clock == "cocotb" else ""))
+                                 + ("-cocotbclk" if clock == "cocotb" else "")
+                                 + (f"-t{self.threads}" if self.threads > 1 else ""))
         self._lock_path = self.model_dir / "build.lock"
         self._stamp_path = self.model_dir / "build.json"
         self._fingerprint: str | None = None
@@ -393,6 +399,8 @@ class RtlSimulator:
         args = list(VERILATOR_ARGS)
         if self.clock != "sv":
             args.remove("--timing")
+        if self.threads > 1:
+            args += ["--threads", str(self.threads)]
         return args
 
     def _source_fingerprint(self) -> str:
