@@ -1,0 +1,469 @@
+"""Built-in model zoo: published CNN architectures with seeded random weights.
+
+Everything is defined here in PyTorch (no download, no torchvision): a tiny
+residual CNN, ResNet-18/50, MobileNetV2, VGG-16 and SqueezeNet 1.1 with the
+layer shapes of the papers / the torchvision reference implementations.
+The models are exported to ONNX (float, BatchNorm folded into the convs) and
+quantized by :mod:`.quantize` (onnxruntime ``quantize_static``, QOperator,
+per-channel int8 weights) into the quantized ONNX the compiler consumes.
+
+Weights are a function of ``(name, seed)`` only, never of the input size
+(except VGG-16's first fully connected layer, whose fan-in is the flattened
+``512 x (S/32)^2`` feature map).  BatchNorm statistics are not random numbers
+that would let activations drift through 50 layers: after seeded init of the
+convs (Kaiming normal) and of the BN affine parameters, the running
+statistics are measured on one seeded batch of N(0, 1) images at a fixed
+resolution (:data:`BN_STATS_SIZE`), so every BN really normalizes its input;
+the BN that ends a residual branch starts small (:data:`RESIDUAL_GAMMA`).
+
+API: :data:`MODELS`, :func:`build_float_model`, :func:`fuse_batchnorm`,
+:func:`export_float_onnx`, :func:`export_quantized`, :func:`list_ops`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import operator
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from .quantize import atomic_write_bytes, calibration_reader, list_ops, quantize_model
+
+__all__ = ["ModelSpec", "MODELS", "OPSET", "IR_VERSION", "INPUT_NAME", "OUTPUT_NAME", "BN_STATS_SIZE", "RESIDUAL_GAMMA",
+           "build_float_model", "fuse_batchnorm", "float_onnx_bytes", "export_float_onnx", "export_quantized",
+           "list_ops", "count_params", "count_layers"]
+
+OPSET = 13
+"""ONNX opset of the exported models (QOperator quantization is mature at 13)."""
+IR_VERSION = 8
+"""IR version written into the exported float models (onnxruntime 1.31 rejects IR > 13)."""
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+BN_STATS_SIZE = 64
+"""Side of the seeded images on which BatchNorm running statistics are measured (tiny_cnn: 32)."""
+BN_STATS_BATCH = 4
+RESIDUAL_GAMMA = 0.25
+"""Scale of the BN gamma that ends a residual branch (a softened zero-init-residual, Goyal et al. 2017).
+Random BN-ReLU stacks amplify perturbations; with full-size branches int8 rounding noise grows to a
+logit correlation of ~0.88 with the float model in ResNet-50 / MobileNetV2, with 0.25 it stays > 0.96."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One zoo entry. ``min_size``: smallest input side accepted by :func:`build_float_model` (the
+    network runs and its last feature map is at least 1x1 at its full total stride)."""
+
+    name: str
+    description: str
+    default_size: int
+    min_size: int
+    num_classes: int
+    reference: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("tiny_cnn", "conv3x3-relu, conv3x3/2-relu, conv3x3-relu + residual add, maxpool 2, conv1x1-relu, "
+                  "global avgpool, fc 10", 32, 4, 10, "dlfusion smoke-test network"),
+        ModelSpec("resnet18", "ResNet-18: 7x7/2 stem, maxpool, 4 stages of 2 basic blocks (64-512 ch), GAP, fc 1000",
+                  224, 32, 1000, "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"),
+        ModelSpec("resnet50", "ResNet-50 (v1.5, stride on the 3x3): 7x7/2 stem, maxpool, bottleneck stages "
+                  "[3, 4, 6, 3] (256-2048 ch), GAP, fc 1000",
+                  224, 32, 1000, "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"),
+        ModelSpec("mobilenet_v2", "MobileNetV2 1.0: 3x3/2 stem, 17 inverted residuals (expansion 6, ReLU6, "
+                  "depthwise 3x3, linear bottleneck), 1x1 to 1280, GAP, fc 1000",
+                  224, 32, 1000, "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018"),
+        ModelSpec("vgg16", "VGG-16 (configuration D): 13 conv3x3-relu in 5 blocks with 2x2 maxpool, "
+                  "fc 4096-4096-1000 on the flattened 512 x S/32 x S/32 map",
+                  224, 32, 1000, "Simonyan & Zisserman, Very Deep Convolutional Networks, ICLR 2015"),
+        ModelSpec("squeezenet1_1", "SqueezeNet 1.1: 3x3/2 conv, 3 ceil-mode 3x3/2 maxpools, 8 fire modules, "
+                  "conv1x1 to 1000, GAP",
+                  224, 25, 1000, "Iandola et al., SqueezeNet, 2016; v1.1 from the SqueezeNet repository"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+class ConvBN(nn.Module):
+    """Conv2d (no bias) + BatchNorm2d + optional activation; :func:`fuse_batchnorm` folds the BN."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None, groups: int = 1,
+                 act: str | None = "relu"):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, (k - 1) // 2 if pad is None else pad, groups=groups, bias=False)
+        self.bn: nn.Module = nn.BatchNorm2d(cout)
+        self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6(), None: nn.Identity()}[act]
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = ConvBN(3, 16, 3)
+        self.conv2 = ConvBN(16, 32, 3, stride=2)
+        self.conv3 = ConvBN(32, 32, 3)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv4 = ConvBN(32, 64, 1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x))
+        x = x + self.conv3(x)
+        x = self.conv4(self.pool(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = ConvBN(cin, planes, 3, stride)
+        self.conv2 = ConvBN(planes, planes, 3, act=None)
+        self.downsample = ConvBN(cin, planes, 1, stride, act=None) if stride != 1 or cin != planes else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = ConvBN(cin, planes, 1)
+        self.conv2 = ConvBN(planes, planes, 3, stride)
+        self.conv3 = ConvBN(planes, out, 1, act=None)
+        self.downsample = ConvBN(cin, out, 1, stride, act=None) if stride != 1 or cin != out else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv3(self.conv2(self.conv1(x))) + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], num_classes: int = 1000):
+        super().__init__()
+        self.stem = ConvBN(3, 64, 7, 2, 3)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], 64
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+            stage = []
+            for b in range(blocks):
+                stage.append(block(cin, planes, 2 if (i > 0 and b == 0) else 1))
+                cin = planes * block.expansion
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.stem(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = [] if expand == 1 else [ConvBN(cin, hidden, 1, act="relu6")]
+        layers += [ConvBN(hidden, hidden, 3, stride, groups=hidden, act="relu6"),  # depthwise
+                   ConvBN(hidden, cout, 1, act=None)]  # linear bottleneck
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    # (expansion t, output channels c, repeats n, first stride s), Table 2 of the paper
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [ConvBN(3, 32, 3, 2, act="relu6")]
+        cin = 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(ConvBN(cin, 1280, 1, act="relu6"))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        return self.classifier(self.dropout(x))
+
+
+class VGG16(nn.Module):
+    CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+    def __init__(self, input_size: int, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, side = 3, input_size
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                side //= 2
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        # torchvision pools adaptively to 7x7 (the identity at 224); here the classifier takes the flattened
+        # S/32 x S/32 map as it is, which is the published network at 224 and stays exportable at any size.
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * side * side, 4096), nn.ReLU(), nn.Dropout(),
+            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
+            nn.Linear(4096, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class Fire(nn.Module):
+    def __init__(self, cin: int, squeeze: int, expand1x1: int, expand3x3: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, 1)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        x = self.relu(self.squeeze(x))
+        return torch.cat([self.relu(self.expand1x1(x)), self.relu(self.expand3x3(x))], 1)
+
+
+class SqueezeNet11(nn.Module):
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=2), nn.ReLU(),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "tiny_cnn": lambda size, classes: TinyCNN(classes),
+    "resnet18": lambda size, classes: ResNet(BasicBlock, [2, 2, 2, 2], classes),
+    "resnet50": lambda size, classes: ResNet(Bottleneck, [3, 4, 6, 3], classes),
+    "mobilenet_v2": lambda size, classes: MobileNetV2(classes),
+    "vgg16": lambda size, classes: VGG16(size, classes),
+    "squeezenet1_1": lambda size, classes: SqueezeNet11(classes),
+}
+assert _BUILDERS.keys() == MODELS.keys()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeded initialization
+# ---------------------------------------------------------------------------------------------------------------
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; the zoo has {', '.join(MODELS)}") from None
+
+
+def _check_size(spec: ModelSpec, input_size: int) -> int:
+    if isinstance(input_size, bool):
+        raise ValueError(f"{spec.name}: input_size must be an int, got {input_size!r}")
+    try:
+        input_size = operator.index(input_size)
+    except TypeError:
+        raise ValueError(f"{spec.name}: input_size must be an int, got {input_size!r}") from None
+    if input_size < spec.min_size:
+        raise ValueError(f"{spec.name}: input_size {input_size} is below the minimum {spec.min_size}")
+    return input_size
+
+
+@torch.no_grad()
+def _init_weights(model: nn.Module, gen: torch.Generator) -> None:
+    """Give every parameter and buffer a seeded value (the model was built on the meta device)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu", generator=gen)
+            if mod.bias is not None:
+                nn.init.uniform_(mod.bias, -0.1, 0.1, generator=gen)
+        elif isinstance(mod, nn.Linear):
+            bound = mod.in_features ** -0.5
+            nn.init.uniform_(mod.weight, -bound, bound, generator=gen)
+            nn.init.uniform_(mod.bias, -bound, bound, generator=gen)
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.uniform_(mod.weight, 0.5, 1.5, generator=gen)
+            nn.init.normal_(mod.bias, 0.0, 0.2, generator=gen)
+            mod.reset_running_stats()
+        elif any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
+            raise TypeError(f"no seeded init for {type(mod).__name__}")
+    for mod in model.modules():
+        last = _residual_branch_end(mod)
+        if last is not None:
+            last.bn.weight.mul_(RESIDUAL_GAMMA)
+
+
+def _residual_branch_end(mod: nn.Module) -> ConvBN | None:
+    if isinstance(mod, Bottleneck):
+        return mod.conv3
+    if isinstance(mod, BasicBlock):
+        return mod.conv2
+    if isinstance(mod, InvertedResidual) and mod.use_residual:
+        return mod.conv[-1]
+    return None
+
+
+@torch.no_grad()
+def _measure_bn_stats(model: nn.Module, size: int, gen: torch.Generator) -> None:
+    """Running statistics of every BN = the batch statistics on seeded N(0, 1) images."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+    model.eval()  # only the BNs train (dropout stays off and leaves the global RNG alone)
+    for bn in bns:
+        bn.train()
+    images = torch.randn(BN_STATS_BATCH, 3, size, size, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reduction order, hence the statistics' last bits, depend on the thread count
+    try:
+        model(images)
+    finally:
+        torch.set_num_threads(threads)
+    for bn in bns:
+        bn.momentum = 0.1
+        bn.num_batches_tracked.zero_()
+
+
+def build_float_model(name: str, input_size: int | None = None, seed: int = 0) -> nn.Module:
+    """The float PyTorch model ``name`` for ``input_size`` x ``input_size`` RGB inputs, in eval mode.
+
+    Seeded: the weights depend only on ``(name, seed)`` (VGG-16's first fc also on the size, its fan-in).
+    BatchNorm layers are kept (the published parameter counts include them); :func:`fuse_batchnorm` folds
+    them into the convs.  The global RNG state of torch is left untouched.
+    """
+    spec = _spec(name)
+    size = _check_size(spec, spec.default_size if input_size is None else input_size)
+    with torch.device("meta"):
+        model = _BUILDERS[name](size, spec.num_classes)
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(int(seed))
+    _init_weights(model, gen)
+    _measure_bn_stats(model, min(BN_STATS_SIZE, spec.default_size), gen)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every :class:`ConvBN`'s BatchNorm folded into its conv."""
+    fused = copy.deepcopy(model).eval()
+    for mod in fused.modules():
+        if isinstance(mod, ConvBN) and isinstance(mod.bn, nn.BatchNorm2d):
+            mod.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(mod.conv, mod.bn)
+            mod.bn = nn.Identity()
+    leftover = [n for n, m in fused.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if leftover:
+        raise ValueError(f"BatchNorm not preceded by a conv, cannot fold: {leftover}")
+    return fused
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_layers(model: nn.Module) -> dict[str, int]:
+    """Numbers of convs, depthwise convs (groups == channels > 1) and fully connected layers."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return {"conv": len(convs),
+            "depthwise": sum(1 for m in convs if m.groups > 1 and m.groups == m.in_channels == m.out_channels),
+            "fc": sum(1 for m in model.modules() if isinstance(m, nn.Linear))}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------------------------
+
+def float_onnx_bytes(name: str, input_size: int | None = None, seed: int = 0) -> bytes:
+    """The serialized float ONNX model (BN folded, opset :data:`OPSET`, static shape (1, 3, S, S))."""
+    spec = _spec(name)
+    size = spec.default_size if input_size is None else input_size
+    model = fuse_batchnorm(build_float_model(name, size, seed))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo=True, which needs onnxscript (not a
+        # dependency); the legacy one is deterministic and produces exactly the plain opset-13 graph wanted here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buf, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                          export_params=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.ir_version = IR_VERSION
+    proto.producer_name, proto.producer_version = "dlfusion.zoo", ""
+    proto.graph.name = f"{name}_{size}"
+    proto.doc_string = f"{spec.description}; input {size}x{size}, seed {seed}"
+    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        raise AssertionError(f"{name}: BatchNormalization left in the exported graph")
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def export_float_onnx(name: str, input_size: int | None, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Export the float model to ``path`` (written atomically). Input ``input`` float32 (1, 3, S, S),
+    output ``output`` float32 (1, classes)."""
+    path = Path(path)
+    atomic_write_bytes(path, float_onnx_bytes(name, input_size, seed))
+    return path
+
+
+def export_quantized(name: str, input_size: int | None, path: str | os.PathLike, seed: int = 0,
+                     calibration: str | os.PathLike = "random", num_calibration: int = 8,
+                     activation_type: str = "uint8") -> Path:
+    """Float export + :func:`.quantize.quantize_model` into ``path`` (atomic; nothing is cached).
+
+    ``seed`` seeds both the weights and the random calibration images.
+    """
+    path = Path(path)
+    spec = _spec(name)
+    size = _check_size(spec, spec.default_size if input_size is None else input_size)
+    calibration_reader(calibration, INPUT_NAME, (1, 3, size, size), num_calibration, seed)  # fail early
+    with tempfile.TemporaryDirectory(prefix="dlfusion-zoo-") as tmp:
+        float_path = export_float_onnx(name, size, Path(tmp) / f"{name}_float.onnx", seed)
+        quantize_model(float_path, path, calibration=calibration, num_calibration=num_calibration, seed=seed,
+                       activation_type=activation_type)
+    return path
