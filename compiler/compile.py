@@ -158,7 +158,7 @@ def _windowed_layer(graph: Graph, node: Node) -> WindowedLayer:
     lo, hi = node.attrs["clamp"]
     return WindowedLayer(kind, x.shape[0], x.shape[1], x.shape[2], y.shape[0], node.attrs["kernel"],
                          node.attrs["stride"], node.attrs["pad"], x.signed, x.zero_point, y.signed, y.zero_point,
-                         lo, hi)
+                         lo, hi, bool(node.attrs.get("ceil_mode", False)))
 
 
 def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = True) -> Binary:

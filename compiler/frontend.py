@@ -121,12 +121,13 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
                           f"symmetric padding are supported (kernel {kernel}, strides {strides}, pads {pads})")
         if set(dilations) != {1}:
             raise IRError(f"node {node.name!r} ({node.op_type}): dilation {dilations} is not supported (only 1)")
-        if a.get("ceil_mode", 0):
-            raise IRError(f"node {node.name!r} ({node.op_type}): ceil_mode=1 is not supported")
+        if a.get("ceil_mode", 0) and node.op_type != "MaxPool":
+            raise IRError(f"node {node.name!r} ({node.op_type}): ceil_mode=1 is only supported for MaxPool")
         return int(kernel[0]), int(strides[0]), int(pads[0])
 
-    def out_hw(h, w, k, s, p):
-        return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    def out_hw(h, w, k, s, p, ceil_mode=False):
+        from .lower import out_size
+        return out_size(h, k, s, p, ceil_mode), out_size(w, k, s, p, ceil_mode)
 
     def emit(node: Node, shape, scale, zero_point):
         out = add_tensor(node.output, shape, scale, zero_point)
@@ -263,9 +264,10 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
                 raise IRError(f"{where}: MaxPool indices are not supported")
             k, s, p = window(node, a)
             c, h, wd = x.shape
+            ceil = bool(a.get("ceil_mode", 0))
             emit(Node(node.name or node.output[0], Op.MAXPOOL, [x.name], node.output[0],
-                      dict(kernel=k, stride=s, pad=p)),
-                 (c, *out_hw(h, wd, k, s, p)), np.float32(x.scale),
+                      dict(kernel=k, stride=s, pad=p, ceil_mode=ceil)),
+                 (c, *out_hw(h, wd, k, s, p, ceil)), np.float32(x.scale),
                  np.asarray(x.zero_point, np.int8 if x.signed else np.uint8))
         elif op in ("Flatten", "Reshape"):
             x = tensor(node.input[0], node)

@@ -98,8 +98,9 @@ class Graph:
         return sum(node.macs for node in self.nodes)
 
 
-def _out_size(size, kernel, stride, pad):
-    return (size + 2 * pad - kernel) // stride + 1
+def _out_size(size, kernel, stride, pad, ceil_mode=False):
+    from .lower import out_size
+    return out_size(size, kernel, stride, pad, ceil_mode)
 
 
 def check(graph: Graph) -> None:
@@ -125,7 +126,8 @@ def check(graph: Graph) -> None:
         c, h, w = ins[0].shape
         if node.op in WINDOWED:
             k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
-            expected_hw = (_out_size(h, k, s, p), _out_size(w, k, s, p))
+            ceil = bool(node.attrs.get("ceil_mode", False))
+            expected_hw = (_out_size(h, k, s, p, ceil), _out_size(w, k, s, p, ceil))
             if out.shape[1:] != expected_hw:
                 raise IRError(f"{node.name}: output spatial shape {out.shape[1:]} != {expected_hw}")
             if node.op in (Op.CONV, Op.FC):

@@ -51,6 +51,18 @@ def _byte(value: int) -> int:
     return int(value) & 0xFF
 
 
+def out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
+    """Output size of a window (ONNX rules, including ceil_mode: a last window must start
+    inside the input or its left padding)."""
+    span = size + 2 * pad - kernel
+    if not ceil_mode:
+        return span // stride + 1
+    count = -(-span // stride) + 1
+    if (count - 1) * stride >= size + pad:
+        count -= 1
+    return count
+
+
 def initial_credits(stream: StreamBuilder) -> None:
     """Two free slots of every double-buffered resource: emitted once at the start of a stream."""
     stream.credit(Unit.DMA, IN_FREE | W_FREE)
@@ -79,14 +91,20 @@ class WindowedLayer:
     out_zp: int
     clamp_lo: int
     clamp_hi: int
+    #: ONNX ceil_mode (pooling): a last, partial window on the bottom/right edge, padded
+    #: with the pad value like the other borders.
+    ceil_mode: bool = False
+
+    def _out(self, size: int) -> int:
+        return out_size(size, self.kernel, self.stride, self.pad, self.ceil_mode)
 
     @property
     def out_height(self) -> int:
-        return (self.height + 2 * self.pad - self.kernel) // self.stride + 1
+        return self._out(self.height)
 
     @property
     def out_width(self) -> int:
-        return (self.width + 2 * self.pad - self.kernel) // self.stride + 1
+        return self._out(self.width)
 
     @property
     def macs(self) -> int:
