@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+
+from dlfusion.cli import main
 from dlfusion.compiler import layers
 from dlfusion.hw.config import HwConfig
 from dlfusion.sim.binary import FORMAT_VERSION
-
-from dlfusion.cli import main
 
 
 def run_cli(capsys, *argv):

@@ -7,12 +7,13 @@ independent numpy reference bit for bit.
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dlfusion.compiler import layers
 from dlfusion.compiler.program import CompileError
 from dlfusion.hw.config import HwConfig
 from dlfusion.sim.golden import GoldenSimulator
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 DEFAULT = HwConfig()
 SMALL = HwConfig(pe_rows=4, pe_cols=4, act_lines=4096, weight_blocks=1024, acc_entries=256, param_entries=64,

@@ -20,6 +20,9 @@ import pytest
 from amaranth.back import verilog
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dlfusion.hw.fp import (
     FloatToInt,
     FusedMultiplyAdd,
@@ -29,8 +32,6 @@ from dlfusion.hw.fp import (
     ref_fma,
     ref_int_to_float,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 INT_MIN, INT_MAX = -2**31, 2**31 - 1
 PZERO, NZERO, PINF, NINF = 0x0000_0000, 0x8000_0000, 0x7F80_0000, 0xFF80_0000

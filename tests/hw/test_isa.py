@@ -2,6 +2,9 @@
 
 import pytest
 from amaranth.lib import enum
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dlfusion.hw.isa import (
     INSTR_BITS,
     INSTRUCTION,
@@ -15,8 +18,6 @@ from dlfusion.hw.isa import (
     encode,
     encode_program,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _is_enum(shape):

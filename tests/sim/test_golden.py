@@ -14,6 +14,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import (
     INSTRUCTION,
@@ -36,8 +39,6 @@ from dlfusion.sim.golden import (
     round_to_output,
 )
 from dlfusion.sim.runtime import COUNTER_NAMES, AcceleratorError, ErrorInfo, build_dram_image, run
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 HW = HwConfig(pe_rows=4, pe_cols=4, act_lines=256, weight_blocks=16, acc_entries=64, param_entries=16,
               dram_bytes=65536, dram_bytes_per_cycle=4)

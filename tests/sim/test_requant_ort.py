@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import Buffer, Opcode, encode, encode_program
 from dlfusion.sim.binary import Binary, Segment, Stream, Tensor

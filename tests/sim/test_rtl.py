@@ -9,6 +9,9 @@ simulator, within the watchdog.
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dlfusion.compiler import layers
 from dlfusion.compiler.program import DramAllocator, StreamBuilder, assemble
 from dlfusion.hw.config import HwConfig
@@ -17,8 +20,6 @@ from dlfusion.sim.binary import Binary, Segment, Stream
 from dlfusion.sim.golden import GoldenSimulator
 from dlfusion.sim.random_program import random_program
 from dlfusion.sim.rtl import RtlSimulator
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.rtl
 

@@ -17,6 +17,7 @@ from amaranth import Module, Signal
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import ErrorCode
 from dlfusion.sim import verilator_tool

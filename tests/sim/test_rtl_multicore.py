@@ -6,6 +6,9 @@ and reused; programs use 1, 2 or 4 of its cores.
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dlfusion.compiler import layers
 from dlfusion.compiler.program import DramAllocator, StreamBuilder, assemble
 from dlfusion.hw.config import HwConfig
@@ -13,8 +16,6 @@ from dlfusion.hw.isa import Buffer, ErrorCode, Opcode
 from dlfusion.sim.binary import Segment, Tensor
 from dlfusion.sim.golden import GoldenSimulator
 from dlfusion.sim.rtl import RtlSimulator
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 pytestmark = pytest.mark.rtl
 
