@@ -20,7 +20,7 @@ from .isa import INSTRUCTION, NUM_SEMAPHORES, SEMAPHORE_MAX, Buffer, ErrorCode, 
 from .memsys import RequestSignature, ResponseSignature
 from .pe_array import PeArray
 from .ppu import Ppu
-from .unit import QUEUE_ENTRY
+from .unit import queue_entry
 
 __all__ = ["Core", "COUNTER_NAMES", "COUNTER_BITS"]
 
@@ -42,12 +42,14 @@ class Core(wiring.Component):
     start : In(1), a pulse; ``enable`` says whether this core runs a stream.
     prog_addr : In(32), DRAM line of the first instruction.
     halt : In(1), stop everything (an error somewhere).
-    fetch, fetch_resp, dma, dma_resp : ports on the shared DRAM system.
+    fetch, fetch_resp : untagged ports on the shared DRAM system (responses come in request order).
+    dma, dma_resp : tagged ports on the shared DRAM system.
     finished : Out(1), the stream reached END (or the core is not enabled).
     error, error_code, error_pc : the first error of this core.
     pc : Out(32), the instruction index the dispatcher holds.
     progress : Out(1), something moved this cycle (for the watchdog).
-    barrier_arrive, barrier_mask, barrier_go : the barrier handshake.
+    barrier_arrive, barrier_mask, barrier_go : the barrier handshake (``barrier_mask`` has a
+        bit per core; an instruction naming a core that does not exist is a BAD_FIELD error).
     counters : Out(48 * 7), in ``COUNTER_NAMES`` order.
     """
 
@@ -56,11 +58,11 @@ class Core(wiring.Component):
         self.index = index
         super().__init__({
             "start": In(1), "enable": In(1), "prog_addr": In(32), "halt": In(1),
-            "fetch": Out(RequestSignature(hw)), "fetch_resp": In(ResponseSignature(hw)),
+            "fetch": Out(RequestSignature(hw, 0)), "fetch_resp": In(ResponseSignature(hw, 0)),
             "dma": Out(RequestSignature(hw)), "dma_resp": In(ResponseSignature(hw)),
             "finished": Out(1), "error": Out(1), "error_code": Out(4), "error_pc": Out(32),
             "pc": Out(32), "progress": Out(1),
-            "barrier_arrive": Out(1), "barrier_mask": Out(16), "barrier_go": In(1),
+            "barrier_arrive": Out(1), "barrier_mask": Out(hw.cores), "barrier_go": In(1),
             "counters": Out(COUNTER_BITS * len(COUNTER_NAMES)),
         })
 
@@ -160,15 +162,21 @@ class Core(wiring.Component):
         instr = INSTRUCTION(word)
         pc = Signal(32)
         m.d.comb += self.pc.eq(pc)
+        # A unit's queue holds the head's semaphore wait mask (checked here, see below) and the
+        # unit's entry: the header fields, the unit's view of the payload and the pc.
         queues = []
-        for unit in units:
-            queue = fifo.SyncFIFO(width=QUEUE_ENTRY.size, depth=hw.queue_depth)
-            m.submodules[f"queue_{len(queues)}"] = queue
+        for index, unit in enumerate(units):
+            entry = Signal(queue_entry(unit.PAYLOAD), name=f"entry_{index}")
+            queue = fifo.SyncFIFO(width=NUM_SEMAPHORES + len(entry.as_value()), depth=hw.queue_depth)
+            m.submodules[f"queue_{index}"] = queue
             queues.append(queue)
-            m.d.comb += [unit.queue.valid.eq(queue.r_rdy), unit.queue.payload.eq(queue.r_data),
-                         queue.r_en.eq(unit.queue.ready), unit.halt.eq(self.halt)]
-        for queue in queues:
-            m.d.comb += queue.w_data.eq(Cat(word, pc))
+            m.d.comb += [
+                entry.opcode.eq(instr.opcode), entry.signal.eq(instr.signal),
+                entry.payload.eq(instr.payload.as_value()[:unit.PAYLOAD.size]), entry.pc.eq(pc),
+                queue.w_data.eq(Cat(instr.wait, entry)),
+                unit.queue.valid.eq(queue.r_rdy), unit.queue.payload.eq(queue.r_data[NUM_SEMAPHORES:]),
+                queue.r_en.eq(unit.queue.ready), unit.halt.eq(self.halt),
+            ]
 
         idle = Signal()
         m.d.comb += idle.eq(Cat(~q.r_rdy for q in queues).all() & ~Cat(u.busy for u in units).any())
@@ -217,7 +225,8 @@ class Core(wiring.Component):
             m.d.sync += [finished.eq(1), fetching.eq(0)]
         with m.Elif(ready & (opcode == Opcode.BARRIER) & idle):
             m.d.comb += [barrier_waiting.eq(1), self.barrier_arrive.eq(1),
-                         self.barrier_mask.eq(instr.payload.barrier.core_mask),
+                         # Bits of cores that do not exist are zero here (a BAD_FIELD error otherwise).
+                         self.barrier_mask.eq(instr.payload.barrier.core_mask[:hw.cores]),
                          dispatched.eq(self.barrier_go)]
         m.d.comb += consumed.eq(dispatched)
         with m.If(dispatched):
@@ -235,8 +244,7 @@ class Core(wiring.Component):
         higher_wants = Const(0)
         waiting = []
         for unit, queue in zip(units, queues, strict=True):
-            head = INSTRUCTION(queue.r_data[:INSTRUCTION.size])
-            wait = head.wait
+            wait = queue.r_data[:NUM_SEMAPHORES]
             available = Cat((~wait[i]) | (semaphores[i] != 0) for i in range(NUM_SEMAPHORES)).all()
             uses = wait.any()
             m.d.comb += unit.sem_ok.eq(available & ~(uses & higher_wants))
@@ -244,7 +252,7 @@ class Core(wiring.Component):
             higher_wants = higher_wants | wants
             waiting.append(queue.r_rdy & unit.can_start & ~unit.sem_ok)
         for i, semaphore in enumerate(semaphores):
-            taken = Cat((q.r_rdy & u.queue.ready & INSTRUCTION(q.r_data[:INSTRUCTION.size]).wait[i])
+            taken = Cat((q.r_rdy & u.queue.ready & q.r_data[i])
                         for u, q in zip(units, queues, strict=True)).any()
             given = [u.done & u.done_signal[i] for u in units]
             total = Signal(range(2 * SEMAPHORE_MAX + 4), name=f"sem{i}_next")

@@ -13,6 +13,7 @@ a LOAD, the last granted write for a STORE.
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from .config import HwConfig
 from .isa import DMA_PAYLOAD, Buffer, ErrorCode, Opcode
@@ -34,15 +35,18 @@ class DmaUnit(wiring.Component):
     stall : a request is waiting for the DRAM port this cycle.
     """
 
+    #: The unit's view of the instruction payload (LOAD, STORE; SYNC reads it as an empty transfer).
+    PAYLOAD = DMA_PAYLOAD
+
     def __init__(self, hw: HwConfig):
         self.hw = hw
         line_bits = 8 * hw.line_bytes
         super().__init__({
-            **unit_members(),
+            **unit_members(self.PAYLOAD),
             "req": Out(RequestSignature(hw)),
             "resp": In(ResponseSignature(hw)),
             "line_we": Out(1), "line_buffer": Out(2), "line_addr": Out(18), "line_data": Out(line_bits),
-            "act_raddr": Out(16), "act_ren": Out(1), "act_rdata": In(line_bits),
+            "act_raddr": Out(exact_log2(hw.act_lines)), "act_ren": Out(1), "act_rdata": In(line_bits),
             "stall": Out(1),
         })
 
@@ -85,7 +89,6 @@ class DmaUnit(wiring.Component):
         m.d.comb += [last0.eq(i0 == instr.n0 - 1), last1.eq(i1 == instr.n1 - 1), last2.eq(i2 == instr.n2 - 1)]
 
         advance = Signal()          # the current line is handled this cycle
-        issue_done = Signal()       # all lines handled
         response_write = Signal()
         m.d.comb += response_write.eq(self.resp.valid)
 
@@ -122,17 +125,17 @@ class DmaUnit(wiring.Component):
                 self.req.payload.wdata.eq(self.act_rdata),
             ]
 
-        opcode = head.instr.opcode
+        opcode = head.opcode
         with m.FSM(name="dma"):
             with m.State("IDLE"):
                 m.d.comb += self.can_start.eq(~self.halt)
                 m.d.comb += self.queue.ready.eq(self.sem_ok & ~self.halt)
                 with m.If(self.queue.valid & self.queue.ready):
-                    payload = head.instr.payload.dma
+                    payload = head.payload
                     m.d.sync += [
                         instr.eq(payload),
                         is_store.eq(opcode == Opcode.STORE),
-                        signal_mask.eq(head.instr.signal),
+                        signal_mask.eq(head.signal),
                         pc.eq(head.pc),
                         i0.eq(0), i1.eq(0), i2.eq(0),
                         sram.eq(payload.sram_addr), sram_row.eq(payload.sram_addr),
@@ -194,7 +197,6 @@ class DmaUnit(wiring.Component):
                                      dram_row.eq(dram_plane + instr.dram_s2),
                                      dram.eq(dram_plane + instr.dram_s2)]
                     with m.Else():
-                        m.d.comb += issue_done.eq(1)
                         m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)

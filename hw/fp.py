@@ -39,7 +39,8 @@ def _normalize(m, value, name):
     leading-zero count as a by-product: stage ``j`` fires exactly when bit
     ``j`` of the count is set.  This is a handful of wide muxes instead of a
     per-bit priority chain, which keeps Verilator's evaluation cheap.  If
-    ``value`` is zero, ``norm`` is zero and ``lzc`` is meaningless.
+    ``value`` is zero, ``norm`` is zero and ``lzc`` is meaningless; otherwise
+    the MSB of ``norm`` is set, so it tells whether ``value`` is non-zero.
     """
     width = len(value)
     stage, fired = value, []
@@ -49,7 +50,8 @@ def _normalize(m, value, name):
         nxt = Signal(width, name=f"{name}_s{shift}")
         m.d.comb += [
             zero_top.eq(stage[width - shift:] == 0),
-            nxt.eq(Mux(zero_top, stage << shift, stage)),   # truncated to width
+            # The shifted-out top bits are zero: shift within the width (no wider temporary).
+            nxt.eq(Mux(zero_top, Cat(C(0, shift), stage[:width - shift]), stage)),
         ]
         stage, fired = nxt, [zero_top] + fired
     return stage, Cat(*fired)     # fired[0] is the 1-bit stage -> LSB of lzc
@@ -62,19 +64,23 @@ def _round_pack(m, sign, exp, norm, name):
     bit is the guard bit and everything below it is sticky.  ``exp`` is the
     biased exponent belonging to the MSB, before rounding.  Returns a 32-bit
     value, with FTZ on underflow and infinity on overflow (see module doc).
+    The MSB itself (the implicit leading one) is not read: the caller tests it
+    for a zero value.
     """
     w = len(norm)
-    mant = norm[w - 24:]
+    fraction = norm[w - 24:w - 1]
     guard = norm[w - 25]
     sticky = norm[:w - 25].any()
-    rounded = Signal(25, name=f"{name}_rounded")
+    # The fraction rounded; bit 23 is the carry out of the significand: with
+    # the leading one, 1.11..1 rounds up to 10.00..0.
+    rounded = Signal(24, name=f"{name}_rounded")
     final_exp = Signal(signed(len(exp) + 1), name=f"{name}_exp")
     packed = Signal(32, name=f"{name}_packed")
     m.d.comb += [
-        rounded.eq(mant + (guard & (sticky | mant[0]))),
-        # A carry out of the significand (1.11..1 -> 10.0) bumps the
-        # exponent; the low 23 bits of ``rounded`` are then already zero.
-        final_exp.eq(exp + rounded[24]),
+        rounded.eq(fraction + (guard & (sticky | fraction[0]))),
+        # The carry bumps the exponent; the low 23 bits of ``rounded`` are
+        # then already zero.
+        final_exp.eq(exp + rounded[23]),
     ]
     with m.If(final_exp >= 255):
         m.d.comb += packed.eq(Cat(C(0, 23), C(255, 8), sign))
@@ -121,7 +127,8 @@ class IntToFloat(wiring.Component):
         exp = Signal(signed(9))
         m.d.comb += exp.eq(126 + self.width - lzc)
         packed = _round_pack(m, self.value < 0, exp, norm, "i2f")
-        m.d.comb += self.result.eq(Mux(self.value == 0, 0, packed))
+        # The normalized magnitude has its MSB set unless the value is 0.
+        m.d.comb += self.result.eq(Mux(norm[-1], packed, 0))
         return m
 
 
@@ -191,21 +198,25 @@ class FusedMultiplyAdd(wiring.Component):
             aligned.eq(Cat(C(0, 76), mc) >> shift),
             c_al.eq(aligned[25:] | aligned[:25].any()),
         ]
-        # Signed exact sum, then sign/magnitude (handles any cancellation).
-        total = Signal(signed(78))
-        m.d.comb += total.eq(Mux(sp, -Cat(C(0, 1), prod), Cat(C(0, 1), prod))
-                             + Mux(sc, -c_al, c_al))
+        # Signed exact sum (as wide as the addition), then sign/magnitude
+        # (handles any cancellation); the magnitude is below 2**49 + 2**75.
+        sum_value = Mux(sp, -Cat(C(0, 1), prod), Cat(C(0, 1), prod)) + Mux(sc, -c_al, c_al)
+        total = Signal(sum_value.shape())
+        m.d.comb += total.eq(sum_value)
         mag = Signal(76)
         m.d.comb += mag.eq(abs(total))
         norm, lzc = _normalize(m, mag, "fma")
 
         # Biased exponent of the window MSB (bit 75): window bit 0 weighs
         # 2**(ec-201) when c is pinned and 2**(ea+eb-301) otherwise.
-        exp = Signal(signed(12))
-        m.d.comb += exp.eq(Mux(pin_c, ec + 1, ea + eb - 99) - lzc)
+        # As wide as the subtraction, which holds every value (no truncation).
+        exp_value = Mux(pin_c, ec + 1, ea + eb - 99) - lzc
+        exp = Signal(exp_value.shape())
+        m.d.comb += exp.eq(exp_value)
         packed = _round_pack(m, total < 0, exp, norm, "fma")
-        # Exact zero: -0 only for (-0) + (-0); x + (-x) is +0.
-        m.d.comb += self.result.eq(Mux(mag == 0, Cat(C(0, 31), sp & sc), packed))
+        # Exact zero (the normalized magnitude's MSB is clear): -0 only for
+        # (-0) + (-0); x + (-x) is +0.
+        m.d.comb += self.result.eq(Mux(norm[-1], packed, Cat(C(0, 31), sp & sc)))
         return m
 
 

@@ -6,7 +6,9 @@ line transfer costs ``L`` credits, so the port moves at most
 ``dram_bytes_per_cycle`` bytes per cycle on average and at most one line per
 cycle. Requests are granted round-robin. Writes land in the backing store when
 granted; reads sample the store when granted and their data comes back
-``dram_latency`` cycles later, in order, tagged for the requester.
+``dram_latency`` cycles later, in order, tagged for the requester. A requester
+that needs no tag (the instruction fetch, whose responses arrive in request
+order) has a port without one.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
@@ -20,24 +22,25 @@ __all__ = ["TAG_BITS", "MemRequest", "MemResponse", "BackingStoreSignature", "Me
 TAG_BITS = 20
 
 
-def MemRequest(hw: HwConfig):
-    """Payload of a DRAM request: line address, write enable, write data, tag."""
-    return data.StructLayout({
-        "addr": 32, "write": 1, "wdata": 8 * hw.line_bytes, "tag": TAG_BITS,
-    })
+def MemRequest(hw: HwConfig, tag_bits: int = TAG_BITS):
+    """Payload of a DRAM request: line address, write enable, write data and (if ``tag_bits``) a tag."""
+    fields = {"addr": 32, "write": 1, "wdata": 8 * hw.line_bytes}
+    return data.StructLayout({**fields, "tag": tag_bits} if tag_bits else fields)
 
 
-def MemResponse(hw: HwConfig):
-    return data.StructLayout({"data": 8 * hw.line_bytes, "tag": TAG_BITS})
+def MemResponse(hw: HwConfig, tag_bits: int = TAG_BITS):
+    """Payload of a read response: the line and (if ``tag_bits``) the request's tag."""
+    fields = {"data": 8 * hw.line_bytes}
+    return data.StructLayout({**fields, "tag": tag_bits} if tag_bits else fields)
 
 
-def RequestSignature(hw):
-    return stream.Signature(MemRequest(hw))
+def RequestSignature(hw, tag_bits: int = TAG_BITS):
+    return stream.Signature(MemRequest(hw, tag_bits))
 
 
-def ResponseSignature(hw):
+def ResponseSignature(hw, tag_bits: int = TAG_BITS):
     # Requesters always accept responses (they own a free scratchpad write port).
-    return stream.Signature(MemResponse(hw), always_ready=True)
+    return stream.Signature(MemResponse(hw, tag_bits), always_ready=True)
 
 
 def BackingStoreSignature(hw):
@@ -49,30 +52,36 @@ def BackingStoreSignature(hw):
 
 
 class MemorySystem(wiring.Component):
-    """Round-robin arbiter, bandwidth credits and read latency for ``requesters`` ports.
+    """Round-robin arbiter, bandwidth credits and read latency for ``len(tag_bits)`` ports.
 
     Parameters
     ----------
     hw : HwConfig
-    requesters : int
+    tag_bits : sequence of int
+        The tag width of each requester's port, at most :data:`TAG_BITS`; 0 for an
+        untagged port.
 
     Members
     -------
-    req : list of ``In(stream.Signature(MemRequest))``
-    resp : list of ``Out(stream.Signature(MemResponse))``
+    req0, req1, ... : ``In(RequestSignature(hw, tag_bits[i]))``
+    resp0, resp1, ... : ``Out(ResponseSignature(hw, tag_bits[i]))``
     mem : ``Out(BackingStoreSignature)``
     busy : ``Out(1)``, a transfer was granted this cycle
     """
 
-    def __init__(self, hw: HwConfig, requesters: int):
-        if requesters < 1:
-            raise ValueError(f"requesters must be at least 1, not {requesters!r}")
+    def __init__(self, hw: HwConfig, tag_bits):
+        tag_bits = tuple(tag_bits)
+        if not tag_bits:
+            raise ValueError("a memory system needs at least one requester")
+        if not all(0 <= bits <= TAG_BITS for bits in tag_bits):
+            raise ValueError(f"tag widths must be between 0 and {TAG_BITS}, not {tag_bits!r}")
         self.hw = hw
-        self.requesters = requesters
+        self.tag_bits = tag_bits
+        self.requesters = len(tag_bits)
         members = {"mem": Out(BackingStoreSignature(hw)), "busy": Out(1)}
-        for i in range(requesters):
-            members[f"req{i}"] = In(RequestSignature(hw))
-            members[f"resp{i}"] = Out(ResponseSignature(hw))
+        for i, bits in enumerate(tag_bits):
+            members[f"req{i}"] = In(RequestSignature(hw, bits))
+            members[f"resp{i}"] = Out(ResponseSignature(hw, bits))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -116,11 +125,15 @@ class MemorySystem(wiring.Component):
             m.d.sync += credits.eq(Mux(credits + hw.dram_bytes_per_cycle > line,
                                         line, credits + hw.dram_bytes_per_cycle))
 
-        request = Signal(MemRequest(hw))
+        tag_bits = max(self.tag_bits)      # what the widest tag needs, carried for every read
+        request = Signal(MemRequest(hw, tag_bits))
         with m.Switch(chosen):
             for i, r in enumerate(reqs):
                 with m.Case(i):
-                    m.d.comb += request.eq(r.payload)
+                    m.d.comb += [request.addr.eq(r.payload.addr), request.write.eq(r.payload.write),
+                                 request.wdata.eq(r.payload.wdata)]
+                    if self.tag_bits[i]:
+                        m.d.comb += request.tag.eq(r.payload.tag)
         m.d.comb += [
             self.mem.addr.eq(request.addr),
             self.mem.wdata.eq(request.wdata),
@@ -130,13 +143,14 @@ class MemorySystem(wiring.Component):
 
         # Latency pipeline: stage 0 holds the metadata while the store reads; the data is
         # captured at stage 1 and delayed to stage ``dram_latency - 1``.
-        meta = data.StructLayout({"valid": 1, "requester": range(n), "tag": TAG_BITS})
+        meta = data.StructLayout({"valid": 1, "requester": range(n), **({"tag": tag_bits} if tag_bits else {})})
         stage0 = Signal(meta)
         m.d.sync += [
             stage0.valid.eq(grant & ~request.write),
             stage0.requester.eq(chosen),
-            stage0.tag.eq(request.tag),
         ]
+        if tag_bits:
+            m.d.sync += stage0.tag.eq(request.tag)
         staged = data.StructLayout({"meta": meta, "data": 8 * line})
         previous = Signal(staged)
         m.d.comb += [previous.meta.eq(stage0), previous.data.eq(self.mem.rdata)]
@@ -148,7 +162,8 @@ class MemorySystem(wiring.Component):
             m.d.comb += [
                 r.valid.eq(previous.meta.valid & (previous.meta.requester == i)),
                 r.payload.data.eq(previous.data),
-                r.payload.tag.eq(previous.meta.tag),
             ]
+            if self.tag_bits[i]:
+                m.d.comb += r.payload.tag.eq(previous.meta.tag)
         return m
 

@@ -19,6 +19,7 @@ the previous one, so a stream of instructions keeps the array busy.
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from .config import HwConfig
 from .isa import MATMUL_PAYLOAD, ErrorCode, MatmulMode, Opcode
@@ -44,17 +45,25 @@ class PeArray(wiring.Component):
     w_raddr, w_ren, w_rdata : weight scratchpad read port (a whole ``L x L`` block).
     acc_raddr, acc_ren, acc_rdata : accumulator read port (transparent for the write port).
     acc_waddr, acc_we, acc_wdata : accumulator write port.
+
+    The addresses are as wide as the scratchpad's address: the issue stage checks the
+    full-width address against the depth before it reads or writes.
     """
+
+    #: The unit's view of the instruction payload (MATMUL; SYNC reads it as an empty loop).
+    PAYLOAD = MATMUL_PAYLOAD
 
     def __init__(self, hw: HwConfig):
         self.hw = hw
         lanes = hw.lanes
+        act_bits, w_bits, acc_bits = (exact_log2(depth) for depth in
+                                      (hw.act_lines, hw.weight_blocks, hw.acc_entries))
         super().__init__({
-            **unit_members(),
-            "act_raddr": Out(16), "act_ren": Out(1), "act_rdata": In(8 * lanes),
-            "w_raddr": Out(12), "w_ren": Out(1), "w_rdata": In(8 * lanes * lanes),
-            "acc_raddr": Out(16), "acc_ren": Out(1), "acc_rdata": In(32 * lanes),
-            "acc_waddr": Out(16), "acc_we": Out(1), "acc_wdata": Out(32 * lanes),
+            **unit_members(self.PAYLOAD),
+            "act_raddr": Out(act_bits), "act_ren": Out(1), "act_rdata": In(8 * lanes),
+            "w_raddr": Out(w_bits), "w_ren": Out(1), "w_rdata": In(8 * lanes * lanes),
+            "acc_raddr": Out(acc_bits), "acc_ren": Out(1), "acc_rdata": In(32 * lanes),
+            "acc_waddr": Out(acc_bits), "acc_we": Out(1), "acc_wdata": Out(32 * lanes),
         })
 
     def elaborate(self, platform):
@@ -114,14 +123,14 @@ class PeArray(wiring.Component):
         m.d.comb += free.eq(~stopped & ~self.halt & (~active | (issue & last)))
         m.d.comb += [self.can_start.eq(free), self.queue.ready.eq(free & self.sem_ok)]
         with m.If(self.queue.valid & self.queue.ready):
-            payload = head.instr.payload.matmul
+            payload = head.payload
             empty = (payload.n0 == 0) | (payload.n1 == 0)
-            sync = head.instr.opcode == Opcode.SYNC
+            sync = head.opcode == Opcode.SYNC
             # SYNC and empty instructions pass one no-op through the pipeline, so that they
             # complete (and signal) after every earlier instruction of this unit.
             m.d.sync += [
                 active.eq(1), is_sync.eq(sync | empty),
-                instr.eq(payload), signal_mask.eq(head.instr.signal), pc.eq(head.pc),
+                instr.eq(payload), signal_mask.eq(head.signal), pc.eq(head.pc),
                 i0.eq(0), i1.eq(0),
                 act.eq(payload.act_addr), act_row.eq(payload.act_addr),
                 weight.eq(payload.w_addr), weight_row.eq(payload.w_addr),
@@ -129,17 +138,20 @@ class PeArray(wiring.Component):
             ]
 
         # -- multiply stage ------------------------------------------------------------------
+        # The control of an iteration travels beside its data; the input format (sign, zero
+        # point) and the depthwise weight row are only needed by the multiply stage.
         control = data.StructLayout({
             "valid": 1, "write": 1, "last": 1, "mode": MatmulMode, "accumulate": 1,
-            "in_signed": 1, "in_zp": 8, "w_row": 5, "acc": 16, "signal": 8, "pc": 32,
+            "acc": 16, "signal": 8, "pc": 32,
         })
-        stage1 = Signal(control)
+        multiply = data.StructLayout({"control": control, "in_signed": 1, "in_zp": 8, "w_row": 5})
+        stage1 = Signal(multiply)
+        control1 = stage1.control
         m.d.sync += [
-            stage1.valid.eq(issue), stage1.write.eq(~is_sync), stage1.last.eq(last),
-            stage1.mode.eq(instr.mode), stage1.accumulate.eq(instr.accumulate),
-            stage1.in_signed.eq(instr.in_signed), stage1.in_zp.eq(instr.in_zp),
-            stage1.w_row.eq(instr.w_row), stage1.acc.eq(acc), stage1.signal.eq(signal_mask),
-            stage1.pc.eq(pc),
+            control1.valid.eq(issue), control1.write.eq(~is_sync), control1.last.eq(last),
+            control1.mode.eq(instr.mode), control1.accumulate.eq(instr.accumulate),
+            control1.acc.eq(acc), control1.signal.eq(signal_mask), control1.pc.eq(pc),
+            stage1.in_signed.eq(instr.in_signed), stage1.in_zp.eq(instr.in_zp), stage1.w_row.eq(instr.w_row),
         ]
 
         def widen(byte, is_signed):
@@ -161,7 +173,7 @@ class PeArray(wiring.Component):
 
         product = [Signal(signed(32), name=f"v{c}") for c in range(lanes)]
         for c in range(lanes):
-            with m.Switch(stage1.mode):
+            with m.Switch(control1.mode):
                 with m.Case(MatmulMode.MATMUL):
                     m.d.comb += product[c].eq(_tree_sum(x[r] * w[r][c] for r in range(lanes)))
                 with m.Case(MatmulMode.DEPTHWISE):
@@ -172,7 +184,7 @@ class PeArray(wiring.Component):
         stage2 = Signal(control)
         stage2_values = Signal(32 * lanes)
         stage2_old = Signal(32 * lanes)
-        m.d.sync += [stage2.eq(stage1), stage2_values.eq(Cat(product)), stage2_old.eq(self.acc_rdata)]
+        m.d.sync += [stage2.eq(control1), stage2_values.eq(Cat(product)), stage2_old.eq(self.acc_rdata)]
 
         # -- accumulate stage ----------------------------------------------------------------
         forward_valid = Signal()
@@ -199,7 +211,7 @@ class PeArray(wiring.Component):
             m.d.comb += [self.done.eq(1), self.done_signal.eq(stage2.signal), self.done_pc.eq(stage2.pc)]
 
         m.d.comb += [
-            self.busy.eq(active | stage1.valid | stage2.valid),
+            self.busy.eq(active | control1.valid | stage2.valid),
             self.progress.eq(issue | stage2.valid),
         ]
         return m

@@ -18,10 +18,11 @@ previous one wrote (a residual add after a requantization).
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from .config import HwConfig
 from .fp import FloatToInt, FusedMultiplyAdd, IntToFloat
-from .isa import ErrorCode, Opcode
+from .isa import ADD_PAYLOAD, REQUANT_PAYLOAD, ErrorCode, Opcode
 from .unit import unit_members
 
 __all__ = ["Ppu"]
@@ -36,18 +37,26 @@ class Ppu(wiring.Component):
     a_raddr, a_ren, a_rdata, b_raddr, b_ren, b_rdata : two activation read ports (ADD).
     param_raddr, param_ren, param_rdata : parameter scratchpad read port.
     act_waddr, act_we, act_wdata : activation write port.
+
+    The addresses are as wide as the scratchpad's address: the unit checks the full-width
+    address against the depth before it reads or writes.
     """
+
+    #: The unit's view of the instruction payload (REQUANT or ADD; SYNC reads it as an empty loop).
+    PAYLOAD = data.UnionLayout({"requant": REQUANT_PAYLOAD, "add": ADD_PAYLOAD})
 
     def __init__(self, hw: HwConfig):
         self.hw = hw
         lanes = hw.lanes
+        act_bits, acc_bits, param_bits = (exact_log2(depth) for depth in
+                                          (hw.act_lines, hw.acc_entries, hw.param_entries))
         super().__init__({
-            **unit_members(),
-            "acc_raddr": Out(16), "acc_ren": Out(1), "acc_rdata": In(32 * lanes),
-            "a_raddr": Out(16), "a_ren": Out(1), "a_rdata": In(8 * lanes),
-            "b_raddr": Out(16), "b_ren": Out(1), "b_rdata": In(8 * lanes),
-            "param_raddr": Out(12), "param_ren": Out(1), "param_rdata": In(32 * lanes),
-            "act_waddr": Out(16), "act_we": Out(1), "act_wdata": Out(8 * lanes),
+            **unit_members(self.PAYLOAD),
+            "acc_raddr": Out(acc_bits), "acc_ren": Out(1), "acc_rdata": In(32 * lanes),
+            "a_raddr": Out(act_bits), "a_ren": Out(1), "a_rdata": In(8 * lanes),
+            "b_raddr": Out(act_bits), "b_ren": Out(1), "b_rdata": In(8 * lanes),
+            "param_raddr": Out(param_bits), "param_ren": Out(1), "param_rdata": In(32 * lanes),
+            "act_waddr": Out(act_bits), "act_we": Out(1), "act_wdata": Out(8 * lanes),
         })
 
     def elaborate(self, platform):
@@ -74,7 +83,7 @@ class Ppu(wiring.Component):
         last0 = i0 == n0 - 1
         last1 = i1 == n1 - 1
 
-        control = data.StructLayout({"valid": 1, "write": 1, "last": 1, "out": 16})
+        control = data.StructLayout({"valid": 1, "write": 1, "last": 1, "out": len(self.act_waddr)})
         stage = [Signal(control, name=f"stage{k}") for k in range(1, 6)]
         pipeline_busy = Cat(s.valid for s in stage).any()
 
@@ -84,14 +93,13 @@ class Ppu(wiring.Component):
                 free = ~self.halt & ~pipeline_busy
                 m.d.comb += [self.can_start.eq(free), self.queue.ready.eq(free & self.sem_ok)]
                 with m.If(self.queue.valid & self.queue.ready):
-                    instr = head.instr
-                    add = instr.opcode == Opcode.ADD
-                    requant = instr.payload.requant
-                    addp = instr.payload.add
+                    add = head.opcode == Opcode.ADD
+                    requant = head.payload.requant
+                    addp = head.payload.add
                     m.d.sync += [
-                        is_add.eq(add), signal_mask.eq(instr.signal), pc.eq(head.pc),
+                        is_add.eq(add), signal_mask.eq(head.signal), pc.eq(head.pc),
                         i0.eq(0), i1.eq(0), param_step.eq(0),
-                        sync_op.eq(instr.opcode == Opcode.SYNC),
+                        sync_op.eq(head.opcode == Opcode.SYNC),
                     ]
                     with m.If(add):
                         m.d.sync += [
@@ -231,11 +239,13 @@ class Ppu(wiring.Component):
             m.d.comb += to_int.value.eq(r)
             shifted = Signal(signed(34), name=f"shifted{lane}")
             m.d.comb += shifted.eq(to_int.result + zero_point)
-            clamped = Signal(signed(34), name=f"clamped{lane}")
-            low = Mux(shifted < lo, lo, shifted)
-            m.d.comb += clamped.eq(Mux(low > hi, hi, low))
+            # min(max(shifted, lo), hi): the comparisons are wide, only the low byte of the result
+            # is kept (the low byte of lo / hi is clamp_lo / clamp_hi whatever the signedness).
+            at_least_lo = Mux(shifted < lo, lo, shifted)
+            clamped = Signal(8, name=f"clamped{lane}")
+            m.d.comb += clamped.eq(Mux(at_least_lo > hi, clamp_hi, Mux(shifted < lo, clamp_lo, shifted[:8])))
             y = Signal(8, name=f"y{lane}")
-            m.d.sync += y.eq(clamped[:8])
+            m.d.sync += y.eq(clamped)
             out_bytes.append(y)
 
         write_stage = stage[4]

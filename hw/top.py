@@ -6,7 +6,7 @@ core), the backing-store port ``mem__addr/re/we/wdata/rdata``, and the status
 ``counters`` (48 bits x 7 per core, in ``COUNTER_NAMES`` order).
 """
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -14,7 +14,8 @@ from amaranth.lib.wiring import In, Out
 from .config import HwConfig
 from .core import COUNTER_BITS, COUNTER_NAMES, Core
 from .isa import ErrorCode
-from .memsys import BackingStoreSignature, MemorySystem
+from .memsys import TAG_BITS, BackingStoreSignature, MemorySystem
+from .netnames import strip_unused_aliases
 
 __all__ = ["Accelerator", "generate_verilog", "TOP_NAME"]
 
@@ -48,7 +49,8 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         hw = self.hw
-        m.submodules.memsys = memsys = MemorySystem(hw, 2 * hw.cores)
+        # Ports 2i (instruction fetch, untagged) and 2i + 1 (DMA, tagged) belong to core i.
+        m.submodules.memsys = memsys = MemorySystem(hw, [0, TAG_BITS] * hw.cores)
         wiring.connect(m, wiring.flipped(self.mem), memsys.mem)
 
         running = Signal()
@@ -110,7 +112,29 @@ class Accelerator(wiring.Component):
         return m
 
 
-def generate_verilog(hw: HwConfig) -> str:
-    """Verilog of the accelerator for ``hw``, top module ``dlfusion_accel``."""
+def generate_verilog(hw: HwConfig, *, debug_names: bool = True) -> str:
+    """Verilog of the accelerator for ``hw``, top module ``dlfusion_accel``.
+
+    Parameters
+    ----------
+    hw : HwConfig
+    debug_names : bool
+        Keep the alias wires Amaranth declares beside the logic: a wire per field of
+        every ``data.Layout``-shaped signal, and the names a module gives to nets that
+        have a canonical name elsewhere (a submodule's ports as seen by its parent,
+        signals naming a slice of an operator result). They are read by nothing, so
+        ``verilator --lint-only -Wall`` reports each as UNUSEDSIGNAL, but they make
+        waveforms easier to read. ``False`` removes exactly these wires (see
+        :mod:`dlfusion.hw.netnames`); the logic is the same. ``dlfusion verilog`` writes
+        the Verilog without them, simulation builds keep them.
+
+    Returns
+    -------
+    str
+    """
     top = Accelerator(hw)
-    return verilog.convert(top, name=TOP_NAME, emit_src=False)
+    if debug_names:
+        return verilog.convert(top, name=TOP_NAME, emit_src=False)
+    text = strip_unused_aliases(rtlil.convert(top, name=TOP_NAME, emit_src=False))
+    # The RTLIL-to-Verilog step of amaranth.back.verilog.convert (the same Yosys script).
+    return verilog._convert_rtlil_text(text)
