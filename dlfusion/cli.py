@@ -202,16 +202,27 @@ def cmd_layer(args) -> int:
 # -- compile ----------------------------------------------------------------------------------------
 
 def cmd_compile(args) -> int:
+    from .compiler import zoo
     from .compiler.compile import Plan, compile_graph, make_plan
     from .compiler.frontend import load_onnx
     from .compiler.ir import IRError
     hw = _load_hw(args.hw)
     source = Path(args.model)
-    if source.suffix != ".onnx":
-        raise UsageError(f"{args.model!r}: give a quantized .onnx file (QOperator format)")
     try:
-        graph = load_onnx(source)
-    except IRError as error:
+        if source.suffix == ".onnx":
+            graph = load_onnx(source)
+        elif args.model in zoo.MODELS:
+            import tempfile
+            with tempfile.TemporaryDirectory(prefix="dlfusion-compile-") as tmp:
+                path = Path(tmp) / f"{args.model}.onnx"
+                print(f"[dlfusion] exporting and quantizing {args.model} at {args.input_size or 'default'} px...",
+                      file=sys.stderr, flush=True)
+                zoo.export_quantized(args.model, args.input_size, path)
+                graph = load_onnx(path, name=args.model)
+        else:
+            raise UsageError(f"{args.model!r}: give a quantized .onnx file or a zoo model "
+                             f"({', '.join(zoo.MODELS)})")
+    except (IRError, ValueError) as error:
         raise UsageError(str(error)) from None
     if args.plan:
         plan = Plan.read(args.plan)
@@ -231,6 +242,31 @@ def cmd_compile(args) -> int:
     else:
         print(f"compiled {graph.name}: {summary['layers']} layers in {summary['groups']} groups, "
               f"{summary['instructions']} instructions -> {output} (plan {summary['plan']})")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .compiler import zoo
+    rows = [{"name": spec.name, "default_size": spec.default_size, "min_size": spec.min_size,
+             "classes": spec.num_classes, "description": spec.description} for spec in zoo.MODELS.values()]
+    if args.json:
+        _print_json({"models": rows})
+    else:
+        for row in rows:
+            print(f"{row['name']:14} {row['default_size']:>4} px (min {row['min_size']:>3})  {row['description']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .compiler import zoo
+    if args.name not in zoo.MODELS:
+        raise UsageError(f"unknown model {args.name!r}; models: {', '.join(zoo.MODELS)}")
+    try:
+        path = zoo.export_quantized(args.name, args.input_size, args.output, seed=args.seed,
+                                    calibration=args.calibration)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {path}: {args.name} quantized (QOperator, per-channel int8 weights)", file=sys.stderr)
     return 0
 
 
@@ -309,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_layer)
 
     p = sub.add_parser("compile", help="compile a quantized ONNX model to a .dlfb binary (and its plan)")
-    p.add_argument("model", help="quantized QOperator .onnx file")
+    p.add_argument("model", help="quantized QOperator .onnx file, or a zoo model name (dlfusion models)")
+    p.add_argument("--input-size", type=int, default=None, help="zoo models: input resolution")
     p.add_argument("--hw", help="HwConfig TOML file")
     p.add_argument("--cores", type=int, default=None, help="cores per group (default: all)")
     p.add_argument("--split", choices=("rows", "channels"), default="rows")
@@ -319,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="binary to write; the plan goes beside it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("models", help="list the built-in model zoo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="write a zoo model as the quantized ONNX the compiler uses")
+    p.add_argument("name")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration", default="random", help="'random' or a directory of .npy inputs")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="compile a convolution, run it on the RTL and the golden simulator")
     p.add_argument("--hw", help="HwConfig TOML file")

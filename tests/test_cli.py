@@ -139,3 +139,38 @@ def test_layer_split_over_cores(capsys, split):
 def test_too_many_cores_is_a_clear_error(capsys):
     code, _, err = run_cli(capsys, "layer", "conv", "--cores", "5")
     assert code == 2 and "cores must be between 1 and the configured 4, not 5" in err
+
+
+def test_models_lists_the_zoo(capsys):
+    code, out, _ = run_cli(capsys, "models", "--json")
+    assert code == 0
+    names = [m["name"] for m in json.loads(out)["models"]]
+    assert names == ["tiny_cnn", "resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1"]
+
+
+def test_export_rejects_a_too_small_input(tmp_path, capsys):
+    out = tmp_path / "r18.onnx"
+    code, _, err = run_cli(capsys, "export", "resnet18", "--input-size", "10", "-o", str(out))
+    assert code == 2 and "input_size 10 is below the minimum 32" in err
+    assert not out.exists()
+
+
+def test_compile_zoo_model_and_run_float_input(tmp_path, capsys):
+    binary = tmp_path / "tiny.dlfb"
+    code, out, _ = run_cli(capsys, "compile", "tiny_cnn", "--input-size", "16", "--cores", "2", "-o", str(binary),
+                           "--json")
+    assert code == 0
+    summary = json.loads(out)
+    plan = json.loads((tmp_path / "tiny.plan.json").read_text())
+    assert plan["format"] == "dlfusion-plan/1" and len(plan["groups"]) == summary["groups"] == summary["layers"]
+    assert all(group["cores"] == 2 for group in plan["groups"])
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32))
+    code, out, _ = run_cli(capsys, "run", str(binary), "--input", str(tmp_path / "x.npy"), "--output",
+                           str(tmp_path / "y.npy"), "--json")
+    assert code == 0
+    assert np.load(tmp_path / "y.npy").shape == (10, 1, 1)
+    # Compiling again with the written plan gives the same binary.
+    again = tmp_path / "again.dlfb"
+    code, _, _ = run_cli(capsys, "compile", "tiny_cnn", "--input-size", "16",
+                         "--plan", str(tmp_path / "tiny.plan.json"), "-o", str(again))
+    assert code == 0 and again.read_bytes() == binary.read_bytes()
