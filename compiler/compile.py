@@ -38,7 +38,7 @@ from .lower import (
     pack_windowed_weights,
     params_for,
 )
-from .program import CompileError, StreamBuilder, assemble, pack_params, pack_weight_blocks
+from .program import CompileError, DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
 from .reference import qlinear_add_params
 
 __all__ = ["Group", "Plan", "PLAN_FORMAT", "make_plan", "compile_graph"]
@@ -294,21 +294,11 @@ def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = Tr
     inputs = [DramTensor("input", address[graph.input], x.shape, x.dtype)]
     outputs = [DramTensor("output", address[graph.output], y.shape, y.dtype)]
 
-    class _Allocator:       # assemble() places the code after everything else
-        def __init__(self):
-            self.next = pool.high_water
-
-        def allocate(self, lines, what):
-            at = self.next
-            self.next += max(1, lines)
-            if self.next > hw.dram_lines:
-                raise CompileError(f"DRAM is full: {what} needs {lines} lines")
-            return at
-
     metadata = {"model": graph.name, "macs": graph.macs, "plan": plan.to_json(), "groups": group_info,
                 "input_quant": graph.input_quant, "output_dequant": graph.output_dequant,
                 "output_scale": y.scale, "output_zero_point": y.zero_point}
-    return assemble(hw, streams, segments, _Allocator(), inputs, outputs, metadata)
+    # assemble() places the code after everything else.
+    return assemble(hw, streams, segments, DramAllocator(hw, start=pool.high_water), inputs, outputs, metadata)
 
 
 def _parts(group: Group, rows: int, blocks: int) -> list:

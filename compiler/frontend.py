@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .ir import Graph, IRError, Node, Op, Tensor, check
+from .lower import out_size
 
 __all__ = ["load_onnx", "SUPPORTED_OPS"]
 
@@ -126,7 +127,6 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
         return int(kernel[0]), int(strides[0]), int(pads[0])
 
     def out_hw(h, w, k, s, p, ceil_mode=False):
-        from .lower import out_size
         return out_size(h, k, s, p, ceil_mode), out_size(w, k, s, p, ceil_mode)
 
     def emit(node: Node, shape, scale, zero_point):

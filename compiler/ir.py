@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .lower import out_size
+
 __all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check"]
 
 
@@ -98,11 +100,6 @@ class Graph:
         return sum(node.macs for node in self.nodes)
 
 
-def _out_size(size, kernel, stride, pad, ceil_mode=False):
-    from .lower import out_size
-    return out_size(size, kernel, stride, pad, ceil_mode)
-
-
 def check(graph: Graph) -> None:
     """Raise :class:`IRError` unless every invariant holds."""
     defined = {graph.input}
@@ -127,7 +124,7 @@ def check(graph: Graph) -> None:
         if node.op in WINDOWED:
             k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
             ceil = bool(node.attrs.get("ceil_mode", False))
-            expected_hw = (_out_size(h, k, s, p, ceil), _out_size(w, k, s, p, ceil))
+            expected_hw = (out_size(h, k, s, p, ceil), out_size(w, k, s, p, ceil))
             if out.shape[1:] != expected_hw:
                 raise IRError(f"{node.name}: output spatial shape {out.shape[1:]} != {expected_hw}")
             if node.op in (Op.CONV, Op.FC):

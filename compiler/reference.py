@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The ADD parameters are derived in one place; the arithmetic below stays independent.
+from ..sim.golden import qlinear_add_params
+
 __all__ = ["qrange", "requantize", "conv2d", "depthwise_conv2d", "fully_connected", "max_pool",
            "avg_pool", "qlinear_add", "qlinear_add_params"]
 
@@ -93,17 +96,6 @@ def avg_pool(x, x_zp, kernel, stride, pad, multiplier, y_zp, y_dtype):
     windows = _windows(_pad(x, pad, int(x_zp)) - int(x_zp), kernel, stride, out_h, out_w)
     acc = windows.sum(axis=(3, 4)).astype(np.int32)
     return requantize(acc, np.float32(multiplier), y_zp, y_dtype)
-
-
-def qlinear_add_params(a_scale, a_zp, b_scale, b_zp, c_scale, c_zp) -> tuple:
-    """(ra, rb, fixed) as float32, computed like onnxruntime's AVX2 QLinearAdd kernel."""
-    ra = np.float32(np.float32(a_scale) / np.float32(c_scale))
-    rb = np.float32(np.float32(b_scale) / np.float32(c_scale))
-    # fixed = zc - fma(ra, za, rb * zb): the compiler contracts ra*za + (rb*zb) into an fma.
-    rb_zb = np.float32(rb * np.float32(b_zp))
-    fused = np.float32(np.float64(ra) * float(a_zp) + np.float64(rb_zb))
-    fixed = np.float32(np.float32(c_zp) - fused)
-    return ra, rb, fixed
 
 
 def _fma_f32(a, b, c):

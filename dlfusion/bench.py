@@ -116,18 +116,17 @@ def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
                 print(f"[bench] {name:22} {split:8} {cores:2} cores: {result.cycles:>9,} cycles  "
                       f"x{row['speedup']:.2f}  util {row['utilization']:.3f}  "
                       f"DRAM {row['dram_bytes'] / 1e6:.2f} MB", flush=True)
-    default = hw
     speed = []
-    if default.cores >= 4:
-        case = SCALING_LAYERS["conv3x3_56x56_64"](default, 4, "rows")
+    if hw.cores >= 4:
+        case = SCALING_LAYERS["conv3x3_56x56_64"](hw, 4, "rows")
         for threads in (1, 2):
-            sim4 = RtlSimulator(default, threads=threads)
+            sim4 = RtlSimulator(hw, threads=threads)
             sim4.build()
             result = sim4.run(case.binary, case.inputs)
-            speed.append({"hw": default.hash, "cores": default.cores, "threads": threads, "cycles": result.cycles,
+            speed.append({"hw": hw.hash, "cores": hw.cores, "threads": threads, "cycles": result.cycles,
                           "sim_seconds": getattr(result, "sim_seconds", None),
                           "cycles_per_second": getattr(result, "cycles_per_second", None)})
-            print(f"[bench] whole-program RTL speed, default {default.cores}-core model, Verilator threads "
+            print(f"[bench] whole-program RTL speed, default {hw.cores}-core model, Verilator threads "
                   f"{threads}: {speed[-1]['cycles_per_second']:,.0f} cycles/s ({result.cycles:,} cycles)", flush=True)
     report = {"hw": model.to_dict(), "hw_hash": model.hash, "rows": rows, "default_model_speed": speed}
     atomic_write(out_dir / "scaling.json", json.dumps(report, indent=2))
