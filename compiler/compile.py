@@ -11,8 +11,10 @@ topological order), each with a core count and a split axis. Its JSON form:
 Every group ends with a barrier across all the cores of the program, so a
 group's outputs are in DRAM before the next group reads them. Tensors live in
 DRAM in the channel-blocked layout; a tensor's space is reused once its last
-consumer's group has finished. In this version each group holds one layer
-(depth-first fusion of several layers through on-chip tiles is the next step).
+consumer's group has finished. A group of one node uses the layer lowering of
+:mod:`.lower` (weight streaming, split by rows or output channels); a group of
+several nodes is lowered depth-first by :mod:`.fuse` (intermediates on chip,
+split by rows).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..hw.config import HwConfig
 from ..hw.isa import Opcode
 from ..sim.binary import Binary, Segment, atomic_write
 from ..sim.binary import Tensor as DramTensor
+from .fuse import FusedGroup
 from .ir import Graph, Node, Op, check
 from .layers import SPLITS, partition
 from .lower import (
@@ -41,7 +44,7 @@ from .lower import (
 from .program import CompileError, DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
 from .reference import qlinear_add_params
 
-__all__ = ["Group", "Plan", "PLAN_FORMAT", "make_plan", "compile_graph"]
+__all__ = ["Group", "Plan", "PLAN_FORMAT", "FUSIONS", "make_plan", "group_fits", "compile_graph"]
 
 PLAN_FORMAT = "dlfusion-plan/1"
 
@@ -104,15 +107,54 @@ class Plan:
             if group.split not in SPLITS:
                 raise CompileError(f"plan group {index}: split must be one of {SPLITS}, not {group.split!r}")
             if len(group.nodes) > 1:
-                raise CompileError(f"plan group {index} ({', '.join(group.nodes)}): fusing several layers into "
-                                   "one group is not implemented yet; use one layer per group")
+                if group.split != "rows" and group.cores > 1:
+                    raise CompileError(f"plan group {index} ({', '.join(group.nodes)}): a fusion group of several "
+                                       "layers is split across cores by rows only, not by channels")
+                FusedGroup(graph, hw, group.nodes, label=_label(index, group))   # checks the structure
+
+
+FUSIONS = ("none", "max")
+#: Longest fusion group ``make_plan(fusion="max")`` tries.
+MAX_GROUP_NODES = 16
+
+
+def _label(index: int, group: Group) -> str:
+    return f"group {index} ({', '.join(group.nodes)})"
+
+
+def group_fits(graph: Graph, hw: HwConfig, names: list[str], cores: int) -> str | None:
+    """``None`` if ``names`` can run as one fusion group on ``cores`` cores (split by rows),
+    else why not (the structural or capacity error)."""
+    if len(names) == 1:
+        return None
+    try:
+        FusedGroup(graph, hw, names).layout(cores)
+    except CompileError as error:
+        return str(error)
+    return None
 
 
 def make_plan(graph: Graph, hw: HwConfig, *, fusion: str = "none", cores: int = 1, split: str = "rows") -> Plan:
-    """The obvious plans: every layer its own group (``fusion="none"``) on ``cores`` cores."""
-    if fusion not in ("none",):
-        raise CompileError(f"fusion {fusion!r} is not implemented yet; accepted: none")
-    plan = Plan(graph.name, hw.hash, [Group([node.name], cores, split) for node in graph.nodes])
+    """The obvious plans on ``cores`` cores: every layer its own group (``fusion="none"``), or
+    (``fusion="max"``) from the first node on, the longest run of nodes that fuses and fits
+    on chip, then the same from the next node (fused groups are split by rows)."""
+    if fusion not in FUSIONS:
+        raise CompileError(f"unknown fusion {fusion!r}; accepted: {', '.join(FUSIONS)}")
+    names = [node.name for node in graph.nodes]
+    groups = []
+    if fusion == "none":
+        groups = [Group([name], cores, split) for name in names]
+    else:
+        start = 0
+        while start < len(names):
+            end = start + 1
+            for candidate in range(min(len(names), start + MAX_GROUP_NODES), start + 1, -1):
+                if group_fits(graph, hw, names[start:candidate], cores) is None:
+                    end = candidate
+                    break
+            groups.append(Group(names[start:end], cores, split if end - start == 1 else "rows"))
+            start = end
+    plan = Plan(graph.name, hw.hash, groups)
     plan.validate(graph, hw)
     return plan
 
@@ -256,9 +298,16 @@ def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = Tr
     group_info = []
     for index, group in enumerate(plan.groups):
         node = nodes[group.nodes[0]]
-        out = place(node.output)
+        out = place(nodes[group.nodes[-1]].output)
         x = graph.tensors[node.inputs[0]]
-        if node.op is Op.CONCAT:
+        tiling = {}
+        if len(group.nodes) > 1:
+            fused = FusedGroup(graph, hw, group.nodes, label=_label(index, group))
+            layout = fused.layout(group.cores)
+            for name in fused.inputs:
+                place(name)
+            tiling = fused.emit(streams, layout, address=place, constants=constants)
+        elif node.op is Op.CONCAT:
             pass  # the producers already wrote into the concat's channel blocks
         elif node.op is Op.ADD:
             layer = AddLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, *node.attrs["clamp"])
@@ -282,7 +331,7 @@ def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = Tr
         for stream in streams:
             stream.emit(Opcode.BARRIER, core_mask=mask)
         group_info.append({"index": index, "nodes": group.nodes, "cores": group.cores, "split": group.split,
-                           "macs": sum(nodes[n].macs for n in group.nodes),
+                           "macs": sum(nodes[n].macs for n in group.nodes), **tiling,
                            "barrier_index": [len(s.words) - 1 for s in streams]})
         for name in list(address):
             if last_use.get(name, -1) <= index and name in lines_of:

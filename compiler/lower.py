@@ -178,6 +178,23 @@ def params_for(bias: np.ndarray, multiplier: np.ndarray, channels: int, lanes: i
     return entries.reshape(2 * blocks, lanes)
 
 
+def split_folded_first(fields: dict) -> list[dict]:
+    """A MATMUL whose loop accumulates into one entry (``acc_s0 == 0``, fully connected layers,
+    global pooling) and that must overwrite first: its first iteration is split off, then the
+    rest of its row and the remaining rows accumulate."""
+    if fields.get("acc_s0", 1) != 0 or fields["n1"] * fields["n0"] == 1:
+        return [fields]
+    act, w = fields["act_addr"], fields["w_addr"]
+    parts = [dict(fields, n1=1, n0=1)]
+    if fields["n0"] > 1:
+        parts.append(dict(fields, n1=1, n0=fields["n0"] - 1, act_addr=act + fields.get("act_s0", 0),
+                          w_addr=w + fields.get("w_s0", 0)))
+    if fields["n1"] > 1:
+        parts.append(dict(fields, n1=fields["n1"] - 1, act_addr=act + fields.get("act_s1", 0),
+                          w_addr=w + fields.get("w_s1", 0)))
+    return parts
+
+
 @dataclass
 class _Tiling:
     rows: int           # output rows per tile
@@ -397,19 +414,7 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                                                      act_addr=block_base + ky * tiling.in_width + kx,
                                                      n1=rows, n0=OW, act_s1=s * tiling.in_width, act_s0=s,
                                                      acc_s1=OW, acc_s0=1))
-            folded = instructions[0]
-            if folded["acc_s0"] == 0 and folded["n1"] * folded["n0"] > 1:
-                # A folded loop accumulates into one entry: its first iteration must overwrite,
-                # so it is split off; the rest of its row and the remaining rows accumulate.
-                act, w = folded["act_addr"], folded["w_addr"]
-                parts = [dict(folded, n1=1, n0=1)]
-                if folded["n0"] > 1:
-                    parts.append(dict(folded, n1=1, n0=folded["n0"] - 1, act_addr=act + folded.get("act_s0", 0),
-                                      w_addr=w + folded.get("w_s0", 0)))
-                if folded["n1"] > 1:
-                    parts.append(dict(folded, n1=folded["n1"] - 1, act_addr=act + folded.get("act_s1", 0),
-                                      w_addr=w + folded.get("w_s1", 0)))
-                instructions[0:1] = parts
+            instructions[0:1] = split_folded_first(instructions[0])
             for n, fields in enumerate(instructions):
                 wait = signal = 0
                 if n == 0:
