@@ -44,7 +44,7 @@ from .lower import (
 from .program import CompileError, DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
 from .reference import qlinear_add_params
 
-__all__ = ["Group", "Plan", "PLAN_FORMAT", "FUSIONS", "make_plan", "group_fits", "compile_graph"]
+__all__ = ["Group", "Plan", "PLAN_FORMAT", "FUSIONS", "make_plan", "random_plan", "group_fits", "compile_graph"]
 
 PLAN_FORMAT = "dlfusion-plan/1"
 
@@ -154,6 +154,28 @@ def make_plan(graph: Graph, hw: HwConfig, *, fusion: str = "none", cores: int = 
                     break
             groups.append(Group(names[start:end], cores, split if end - start == 1 else "rows"))
             start = end
+    plan = Plan(graph.name, hw.hash, groups)
+    plan.validate(graph, hw)
+    return plan
+
+
+def random_plan(graph: Graph, hw: HwConfig, seed: int, *, max_group: int = 6) -> Plan:
+    """A random valid plan: groups of up to ``max_group`` nodes that fuse and fit, random core
+    counts, random split axes for single-node groups (fused groups split by rows)."""
+    rng = np.random.default_rng(seed)
+    names = [node.name for node in graph.nodes]
+    groups = []
+    start = 0
+    while start < len(names):
+        cores = int(rng.integers(1, hw.cores + 1))
+        end = start + 1
+        for candidate in range(min(len(names), start + int(rng.integers(1, max_group + 1))), start + 1, -1):
+            if group_fits(graph, hw, names[start:candidate], cores) is None:
+                end = candidate
+                break
+        split = str(rng.choice(SPLITS)) if end - start == 1 else "rows"
+        groups.append(Group(names[start:end], cores, split))
+        start = end
     plan = Plan(graph.name, hw.hash, groups)
     plan.validate(graph, hw)
     return plan

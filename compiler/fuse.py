@@ -344,18 +344,24 @@ class FusedGroup:
                 raise CompileError(f"{self.label}: rows of {ow} pixels exceed the {FIELD_MAX_COUNT}-iteration loops")
         out_rows = self.graph.tensors[self.final.output].shape[1]
         parts = partition(out_rows, cores)
-        best = None
-        smallest = None
-        for band_rows in range(max(b - a for a, b in parts), 0, -1):
+        def attempt(band_rows):
             schedules = [self.schedule(part, band_rows) for part in parts]
             regions, lines = self._regions(schedules, band_rows)
-            smallest = lines
-            if lines <= hw.act_lines:
-                best = _Layout(band_rows, schedules, parts, regions, weight_base, param_base, lines)
-                break
-        if best is None:
-            raise CompileError(f"{self.label} does not fit on chip: one output row per band needs {smallest} act "
-                               f"lines, act_lines = {hw.act_lines} (short by {smallest - hw.act_lines})")
+            return _Layout(band_rows, schedules, parts, regions, weight_base, param_base, lines)
+
+        # The scratchpad need grows with the band height: check one row, then search the tallest band.
+        best = attempt(1)
+        if best.act_lines > hw.act_lines:
+            raise CompileError(f"{self.label} does not fit on chip: one output row per band needs {best.act_lines} "
+                               f"act lines, act_lines = {hw.act_lines} (short by {best.act_lines - hw.act_lines})")
+        low, high = 1, max(b - a for a, b in parts)
+        while low < high:
+            middle = (low + high + 1) // 2
+            candidate = attempt(middle)
+            if candidate.act_lines <= hw.act_lines:
+                best, low = candidate, middle
+            else:
+                high = middle - 1
         return best
 
     # -- emission ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from dlfusion.compiler.compile import Group, Plan, compile_graph, make_plan
+from dlfusion.compiler.compile import Group, Plan, compile_graph, make_plan, random_plan
 from dlfusion.compiler.frontend import load_onnx
 from dlfusion.compiler.ir import IRError, check
 from dlfusion.compiler.program import CompileError
@@ -110,7 +110,8 @@ def _random_plan(graph, seed):
                                             str(rng.choice(["rows", "channels"]))) for n in graph.nodes])
 
 
-@pytest.mark.parametrize("plan_kind", ["none-1core", "none-allcores-rows", "none-allcores-channels", "random"])
+@pytest.mark.parametrize("plan_kind", ["none-1core", "none-allcores-rows", "none-allcores-channels", "random",
+                                       "max-1core", "max-allcores", "random-fused"])
 def test_golden_equals_onnxruntime(model, plan_kind):
     path, size = model
     graph = load_onnx(path)
@@ -120,6 +121,11 @@ def test_golden_equals_onnxruntime(model, plan_kind):
         plan = make_plan(graph, HW, cores=1)
     elif plan_kind == "random":
         plan = _random_plan(graph, size)
+    elif plan_kind == "random-fused":
+        plan = random_plan(graph, HW, size)
+    elif plan_kind.startswith("max"):
+        plan = make_plan(graph, HW, fusion="max", cores=1 if plan_kind == "max-1core" else HW.cores)
+        assert any(len(group.nodes) > 1 for group in plan.groups)
     else:
         plan = make_plan(graph, HW, cores=HW.cores, split=plan_kind.rsplit("-", 1)[1])
     x = np.random.default_rng(size).standard_normal((1, 3, size, size)).astype(np.float32)

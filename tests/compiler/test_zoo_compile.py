@@ -1,6 +1,7 @@
 """Every zoo model, quantized by onnxruntime, compiled and run on the golden
 simulator: the output equals onnxruntime's bit for bit, for a one-core plan,
-an all-cores plan and a random mixed plan (one layer per group)."""
+the maximum fusion that fits on all cores, and a random mixed plan (random fusion
+groups, core counts and split axes)."""
 
 import numpy as np
 import onnx
@@ -8,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from dlfusion.compiler import zoo
-from dlfusion.compiler.compile import Group, Plan, compile_graph, make_plan
+from dlfusion.compiler.compile import compile_graph, make_plan, random_plan
 from dlfusion.compiler.frontend import load_onnx
 from dlfusion.hw.config import HwConfig
 from dlfusion.sim.golden import GoldenSimulator
@@ -29,16 +30,16 @@ def quantized(request, tmp_path_factory):
 
 
 def _plan(graph, kind):
-    if kind == "one-core":
+    if kind == "none-1core":
         return make_plan(graph, HW, cores=1)
-    if kind == "all-cores":
-        return make_plan(graph, HW, cores=HW.cores, split="channels")
-    rng = np.random.default_rng(len(graph.nodes))
-    return Plan(graph.name, HW.hash, [Group([n.name], int(rng.integers(1, HW.cores + 1)),
-                                            str(rng.choice(["rows", "channels"]))) for n in graph.nodes])
+    if kind == "max-allcores":
+        plan = make_plan(graph, HW, fusion="max", cores=HW.cores)
+        assert any(len(group.nodes) > 1 for group in plan.groups)
+        return plan
+    return random_plan(graph, HW, len(graph.nodes))
 
 
-@pytest.mark.parametrize("plan_kind", ["one-core", "all-cores", "random"])
+@pytest.mark.parametrize("plan_kind", ["none-1core", "max-allcores", "random"])
 def test_zoo_model_matches_onnxruntime(quantized, plan_kind):
     name, path, session = quantized
     graph = load_onnx(path)
