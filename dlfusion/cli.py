@@ -210,7 +210,7 @@ def cmd_compile(args) -> int:
     source = Path(args.model)
     try:
         if source.suffix == ".onnx":
-            graph = load_onnx(source)
+            graph = _load_onnx_any(source, args.calibration)
         elif args.model in zoo.MODELS:
             import tempfile
             with tempfile.TemporaryDirectory(prefix="dlfusion-compile-") as tmp:
@@ -224,11 +224,17 @@ def cmd_compile(args) -> int:
                              f"({', '.join(zoo.MODELS)})")
     except (IRError, ValueError) as error:
         raise UsageError(str(error)) from None
+    started = time.perf_counter()
     if args.plan:
         plan = Plan.read(args.plan)
     else:
+        if not args.json:
+            print(f"[dlfusion] planning {graph.name}: fusion {args.fusion}, {args.cores or hw.cores} cores...",
+                  file=sys.stderr, flush=True)
         plan = make_plan(graph, hw, fusion=args.fusion, cores=args.cores or hw.cores, split=args.split)
-    started = time.perf_counter()
+    if not args.json:
+        print(f"[dlfusion] lowering {len(graph.nodes)} layers in {len(plan.groups)} groups...", file=sys.stderr,
+              flush=True)
     binary = compile_graph(graph, hw, plan)
     output = Path(args.output)
     binary.write(output)
@@ -243,6 +249,35 @@ def cmd_compile(args) -> int:
         print(f"compiled {graph.name}: {summary['layers']} layers in {summary['groups']} groups, "
               f"{summary['instructions']} instructions -> {output} (plan {summary['plan']})")
     return 0
+
+
+def _load_onnx_any(path: Path, calibration: str | None):
+    """A quantized QOperator model as it is; a float model quantized first (``--calibration``)."""
+    import tempfile
+
+    import onnx
+
+    from .compiler.frontend import load_onnx
+    from .compiler.quantize import CalibrationError, quantize_model
+    if not path.exists():
+        raise UsageError(f"model file {str(path)!r} does not exist")
+    try:
+        ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    except Exception as error:   # onnx raises DecodeError and others for a broken file
+        raise UsageError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+    quantized = any(op.startswith("QLinear") or op in ("QGemm", "QuantizeLinear") for op in ops)
+    if quantized:
+        return load_onnx(path)
+    if calibration is None:
+        raise UsageError(f"{path} is a float model (no quantized ops); pass --calibration random or "
+                         "--calibration DIR (a directory of .npy inputs) to quantize it first")
+    with tempfile.TemporaryDirectory(prefix="dlfusion-quantize-") as tmp:
+        print(f"[dlfusion] quantizing {path.name} (calibration: {calibration})...", file=sys.stderr, flush=True)
+        try:
+            quantized_path = quantize_model(path, Path(tmp) / "quantized.onnx", calibration=calibration)
+        except CalibrationError as error:
+            raise UsageError(str(error)) from None
+        return load_onnx(quantized_path, name=path.stem)
 
 
 def cmd_models(args) -> int:
@@ -350,8 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", help="HwConfig TOML file")
     p.add_argument("--cores", type=int, default=None, help="cores per group (default: all)")
     p.add_argument("--split", choices=("rows", "channels"), default="rows")
-    p.add_argument("--fusion", choices=("none",), default="none",
-                   help="fusion scheme (one layer per group; multi-layer fusion is in progress)")
+    p.add_argument("--fusion", choices=("none", "max"), default="none",
+                   help="none: one layer per group; max: the longest groups that fuse and fit on chip")
+    p.add_argument("--calibration", default=None,
+                   help="float .onnx models: quantize first, calibrating on 'random' images or a directory "
+                        "of .npy inputs")
     p.add_argument("--plan", help="compile with this plan JSON instead")
     p.add_argument("-o", "--output", required=True, help="binary to write; the plan goes beside it")
     p.add_argument("--json", action="store_true")
