@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w", type=int, default=28)
     p.add_argument("--c", type=int, default=64)
     p.set_defaults(func=cmd_demo)
+
+    from .compiler.tune.cli import add_commands as add_tune_commands  # characterize (compiler/tune/cli.py)
+    add_tune_commands(sub)
     return parser
 
 
