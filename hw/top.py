@@ -2,8 +2,9 @@
 
 Ports (Verilog names): ``start``, ``core_mask``, ``prog_addr`` (32 bits per
 core), the backing-store port ``mem__addr/re/we/wdata/rdata``, and the status
-``done``, ``error_code``, ``error_core``, ``error_pc``, ``cycles`` and
-``counters`` (48 bits x 7 per core, in ``COUNTER_NAMES`` order).
+``done``, ``error_code``, ``error_core``, ``error_pc``, ``cycles``,
+``counters`` (48 bits x 7 per core, in ``COUNTER_NAMES`` order) and
+``barrier_go`` (one bit per core, high in the cycle that core passes a barrier).
 """
 
 from amaranth.back import rtlil, verilog
@@ -35,6 +36,9 @@ class Accelerator(wiring.Component):
     error_code, error_core, error_pc : the first error.
     cycles : Out(48), cycles from start to done.
     counters : Out(48 * 7 * cores), per-core counters.
+    barrier_go : Out(cores), bit ``i`` is high in the one cycle core ``i`` passes a barrier
+        (all cores of a barrier's mask pass in the same cycle); lets a testbench time
+        fusion groups without probing the cores.
     """
 
     def __init__(self, hw: HwConfig):
@@ -44,6 +48,7 @@ class Accelerator(wiring.Component):
             "mem": Out(BackingStoreSignature(hw)),
             "done": Out(1), "error_code": Out(4), "error_core": Out(4), "error_pc": Out(32),
             "cycles": Out(48), "counters": Out(COUNTER_BITS * len(COUNTER_NAMES) * hw.cores),
+            "barrier_go": Out(hw.cores),
         })
 
     def elaborate(self, platform):
@@ -78,6 +83,7 @@ class Accelerator(wiring.Component):
             ready = Cat((~core.barrier_mask[j]) | (other.barrier_arrive & (other.barrier_mask == core.barrier_mask))
                         for j, other in enumerate(cores)).all()
             m.d.comb += core.barrier_go.eq(core.barrier_arrive & ready)
+        m.d.comb += self.barrier_go.eq(Cat(core.barrier_go for core in cores))
 
         all_finished = Cat(core.finished for core in cores).all()
         done = Signal()

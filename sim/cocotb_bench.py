@@ -16,7 +16,13 @@ result JSON atomically::
 
     {"status": "done" | "timeout", "cycles", "error_code", "error_core", "error_pc",
      "counters": [[7 ints] per core], "regions": [file per region], "tb_cycles",
-     "sim_cycles", "sim_seconds", "dump_seconds", "bench_seconds", "dram_oob"}
+     "sim_cycles", "sim_seconds", "dump_seconds", "bench_seconds", "dram_oob",
+     "dram_read_lines", "dram_write_lines"}
+
+``dram_read_lines`` / ``dram_write_lines`` are the memory-port reads (instruction
+fetch and DMA loads) and writes (DMA stores) from the start pulse to the readout,
+counted by the testbench. Barrier passages are not read here (that would wake Python
+per cycle): ``tb_top.sv`` appends them to its ``+BARRIER_LOG`` file.
 
 ``sim_seconds`` is the wall-clock time from the start pulse to ``done`` (or the
 watchdog), ``sim_cycles`` the clock cycles simulated meanwhile; ``bench_seconds``
@@ -115,6 +121,8 @@ class AccelTestbench:
             "counters": per_core,
             "tb_cycles": dut.tb_cycles.value.to_unsigned(),
             "dram_oob": dut.tb_oob.value.to_unsigned(),
+            "dram_read_lines": dut.tb_dram_reads.value.to_unsigned(),
+            "dram_write_lines": dut.tb_dram_writes.value.to_unsigned(),
         }
 
     async def dump_region(self, index: int, start: int, count: int) -> None:

@@ -80,6 +80,19 @@ Cycle model (an estimate; the RTL gives the real count)
   cycle count is the time of the error; after a deadlock it is the time of
   the last event plus ``hw.watchdog_cycles``.
 
+DRAM traffic and barrier events (same model): ``dram_read_lines`` counts the
+lines the DMA loads (counted when the LOAD starts) plus the instruction lines the
+prefetcher requests (at their request times above, including the requests past
+``END`` that go out before ``END`` is dispatched, as in the RTL);
+``dram_write_lines`` the lines the DMA stores. Padding is not traffic. Every
+cycle in which a barrier passes gives one entry of ``RunResult.barriers``:
+``{"cycle": <the release cycle>, "cores": <mask of the cores passing>,
+"dram_read_lines", "dram_write_lines"}`` with the counts so far (instruction
+requests strictly before the release cycle). Across a barrier of all the
+program's cores the DMA counts are exact, since the barrier drains every DMA;
+the instruction fetch share follows the fetch model and differs from the RTL
+by a few prefetched instructions per core.
+
 Counters (per core) follow the same model: ``instructions`` (dispatched,
 including ``END``/``BARRIER``), ``dma_busy``/``pe_busy``/``ppu_busy`` (sum of
 instruction durations), ``dma_stall`` (port waits), ``sem_wait`` (cycles a
@@ -97,6 +110,7 @@ values of their sign bit).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from dataclasses import dataclass
@@ -350,6 +364,7 @@ class CoreState:
         self.dispatched_at: list[int] = []   # dispatch time of instruction k
         self.barrier_arrivals: list[int] = []
         self.barrier_reached = 0
+        self.fetch_stop: int | None = None   # when END was dispatched (the prefetcher stops)
         self.finish = 0
         self.decoded: dict[int, object] = {}
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -464,6 +479,9 @@ class GoldenSimulator:
             if core.index not in self._streams:
                 core.state = "done"
         self._port_free = 0
+        self._dma_read_lines = 0
+        self._dma_write_lines = 0
+        self._barriers: list[dict] = []
         self._fetch_cycles = max(1, -(-_INSTR_BYTES // hw.dram_bytes_per_cycle))
         self._fetch_slots = max(1, hw.fetch_lines // hw.instr_lines)
         error = None
@@ -474,7 +492,9 @@ class GoldenSimulator:
         counters = [dict(core.counters) for core in self.cores]
         outputs = {} if error else read_outputs(binary, self.dram)
         return RunResult(backend=self.backend, outputs=outputs, cycles=int(cycles), counters=counters,
-                         error=error)
+                         error=error, barriers=self._barriers,
+                         dram_read_lines=self._dma_read_lines + self._fetched_lines(int(cycles)),
+                         dram_write_lines=self._dma_write_lines)
 
     # -- instruction fetch and decode -----------------------------------------------------------
 
@@ -515,6 +535,43 @@ class GoldenSimulator:
                 t = max(t, core.dispatched_at[j - self._fetch_slots])
             requests.append(t)
         return requests[k] + self.hw.dram_latency
+
+    def _fetched_lines(self, before: int) -> int:
+        """Instruction lines requested by every core's prefetcher before cycle ``before``.
+
+        Extends each core's request times (:meth:`_fetch_ready`'s recurrence) as far as
+        they are determined: request ``j`` needs the dispatch of instruction
+        ``j - fetch_slots``; a core's requests stop once its ``END`` was dispatched.
+        """
+        slots = self._fetch_slots
+        total = 0
+        for core in self.cores:
+            if core.index not in self._streams:
+                continue
+            limit = before if core.fetch_stop is None else min(before, core.fetch_stop + 1)
+            requests = core.fetch_request
+            while True:
+                j = len(requests)
+                if j >= slots and j - slots >= len(core.dispatched_at):
+                    break
+                t = requests[-1] + self._fetch_cycles if requests else 0
+                if j >= slots:
+                    t = max(t, core.dispatched_at[j - slots])
+                if t >= limit:
+                    break
+                requests.append(t)
+            total += bisect.bisect_left(requests, limit)
+        return total * self.hw.instr_lines
+
+    def _record_barrier(self, mask: int, now: int) -> None:
+        """One barrier event per cycle: barriers passing in the same cycle share one entry."""
+        event = {"cycle": now, "cores": mask, "dram_read_lines": self._dma_read_lines + self._fetched_lines(now),
+                 "dram_write_lines": self._dma_write_lines}
+        if self._barriers and self._barriers[-1]["cycle"] == now:
+            event["cores"] |= self._barriers[-1]["cores"]
+            self._barriers[-1] = event
+        else:
+            self._barriers.append(event)
 
     # -- the event loop ------------------------------------------------------------------------
 
@@ -589,6 +646,7 @@ class GoldenSimulator:
                 core.counters["instructions"] += 1
                 if instr["opcode"] is Opcode.END:
                     core.state = "ending"
+                    core.fetch_stop = now
                     heapq.heappush(completions, (now + 1, seq, core.index, 3, k, 0))
                     seq += 1
                 else:
@@ -605,6 +663,7 @@ class GoldenSimulator:
                         other.pc += 1
                         other.last_dispatch = now
                         other.dispatched_at.append(now)
+                self._record_barrier(mask, now)
 
     def _dispatched(self, core: CoreState, now: int) -> None:
         core.pc += 1
@@ -708,6 +767,10 @@ class GoldenSimulator:
             lines[sram[keep]] = values[keep]
         # timing
         dram_count = int(real.sum())
+        if store:
+            self._dma_write_lines += dram_count
+        else:
+            self._dma_read_lines += dram_count
         if dram_count == 0:
             return max(1, count)
         transfer = -(-dram_count * hw.line_bytes // hw.dram_bytes_per_cycle)

@@ -23,7 +23,12 @@ model safe across processes: builds hold it exclusively, runs shared.
 Results
 -------
 :meth:`RtlSimulator.run` returns a :class:`~dlfusion.sim.runtime.RunResult`
-(``backend="rtl"``, exact cycles and counters). Harness measurements are in
+(``backend="rtl"``, exact cycles and counters). ``result.barriers`` lists every
+cycle in which a core passed a barrier (``cycle``: the accelerator's ``cycles``
+counter in that cycle; ``cores``: the ``barrier_go`` mask; ``dram_read_lines`` /
+``dram_write_lines``: memory-port reads and writes in the cycles before it), and
+``result.dram_read_lines`` / ``dram_write_lines`` the totals at ``done``; the
+testbench counts them and writes the barrier log itself (``+BARRIER_LOG``). Harness measurements are in
 ``result.metadata`` and, for convenience, also set as attributes of the result:
 
 ``sim_seconds``
@@ -78,7 +83,7 @@ from .binary import Binary, BinaryError
 from .runtime import COUNTER_NAMES, ErrorInfo, RunResult, build_dram_image
 
 __all__ = ["RtlBuildError", "RtlSimulationError", "RtlSimulator", "DEFAULT_MAX_CYCLES",
-           "default_build_root", "read_region_hex", "write_image_hex"]
+           "default_build_root", "read_barrier_log", "read_region_hex", "write_image_hex"]
 
 #: Harness watchdog when neither the simulator nor the run names one (simulated cycles).
 DEFAULT_MAX_CYCLES = 50_000_000
@@ -172,6 +177,22 @@ def write_image_hex(path: str | Path, dram: np.ndarray, ranges, lanes: int) -> i
             file.write(_hex_lines(lines))
             written += count
     return written
+
+
+def read_barrier_log(path: str | Path) -> list[dict]:
+    """The barrier passages ``tb_top.sv`` logged (one ``cycles mask reads writes`` line each)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise RtlSimulationError(f"the testbench wrote no barrier log {path}") from None
+    events = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            cycle, cores, reads, writes = (int(field) for field in line.split())
+        except ValueError:
+            raise RtlSimulationError(f"{path}:{number}: expected 'cycle mask reads writes', got {line!r}") from None
+        events.append({"cycle": cycle, "cores": cores, "dram_read_lines": reads, "dram_write_lines": writes})
+    return events
 
 
 def read_region_hex(path: str | Path, count: int, lanes: int) -> bytes:
@@ -608,7 +629,9 @@ class RtlSimulator:
             "model_dir": str(self.model_dir),
         }
         result = RunResult(backend=self.backend, outputs=outputs, cycles=int(raw["cycles"]),
-                           counters=counters, error=error, metadata=dict(info))
+                           counters=counters, error=error, metadata=dict(info), barriers=raw["barriers"],
+                           dram_read_lines=int(raw["dram_read_lines"]),
+                           dram_write_lines=int(raw["dram_write_lines"]))
         for name, value in info.items():
             setattr(result, name, value)
         if self.verbose:
@@ -629,7 +652,8 @@ class RtlSimulator:
                "sv_clock": self.clock == "sv", "clock_period_ns": CLOCK_PERIOD_NS}
         job_path = run_dir / "job.json"
         job_path.write_text(json.dumps(job))
-        plusargs = [f"+DUMP_DIR={run_dir}"]
+        barrier_log = run_dir / "barriers.txt"
+        plusargs = [f"+DUMP_DIR={run_dir}", f"+BARRIER_LOG={barrier_log}"]
         if image_lines:
             plusargs.append(f"+DRAM_IMAGE={image}")
         log = run_dir / "sim.log"
@@ -652,7 +676,8 @@ class RtlSimulator:
             raise RtlSimulationError(
                 f"the RTL simulation produced no result ({failure or 'no error reported'}); "
                 f"run directory {run_dir} kept, log {log}, last lines:\n{_tail(log)}") from None
-        raw.update(run_dir=run_dir, process_seconds=process_seconds, image_lines=image_lines)
+        raw.update(run_dir=run_dir, process_seconds=process_seconds, image_lines=image_lines,
+                   barriers=read_barrier_log(barrier_log))
         return raw
 
 

@@ -2,7 +2,9 @@
 
 :func:`run` is the one entry point; both backends return a :class:`RunResult`
 with the logical output arrays, the cycle count, per-core counters
-(:data:`COUNTER_NAMES`) and the accelerator error, if any.
+(:data:`COUNTER_NAMES`), the barrier passages with the DRAM lines moved so far,
+and the accelerator error, if any. :func:`group_report` turns the barrier
+passages of a compiled network into per-fusion-group cycles and DRAM bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from ..hw.isa import ErrorCode
 from .binary import Binary, BinaryError
 
 __all__ = [
-    "COUNTER_NAMES", "BACKENDS", "ErrorInfo", "RunResult", "AcceleratorError", "build_dram_image",
-    "read_outputs", "run",
+    "COUNTER_NAMES", "BACKENDS", "ErrorInfo", "RunResult", "AcceleratorError", "GroupReportError",
+    "build_dram_image", "read_outputs", "run", "group_report",
 ]
 
 #: Per-core performance counters, in the order the hardware reports them.
@@ -70,6 +72,17 @@ class RunResult:
     counters : list of dict
         Per core (index = core number), the counters named in :data:`COUNTER_NAMES`.
     error : ErrorInfo or None
+    barriers : list of dict
+        One entry per cycle in which at least one core passed a barrier, in time order:
+        ``{"cycle": int, "cores": int, "dram_read_lines": int, "dram_write_lines": int}``:
+        the cycle (counted from the start, as ``cycles``), the mask of the cores passing
+        in it, and the DRAM lines read (instruction fetch and DMA loads) and written
+        (DMA stores) at the shared port before it. Measured by the RTL testbench; the
+        golden simulator's event model estimates cycles and fetch, its DMA lines are exact.
+    dram_read_lines, dram_write_lines : int or None
+        The lines read and written over the whole run (None if the backend does not count).
+    metadata : dict
+        Backend-specific measurements (the RTL harness's timings).
     """
     backend: str
     outputs: dict[str, np.ndarray]
@@ -77,6 +90,9 @@ class RunResult:
     counters: list[dict]
     error: ErrorInfo | None = None
     metadata: dict = field(default_factory=dict)
+    barriers: list[dict] = field(default_factory=list)
+    dram_read_lines: int | None = None
+    dram_write_lines: int | None = None
 
     @property
     def cycles_estimated(self) -> bool:
@@ -95,6 +111,8 @@ class RunResult:
             "cycles_estimated": self.cycles_estimated,
             "error": None if self.error is None else self.error.to_json(),
             "counters": [{name: int(c.get(name, 0)) for name in COUNTER_NAMES} for c in self.counters],
+            "dram_read_lines": self.dram_read_lines,
+            "dram_write_lines": self.dram_write_lines,
             "outputs": {
                 name: {"shape": list(array.shape), "dtype": str(array.dtype),
                        "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
@@ -116,6 +134,69 @@ class AcceleratorError(RuntimeError):
         super().__init__(f"accelerator error: {info}")
         self.info = info
         self.result = result
+
+
+class GroupReportError(ValueError):
+    """The barrier passages of a run do not match the binary's fusion groups."""
+
+
+def group_report(binary: Binary, result: RunResult) -> list[dict]:
+    """Cycles, DRAM bytes and utilization of each fusion group of a compiled network.
+
+    Every group of ``binary.metadata["groups"]`` (written by the compiler) ends with a
+    barrier across all the program's cores; group ``i`` spans from the passage of
+    barrier ``i - 1`` (or the start) to the passage of barrier ``i``. What follows the
+    last barrier (the cores' ``END``) belongs to no group, so the groups' cycles add
+    up to ``result.cycles`` minus that drain.
+
+    Parameters
+    ----------
+    binary : Binary
+    result : RunResult
+        A run of ``binary`` that ended without error.
+
+    Returns
+    -------
+    list of dict
+        Per group: ``index``, ``nodes``, ``cores``, ``split``, ``macs`` (from the
+        metadata), ``end_cycle`` (the barrier's cycle), ``cycles``, ``dram_read_bytes``,
+        ``dram_write_bytes``, ``dram_bytes`` (lines moved at the DRAM port between the
+        two barriers, instruction fetch included, times ``hw.line_bytes``) and
+        ``utilization`` (``macs / (hw.macs_per_cycle * cores * cycles)``). Empty when
+        the binary has no groups (a single layer).
+
+    Raises
+    ------
+    GroupReportError
+        The run did not pass exactly one all-core barrier per group.
+    """
+    groups = binary.metadata.get("groups") or []
+    if not groups:
+        return []
+    hw = binary.hw
+    mask = binary.core_mask
+    events = [event for event in result.barriers if event["cores"] == mask]
+    if len(events) != len(groups):
+        stopped = f" (the run stopped with {result.error})" if result.error is not None else ""
+        raise GroupReportError(f"the {result.backend} run passed {len(events)} barrier(s) of all the program's "
+                               f"cores (mask {mask:#x}){stopped}, but the binary has {len(groups)} groups; "
+                               "every group must end with one such barrier")
+    report = []
+    previous = {"cycle": 0, "dram_read_lines": 0, "dram_write_lines": 0}
+    for group, event in zip(groups, events, strict=True):
+        cycles = event["cycle"] - previous["cycle"]
+        read = (event["dram_read_lines"] - previous["dram_read_lines"]) * hw.line_bytes
+        write = (event["dram_write_lines"] - previous["dram_write_lines"]) * hw.line_bytes
+        macs = int(group.get("macs", 0))
+        cores = int(group["cores"])
+        report.append({
+            "index": int(group["index"]), "nodes": list(group["nodes"]), "cores": cores,
+            "split": group.get("split"), "macs": macs, "end_cycle": int(event["cycle"]), "cycles": int(cycles),
+            "dram_read_bytes": int(read), "dram_write_bytes": int(write), "dram_bytes": int(read + write),
+            "utilization": macs / (hw.macs_per_cycle * cores * max(1, cycles)),
+        })
+        previous = event
+    return report
 
 
 def build_dram_image(binary: Binary, inputs: dict[str, np.ndarray]) -> np.ndarray:

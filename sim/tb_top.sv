@@ -6,6 +6,14 @@
 // 8*L bits per text line, byte 0 in bits [7:0]) and writes DRAM regions on
 // request to +DUMP_DIR=<dir>/region_<index>.hex ($writememh).
 //
+// DRAM traffic and barriers: tb_dram_reads / tb_dram_writes count the cycles with
+// mem__re / mem__we since the last start pulse (one line each: instruction fetch and
+// DMA loads are reads, DMA stores writes). With +BARRIER_LOG=<file>, every cycle in
+// which at least one core passes a barrier appends the line
+// "<cycles> <barrier_go mask> <reads> <writes>" (decimal): the accelerator's cycles
+// counter in that cycle and the lines moved in the cycles before it. Logged here, not
+// in Python, so the run never wakes Python per cycle.
+//
 // Parameters are set at build time with Verilator -G: L (bytes per DRAM line),
 // DRAM_LINES and CORES. No `timescale here: the build passes --timescale 1ns/1ps
 // so the generated accelerator module and this file agree.
@@ -39,7 +47,9 @@ module tb_top #(
     input  logic [31:0]           dump_index,
     // testbench status
     output logic [63:0]           tb_cycles,    // clock cycles since time 0
-    output logic [31:0]           tb_oob        // DRAM accesses beyond DRAM_LINES (ignored)
+    output logic [31:0]           tb_oob,       // DRAM accesses beyond DRAM_LINES (ignored)
+    output logic [63:0]           tb_dram_reads,   // mem__re cycles since start
+    output logic [63:0]           tb_dram_writes   // mem__we cycles since start
 );
 `ifdef TB_SV_CLOCK
     logic clk;
@@ -52,6 +62,7 @@ module tb_top #(
     logic           mem_we;
     logic [8*L-1:0] mem_wdata;
     logic [8*L-1:0] mem_rdata;
+    logic [CORES-1:0] barrier_go;
 
     dlfusion_accel dut (
         .clk        (clk),
@@ -69,7 +80,8 @@ module tb_top #(
         .error_core (error_core),
         .error_pc   (error_pc),
         .cycles     (cycles),
-        .counters   (counters)
+        .counters   (counters),
+        .barrier_go (barrier_go)
     );
 
     // DRAM: synchronous read (data valid after the edge that saw mem_re),
@@ -91,6 +103,35 @@ module tb_top #(
     always_ff @(posedge clk) begin
         tb_cycles <= tb_cycles + 64'd1;
         if ((mem_re || mem_we) && !in_range) tb_oob <= tb_oob + 32'd1;
+    end
+
+    initial begin
+        tb_dram_reads = '0;
+        tb_dram_writes = '0;
+    end
+    always_ff @(posedge clk) begin
+        if (start) begin
+            tb_dram_reads <= '0;
+            tb_dram_writes <= '0;
+        end else begin
+            tb_dram_reads <= tb_dram_reads + 64'(mem_re);
+            tb_dram_writes <= tb_dram_writes + 64'(mem_we);
+        end
+    end
+
+    string barrier_path;
+    int barrier_log = 0;
+    initial begin
+        if ($value$plusargs("BARRIER_LOG=%s", barrier_path)) begin
+            barrier_log = $fopen(barrier_path, "w");
+            if (barrier_log == 0) $fatal(1, "cannot open +BARRIER_LOG=%s", barrier_path);
+        end
+    end
+    always @(posedge clk) begin
+        if (barrier_log != 0 && !rst && |barrier_go) begin
+            $fwrite(barrier_log, "%0d %0d %0d %0d\n", cycles, barrier_go, tb_dram_reads, tb_dram_writes);
+            $fflush(barrier_log);   // read by Python after the process exits, which may not close it
+        end
     end
 
     string image;

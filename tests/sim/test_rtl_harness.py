@@ -22,7 +22,15 @@ from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import ErrorCode
 from dlfusion.sim import verilator_tool
 from dlfusion.sim.binary import Binary, Segment, Stream, Tensor
-from dlfusion.sim.rtl import TB_SOURCE, RtlBuildError, RtlSimulator, read_region_hex, write_image_hex
+from dlfusion.sim.rtl import (
+    TB_SOURCE,
+    RtlBuildError,
+    RtlSimulationError,
+    RtlSimulator,
+    read_barrier_log,
+    read_region_hex,
+    write_image_hex,
+)
 from dlfusion.sim.runtime import COUNTER_NAMES
 
 pytestmark = pytest.mark.rtl
@@ -43,14 +51,16 @@ def _ports(hw: HwConfig) -> dict:
                                "wdata": Out(8 * hw.lanes), "rdata": In(8 * hw.lanes)})
     return {"start": In(1), "core_mask": In(hw.cores), "prog_addr": In(32 * hw.cores),
             "mem": Out(memory), "done": Out(1), "error_code": Out(4), "error_core": Out(4),
-            "error_pc": Out(32), "cycles": Out(48), "counters": Out(48 * 7 * hw.cores)}
+            "error_pc": Out(32), "cycles": Out(48), "counters": Out(48 * 7 * hw.cores),
+            "barrier_go": Out(hw.cores)}
 
 
 class CopyMock(wiring.Component):
     """On start, for each core c in core_mask (in order): copy COPY_LINES lines from
     prog_addr[c] to prog_addr[c] + DST_OFFSET through the memory port (read, then write
     the next cycle), then raise done. Counter k of core c reads
-    ``COUNTER_BASE * (c + 1) + 16 * k + (lines copied by c)``."""
+    ``COUNTER_BASE * (c + 1) + 16 * k + (lines copied by c)``; ``barrier_go`` bit c pulses
+    in the cycle after core c's last copy."""
 
     def __init__(self, hw: HwConfig):
         self.hw = hw
@@ -85,6 +95,8 @@ class CopyMock(wiring.Component):
                     m.next = "IDLE"
                 with m.Elif(~mask.bit_select(core, 1) | (line == COPY_LINES)):
                     m.d.sync += [core.eq(core + 1), line.eq(0)]
+                    with m.If(line == COPY_LINES):
+                        m.d.comb += self.barrier_go.eq(1 << core)
                 with m.Else():
                     m.d.comb += [self.mem.addr.eq(base + line), self.mem.re.eq(1)]
                     m.next = "WRITE"
@@ -193,6 +205,17 @@ def test_hex_image_and_dump_formats(tmp_path):
     assert read_region_hex(dump, 7, L) == dram[3 * L:10 * L].tobytes()
 
 
+def test_barrier_log_format(tmp_path):
+    log = tmp_path / "barriers.txt"
+    log.write_text("25 2 12 12\n40 3 100 7\n")
+    assert read_barrier_log(log) == [
+        {"cycle": 25, "cores": 2, "dram_read_lines": 12, "dram_write_lines": 12},
+        {"cycle": 40, "cores": 3, "dram_read_lines": 100, "dram_write_lines": 7}]
+    log.write_text("25 2 12\n")
+    with pytest.raises(RtlSimulationError, match=r"barriers.txt:1: expected 'cycle mask reads writes', got '25 2 12'"):
+        read_barrier_log(log)
+
+
 # -- simulations -------------------------------------------------------------------------------------
 
 def test_image_loads_and_dumps_back_bit_exact(copy_sim):
@@ -211,6 +234,9 @@ def test_image_loads_and_dumps_back_bit_exact(copy_sim):
         assert out.dtype == np.uint8 and out.tobytes() == payload
     assert result.outputs["blob"].tobytes() == blob
     assert result.image_lines == 2 * COPY_LINES + 3000
+    # both cores' barrier pulses, the second after both copies
+    assert [(e["cores"], e["dram_read_lines"], e["dram_write_lines"]) for e in result.barriers] == [
+        (0b01, COPY_LINES, COPY_LINES), (0b10, 2 * COPY_LINES, 2 * COPY_LINES)]
     assert result.dram_out_of_range_accesses == 0
 
 
@@ -232,6 +258,11 @@ def test_outputs_placement_status_and_counters(copy_sim, capfd):
     assert result.outputs["empty"].shape == (0,)
     # the mock's cycle count: 1 (core 0 skipped) + 2 per line + 1 (core 1 done) + 1
     assert result.cycles == 2 * COPY_LINES + 3
+    # the testbench logged core 1's barrier pulse with the cycles counter in that cycle and
+    # the port's reads and writes before it (one each per copied line), and the totals
+    assert result.barriers == [{"cycle": 2 * COPY_LINES + 1, "cores": 0b10, "dram_read_lines": COPY_LINES,
+                                "dram_write_lines": COPY_LINES}]
+    assert (result.dram_read_lines, result.dram_write_lines) == (COPY_LINES, COPY_LINES)
     assert len(result.counters) == HW.cores
     for core, counters in enumerate(result.counters):
         assert list(counters) == list(COUNTER_NAMES)

@@ -9,13 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlfusion.compiler import layers
+from dlfusion.compiler import ir, layers
+from dlfusion.compiler.compile import Group, Plan, compile_graph
 from dlfusion.compiler.program import DramAllocator, StreamBuilder, assemble
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import Buffer, ErrorCode, Opcode
 from dlfusion.sim.binary import Segment, Tensor
 from dlfusion.sim.golden import GoldenSimulator
 from dlfusion.sim.rtl import RtlSimulator
+from dlfusion.sim.runtime import group_report
+from dlfusion.sim.traffic import dram_traffic_by_barrier
 
 pytestmark = pytest.mark.rtl
 
@@ -142,3 +145,78 @@ def test_memory_bound_layer_stops_scaling_when_the_port_saturates(quad):
     assert cycles[1] / cycles[2] > 1.3, cycles          # still scaling from one to two cores
     assert cycles[4] >= 0.95 * cycles[2], cycles        # the port is saturated: no gain
     assert stalls[4] > 1.5 * stalls[2] > 0, stalls      # cores queue for the port
+
+
+def _grouped_network() -> ir.Graph:
+    """conv 3x3 (3 -> 8, 8x8) -> conv 3x3 stride 2 (8 -> 8) -> max pool 2x2 -> fully connected (-> 10)."""
+    rng = np.random.default_rng(5)
+
+    def tensor(name, shape):
+        return ir.Tensor(name, shape, "uint8", 0.05, 10)
+
+    def weighted(name, op, x, y, cin, cout, k, stride, pad, out_hw):
+        return ir.Node(name, op, [x], y, dict(
+            kernel=k, stride=stride, pad=pad, clamp=(0, 255), macs=cout * out_hw * out_hw * k * k * cin,
+            weight=rng.integers(-8, 8, (cout, cin, k, k), dtype=np.int8),
+            bias=rng.integers(-50, 50, cout, dtype=np.int32), multiplier=np.full(cout, 0.05, np.float32)))
+
+    shapes = {"input": (3, 8, 8), "c1": (8, 8, 8), "c2": (8, 4, 4), "p": (8, 2, 2), "output": (10, 1, 1)}
+    nodes = [weighted("conv1", ir.Op.CONV, "input", "c1", 3, 8, 3, 1, 1, 8),
+             weighted("conv2", ir.Op.CONV, "c1", "c2", 8, 8, 3, 2, 1, 4),
+             ir.Node("pool", ir.Op.MAXPOOL, ["c2"], "p", dict(kernel=2, stride=2, pad=0, clamp=(0, 255))),
+             weighted("fc", ir.Op.FC, "p", "output", 8, 10, 2, 1, 0, 1)]
+    return ir.Graph("grouped", {name: tensor(name, shape) for name, shape in shapes.items()}, nodes, "input",
+                    "output")
+
+
+@pytest.fixture(scope="module")
+def grouped_runs(quad):
+    """A four-group network on mixed core counts and splits, run on the golden model and the RTL."""
+    plan = Plan("grouped", QUAD.hash, [Group(["conv1"], 4, "rows"), Group(["conv2"], 2, "channels"),
+                                       Group(["pool"], 1, "rows"), Group(["fc"], 3, "channels")])
+    binary = compile_graph(_grouped_network(), QUAD, plan)
+    x = np.random.default_rng(6).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    golden, rtl = run_both(quad, binary, {"input": x})
+    return binary, golden, rtl
+
+
+def test_group_cycles_and_dram_bytes_on_the_rtl(grouped_runs):
+    binary, golden, rtl = grouped_runs
+    assert golden.error is None and rtl.error is None, (golden.error, rtl.error)
+    assert np.array_equal(rtl.outputs["output"], golden.outputs["output"])
+    groups = binary.metadata["groups"]
+    rtl_groups, golden_groups = group_report(binary, rtl), group_report(binary, golden)
+    assert [g["nodes"] for g in rtl_groups] == [g["nodes"] for g in golden_groups] == [g["nodes"] for g in groups]
+    assert [g["cores"] for g in rtl_groups] == [4, 2, 1, 3]
+
+    # Cycles: the groups tile the run up to the last barrier; after it each core reads END's
+    # instr_lines lines from its prefetch buffer (one per cycle), dispatches it, reports
+    # finished the next cycle, and `done` is registered one cycle later.
+    assert all(g["cycles"] > 0 for g in rtl_groups), rtl_groups
+    assert rtl_groups[-1]["end_cycle"] == sum(g["cycles"] for g in rtl_groups)
+    assert rtl.cycles - sum(g["cycles"] for g in rtl_groups) == QUAD.instr_lines + 3
+    assert golden.cycles - sum(g["cycles"] for g in golden_groups) == 2   # END: dispatched, completes
+
+    # DRAM: the DMA's lines per group are known statically from the streams (a barrier drains
+    # the DMA of every core); writes are only DMA stores, reads add the instruction fetch:
+    # every instruction up to the group's barrier, plus at most the prefetch buffer of each core.
+    sections = dram_traffic_by_barrier(binary)
+    assert len(sections) == len(groups) + 1
+    assert sections[-1] == {"load_bytes": 0, "store_bytes": 0, "fetch_bytes": 32 * len(binary.streams)}
+    prefetch_bytes = len(binary.streams) * QUAD.fetch_lines * QUAD.line_bytes
+    for result, report in ((rtl, rtl_groups), (golden, golden_groups)):
+        dma_read = fetched = read = 0
+        for group, section in zip(report, sections, strict=False):
+            assert group["dram_bytes"] == group["dram_read_bytes"] + group["dram_write_bytes"] > 0
+            assert group["dram_write_bytes"] == section["store_bytes"]
+            dma_read += section["load_bytes"]
+            fetched += section["fetch_bytes"]
+            read += group["dram_read_bytes"]
+            assert 0 <= read - dma_read - fetched <= prefetch_bytes, (result.backend, group)
+        total_read = result.dram_read_lines * QUAD.line_bytes
+        fetched += sections[-1]["fetch_bytes"]
+        assert 0 <= total_read - dma_read - fetched <= prefetch_bytes, result.backend
+        assert result.dram_write_lines * QUAD.line_bytes == sum(s["store_bytes"] for s in sections)
+    for group in rtl_groups:
+        assert group["utilization"] == group["macs"] / (QUAD.macs_per_cycle * group["cores"] * group["cycles"])
+        assert 0 <= group["utilization"] <= 1
