@@ -119,13 +119,37 @@ def cmd_run(args) -> int:
     waveform = getattr(result, "waveform", None)
     if waveform:
         payload["waveform"] = str(waveform)
+    from .sim.runtime import GroupReportError, group_report
+    try:
+        groups = group_report(binary, result)
+    except GroupReportError as error:
+        raise BinaryError(f"{args.binary}: {error}") from None
+    if groups:
+        payload["groups"] = groups
     if args.json:
         _print_json(payload)
     else:
         print(f"{args.backend}: {result.cycles} cycles"
               + (f", utilization {payload['utilization']:.3f}" if macs else "")
               + (f", waveform {waveform}" if waveform else ""))
+        if groups:
+            print(_group_table(groups))
     return 0
+
+
+def _group_table(groups: list[dict]) -> str:
+    """The per-group lines of ``run``'s text output."""
+    rows = [("group", "nodes", "cores", "split", "cycles", "utilization", "DRAM bytes")]
+    for group in groups:
+        nodes = ",".join(group["nodes"])
+        rows.append((str(group["index"]), nodes if len(nodes) <= 32 else nodes[:29] + "...", str(group["cores"]),
+                     str(group["split"]), f"{group['cycles']:,}", f"{group['utilization']:.3f}",
+                     f"{group['dram_bytes']:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    left = {1, 3}       # text columns; numbers are right-aligned
+    return "\n".join("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                                for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+                      for row in rows)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -55,7 +55,10 @@ def test_run_binary_and_write_output(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "run", str(binary), "--backend", "golden", "--input", f"x={tmp_path / 'x.npy'}",
                            "--output", str(tmp_path / "y.npy"), "--json")
     assert code == 0
-    assert json.loads(out)["cycles"] > 0
+    report = json.loads(out)
+    assert report["cycles"] > 0
+    assert "groups" not in report       # a single layer has no fusion groups
+    assert report["dram_write_lines"] == case.expected["y"].size // 24 * 2   # 2 blocks of 16 channels per pixel
     assert np.array_equal(np.load(tmp_path / "y.npy"), case.expected["y"])
 
 
@@ -169,6 +172,18 @@ def test_compile_zoo_model_and_run_float_input(tmp_path, capsys):
                            str(tmp_path / "y.npy"), "--json")
     assert code == 0
     assert np.load(tmp_path / "y.npy").shape == (10, 1, 1)
+    report = json.loads(out)
+    groups = report["groups"]
+    assert [g["nodes"] for g in groups] == [g["nodes"] for g in plan["groups"]]
+    assert all(g["cycles"] > 0 and g["dram_bytes"] > 0 and g["cores"] == 2 for g in groups)
+    # the groups tile the run up to the last barrier; END follows (2 cycles in the golden model)
+    assert sum(g["cycles"] for g in groups) == groups[-1]["end_cycle"] == report["cycles"] - 2
+    code, out, _ = run_cli(capsys, "run", str(binary), "--input", str(tmp_path / "x.npy"))
+    lines = out.splitlines()
+    assert code == 0 and lines[1].split() == ["group", "nodes", "cores", "split", "cycles", "utilization",
+                                              "DRAM", "bytes"]
+    assert len(lines) == 2 + len(groups)
+    assert lines[2].split()[0] == "0" and groups[0]["nodes"][0][:25] in lines[2]   # long node lists are cut
     # Compiling again with the written plan gives the same binary.
     again = tmp_path / "again.dlfb"
     code, _, _ = run_cli(capsys, "compile", "tiny_cnn", "--input-size", "16",
