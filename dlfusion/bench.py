@@ -13,6 +13,15 @@ cores: cycles from the RTL, speedup over one core, utilization, DRAM bytes
 moved; a table, a JSON file and a PNG plot. Also the whole-program simulation
 speed of the default 4-core model.
 
+``zoo``: every zoo model on the default HwConfig at 224x224 (or at the
+resolution in :data:`ZOO_SIZES` where an RTL run would take over ten
+minutes): compile time and RTL cycles for the plans {no fusion, 1 core}, {no
+fusion, all cores} and {maximum fusion, all cores}, each with its utilization
+(MACs / (PEs x cycles)) and the roofline lower bound (the larger of the compute
+time and the time to move the minimum DRAM traffic: weights, parameters, the
+network's input and output, once). RTL runs go through the tuner's executor
+(``--workers``) and measurement cache, so an interrupted run resumes.
+
 Results go to ``build/bench/`` (``--out``) and stdout.
 """
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import sys
@@ -172,19 +182,126 @@ def _scaling_plot(rows, path: Path) -> None:
     plt.close(figure)
 
 
+#: Input resolution per zoo model in the ``zoo`` benchmark: 224 where the slowest plan's RTL run
+#: takes under ten minutes here, a smaller one where it would not (VGG-16: ~60 M cycles at 224).
+ZOO_SIZES = {"tiny_cnn": 32, "resnet18": 224, "resnet50": 112, "mobilenet_v2": 224, "vgg16": 112,
+             "squeezenet1_1": 224}
+ZOO_PLANS = (("none", "1"), ("none", "all"), ("max", "all"))
+
+
+def _zoo_job(job: dict) -> dict:
+    """Compile one model with one plan and run it on the RTL (executor worker)."""
+    from .compiler.compile import compile_graph, make_plan
+    from .compiler.frontend import load_onnx
+    from .sim.golden import GoldenSimulator
+    from .sim.rtl import RtlSimulator
+    from .sim.runtime import group_report
+    hw = HwConfig.from_dict(job["hw"])
+    graph = load_onnx(job["onnx"], name=job["model"])
+    started = time.perf_counter()
+    plan = make_plan(graph, hw, fusion=job["fusion"], cores=job["cores"])
+    binary = compile_graph(graph, hw, plan)
+    compile_seconds = time.perf_counter() - started
+    x = np.random.default_rng(0).integers(0, 256, size=graph.tensors[graph.input].shape).astype(np.uint8)
+    golden = GoldenSimulator(hw).run(binary, {"input": x})
+    rtl = RtlSimulator(hw).run(binary, {"input": x})
+    if rtl.error is not None:
+        raise RuntimeError(f"the RTL stopped: {rtl.error}")
+    if not np.array_equal(rtl.outputs["output"], golden.outputs["output"]):
+        raise RuntimeError("RTL output differs from the golden simulator")
+    result = {"cycles": int(rtl.cycles), "golden_cycles": int(golden.cycles), "compile_seconds": compile_seconds,
+              "groups": len(plan.groups), "fused_groups": sum(len(g.nodes) > 1 for g in plan.groups),
+              "instructions": sum(s.instructions for s in binary.streams),
+              "sim_seconds": getattr(rtl, "sim_seconds", None)}
+    result["group_cycles"] = [g["cycles"] for g in group_report(binary, rtl)]
+    return result
+
+
+def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = None) -> dict:
+    from .compiler import zoo
+    from .compiler.frontend import load_onnx
+    from .compiler.tune.cache import MeasurementCache, measure, measurement_key
+    from .compiler.tune.executor import LocalExecutor
+    models = models or list(ZOO_SIZES)
+    onnx_dir = out_dir / "zoo-onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    specs, info = [], {}
+    for name in models:
+        size = ZOO_SIZES[name]
+        path = onnx_dir / f"{name}_{size}.onnx"
+        if not path.exists():
+            print(f"[bench] exporting {name} at {size}x{size}...", flush=True)
+            zoo.export_quantized(name, size, path)
+        graph = load_onnx(path, name=name)
+        constants = sum(n.attrs["weight"].size for n in graph.nodes if "weight" in n.attrs)
+        constants += sum(8 * graph.tensors[n.output].shape[0] for n in graph.nodes)   # bias + multiplier
+        io_bytes = int(np.prod(graph.tensors[graph.input].shape)) + int(np.prod(graph.tensors[graph.output].shape))
+        info[name] = {"size": size, "macs": graph.macs, "layers": len(graph.nodes),
+                      "min_dram_bytes": constants + io_bytes}
+        for fusion, cores in ZOO_PLANS:
+            specs.append({"model": name, "size": size, "onnx": str(path), "fusion": fusion,
+                          "cores": 1 if cores == "1" else hw.cores, "hw": hw.to_dict()})
+    cache = MeasurementCache(out_dir / "zoo-cache")
+
+    def prepare(spec):
+        digest = hashlib.sha256(Path(spec["onnx"]).read_bytes()).hexdigest()
+        return measurement_key(hw, "zoo-bench/1", digest, spec["fusion"], spec["cores"]), spec
+
+    rows = []
+    with LocalExecutor(workers) as executor:
+        for m in measure(specs, prepare, _zoo_job, executor=executor, cache=cache, hw_hash=hw.hash,
+                         describe=lambda s: {k: s[k] for k in ("model", "size", "fusion", "cores")},
+                         progress=True, label="zoo RTL runs"):
+            spec = m.spec
+            if not m.ok:
+                raise SystemExit(f"{spec['model']} {spec['fusion']} {spec['cores']} cores: {m.error}")
+            meta = info[spec["model"]]
+            compute = meta["macs"] / (hw.macs_per_cycle * spec["cores"])
+            memory = meta["min_dram_bytes"] / hw.dram_bytes_per_cycle
+            row = {"model": spec["model"], "size": spec["size"], "fusion": spec["fusion"], "cores": spec["cores"],
+                   **m.result, "macs": meta["macs"],
+                   "utilization": meta["macs"] / (hw.macs_per_cycle * spec["cores"] * m.result["cycles"]),
+                   "roofline_cycles": int(max(compute, memory)), "roofline_bound": "compute" if compute >= memory
+                   else "memory", "measure_seconds": m.seconds}
+            rows.append(row)
+            print(f"[bench] {row['model']:14} {row['size']:3}px fusion {row['fusion']:4} {row['cores']} cores: "
+                  f"{row['cycles']:>11,} cycles, util {row['utilization']:.3f}, roofline {row['roofline_cycles']:,} "
+                  f"({row['roofline_bound']}), compile {row['compile_seconds']:.1f}s", flush=True)
+    order = {(f, c): i for i, (f, c) in enumerate(ZOO_PLANS)}
+    rows.sort(key=lambda r: (models.index(r["model"]), order[(r["fusion"], "1" if r["cores"] == 1 else "all")]))
+    report = {"hw": hw.to_dict(), "hw_hash": hw.hash, "rows": rows}
+    atomic_write(out_dir / "zoo.json", json.dumps(report, indent=2))
+    _zoo_table(rows, out_dir / "zoo.md")
+    return report
+
+
+def _zoo_table(rows, path: Path) -> None:
+    lines = ["| model | input | plan | compile s | RTL cycles | utilization | roofline cycles | RTL / roofline |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        plan = f"{r['fusion']} fusion, {r['cores']} core{'s' if r['cores'] > 1 else ''}"
+        lines.append(f"| {r['model']} | {r['size']}x{r['size']} | {plan} | {r['compile_seconds']:.1f} | "
+                     f"{r['cycles']:,} | {r['utilization']:.3f} | {r['roofline_cycles']:,} ({r['roofline_bound']}) | "
+                     f"{r['cycles'] / max(1, r['roofline_cycles']):.2f} |")
+    atomic_write(path, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlfusion.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", choices=("foundation", "scaling"), default=[],
+    parser.add_argument("which", nargs="*", choices=("foundation", "scaling", "zoo"), default=[],
                         help="benchmarks to run (default: all)")
     parser.add_argument("--hw", help="HwConfig TOML (default: built-in defaults)")
     parser.add_argument("--out", default="build/bench", help="directory for the results")
     parser.add_argument("--max-cores", type=int, default=8, choices=(4, 8, 16),
                         help="largest core count of the scaling study")
+    parser.add_argument("--models", nargs="*", default=None, help="zoo benchmark: these models only")
+    parser.add_argument("--workers", type=int, default=None, help="parallel RTL runs (default: CPU count)")
     args = parser.parse_args(argv)
     hw = HwConfig.load(args.hw)
     out_dir = Path(args.out)
-    which = args.which or ["foundation", "scaling"]
+    which = args.which or ["foundation", "scaling", "zoo"]
     ok = True
     if "foundation" in which:
         result = foundation(hw, out_dir)
@@ -192,6 +309,8 @@ def main(argv=None) -> int:
     if "scaling" in which:
         counts = tuple(c for c in (1, 2, 4, 8, 16) if c <= args.max_cores)
         scaling(hw, out_dir, counts)
+    if "zoo" in which:
+        zoo_bench(hw, out_dir, args.models, args.workers)
     return 0 if ok else 1
 
 
