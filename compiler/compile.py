@@ -137,7 +137,9 @@ def group_fits(graph: Graph, hw: HwConfig, names: list[str], cores: int) -> str 
 def make_plan(graph: Graph, hw: HwConfig, *, fusion: str = "none", cores: int = 1, split: str = "rows") -> Plan:
     """The obvious plans on ``cores`` cores: every layer its own group (``fusion="none"``), or
     (``fusion="max"``) from the first node on, the longest run of nodes that fuses and fits
-    on chip, then the same from the next node (fused groups are split by rows)."""
+    on chip, then the same from the next node. Fused groups are split by rows, so a fused
+    group whose output has fewer rows than ``cores`` (past a global pooling) would leave
+    cores idle: ``max`` does not fuse into such a group."""
     if fusion not in FUSIONS:
         raise CompileError(f"unknown fusion {fusion!r}; accepted: {', '.join(FUSIONS)}")
     names = [node.name for node in graph.nodes]
@@ -149,7 +151,8 @@ def make_plan(graph: Graph, hw: HwConfig, *, fusion: str = "none", cores: int = 
         while start < len(names):
             end = start + 1
             for candidate in range(min(len(names), start + MAX_GROUP_NODES), start + 1, -1):
-                if group_fits(graph, hw, names[start:candidate], cores) is None:
+                rows = graph.tensors[graph.nodes[candidate - 1].output].shape[1]
+                if rows >= cores and group_fits(graph, hw, names[start:candidate], cores) is None:
                     end = candidate
                     break
             groups.append(Group(names[start:end], cores, split if end - start == 1 else "rows"))

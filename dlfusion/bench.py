@@ -243,9 +243,15 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
                           "cores": 1 if cores == "1" else hw.cores, "hw": hw.to_dict()})
     cache = MeasurementCache(out_dir / "zoo-cache")
 
+    from .compiler import compile as compile_module
+    compiler = hashlib.sha256()   # a changed compiler is measured again
+    for path in sorted(Path(compile_module.__file__).resolve().parent.glob("*.py")):
+        compiler.update(path.read_bytes())
+
     def prepare(spec):
         digest = hashlib.sha256(Path(spec["onnx"]).read_bytes()).hexdigest()
-        return measurement_key(hw, "zoo-bench/1", digest, spec["fusion"], spec["cores"]), spec
+        key = measurement_key(hw, "zoo-bench/1", digest, compiler.hexdigest(), spec["fusion"], spec["cores"])
+        return key, spec
 
     rows = []
     with LocalExecutor(workers) as executor:
