@@ -40,6 +40,9 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON (and no progress)")
     p.set_defaults(func=cmd_characterize)
 
+    from .tune_cli import add_tune_command
+    add_tune_command(sub)
+
 
 def _error(message: str) -> None:
     print(f"dlfusion: error: {message}", file=sys.stderr)
