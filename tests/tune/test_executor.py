@@ -100,3 +100,24 @@ def test_make_executor():
         make_executor("local", workers=0)
     with pytest.raises(TuneError, match="--address 'x:1' is for the ray executor"):
         make_executor("local", address="x:1")
+
+
+@pytest.mark.rtl
+def test_characterization_on_ray_equals_local(ray_instance, tmp_path):
+    """Real RTL jobs as Ray tasks: the same dataset as the local pool, cycle for cycle."""
+    from dlfusion.compiler.tune.cache import MeasurementCache
+    from dlfusion.compiler.tune.characterize import Grid, characterize
+    from dlfusion.hw.config import HwConfig
+    quad = HwConfig(cores=4, pe_rows=4, pe_cols=4, act_lines=2048, weight_blocks=1024, acc_entries=256,
+                    param_entries=64, dram_bytes=1 << 20, dram_bytes_per_cycle=4, dram_latency=12,
+                    watchdog_cycles=4000)   # tests/sim/test_rtl_multicore.py's model
+    tiny = Grid("tiny", spatial=(4,), channels=(1,), fc_in=(8,), fc_out=(2,), max_cycles=10_000)
+    summaries = {}
+    for name, executor in (("ray", RayExecutor()), ("local", LocalExecutor(workers=2))):
+        with executor:
+            summaries[name] = characterize(quad, grid=tiny, out_dir=tmp_path / name, executor=executor,
+                                           cache=MeasurementCache(tmp_path / name / "cache"),
+                                           rule_dir=tmp_path / name / "rules")
+    assert summaries["ray"]["executor"] == "ray" and summaries["ray"]["measured"] == summaries["ray"]["runs"] == 20
+    assert (tmp_path / "ray" / "characterization.csv").read_bytes() == \
+        (tmp_path / "local" / "characterization.csv").read_bytes()
