@@ -334,7 +334,7 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from .compiler import layers
     hw = _load_hw(args.hw)
-    print(f"dlfusion demo: one 3x3 convolution ({args.h}x{args.w}, {args.c} -> {args.c} channels) split by "
+    print(f"dlfusion demo 1/2: one 3x3 convolution ({args.h}x{args.w}, {args.c} -> {args.c} channels) split by "
           f"output rows over {hw.cores} core(s) of {hw.describe()}", flush=True)
     case = layers.build_conv(hw, h=args.h, w=args.w, cin=args.c, cout=args.c, k=3, seed=1, cores=hw.cores,
                              split="rows")
@@ -356,7 +356,49 @@ def cmd_demo(args) -> int:
         print(f"  RTL counters (core {core}): " + ", ".join(f"{k}={v}" for k, v in counters.items()))
     if hasattr(rtl, "cycles_per_second"):
         print(f"  RTL simulation speed: {rtl.cycles_per_second:,.0f} cycles/s")
-    return 0 if same and rows[1]["matches_reference"] else 4
+    if not (same and rows[1]["matches_reference"]):
+        return 4
+    if args.no_tune:
+        return 0
+    return _demo_tune(args, hw)
+
+
+def _demo_tune(args, hw: HwConfig) -> int:
+    """Every tuning strategy on a zoo model, measured on the RTL: the comparison table."""
+    from .compiler.tune import TuneError
+    from .compiler.tune.cache import MeasurementCache
+    from .compiler.tune.executor import LocalExecutor
+    from .compiler.tune.planrun import MeasurementFailed
+    from .compiler.tune.report import comparison_table, write_report
+    from .compiler.tune.rule import load_rule
+    from .compiler.tune.tune import load_model, tune
+    print(f"\ndlfusion demo 2/2: tuning {args.model} at {args.input_size}x{args.input_size} with every strategy "
+          "(none, cores-only, fusion-only, dlfusion, oracle); every plan runs on the RTL", flush=True)
+    try:
+        load_rule(hw)
+    except TuneError:
+        # The demo characterizes automatically (dlfusion tune asks for it instead): the small grid, a few minutes.
+        from .compiler.tune.characterize import characterize
+        print(f"  no decision rule for HwConfig {hw.hash} yet: characterizing the small grid on the RTL first "
+              "(dlfusion characterize --grid small; a few minutes, cached)", flush=True)
+        with LocalExecutor(args.workers) as executor:
+            characterize(hw, grid="small", executor=executor, progress=True)
+    try:
+        graph, source = load_model(args.model, args.input_size, progress=True)
+        with LocalExecutor(args.workers) as executor:
+            report = tune(graph, hw, ["all"], executor=executor, cache=MeasurementCache(), source=source,
+                          progress=True)
+    except MeasurementFailed as error:
+        print(f"dlfusion: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except TuneError as error:
+        print(f"dlfusion: error: {error}", file=sys.stderr)
+        return 2
+    from .compiler.tune.cache import default_build_dir
+    written = write_report(report, default_build_dir() / "demo")
+    print(comparison_table(report))
+    print(f"report: {written[1]}")
+    return 0
 
 
 # -- parser -----------------------------------------------------------------------------------------
@@ -431,11 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="compile a convolution, run it on the RTL and the golden simulator")
+    p = sub.add_parser("demo", help="run a convolution on the RTL and the golden simulator, then tune a zoo "
+                                    "model with every strategy on the RTL and print the comparison")
     p.add_argument("--hw", help="HwConfig TOML file")
     p.add_argument("--h", type=int, default=28)
     p.add_argument("--w", type=int, default=28)
     p.add_argument("--c", type=int, default=64)
+    p.add_argument("--model", default="tiny_cnn", help="zoo model the tuning part runs (default tiny_cnn)")
+    p.add_argument("--input-size", type=int, default=32, help="its input size (default 32)")
+    p.add_argument("--workers", type=int, default=None, help="parallel RTL runs (default: the CPU count)")
+    p.add_argument("--no-tune", action="store_true", help="only the convolution")
     p.set_defaults(func=cmd_demo)
 
     from .compiler.tune.cli import add_commands as add_tune_commands  # characterize (compiler/tune/cli.py)
