@@ -16,6 +16,7 @@ so one run measures every group of the plan at once.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -163,12 +164,17 @@ class PlanMeasurer:
         runs: dict[int, PlanRun] = {}
         errors = []
         mismatch = False
+        done = 0
         indexed = list(enumerate(plans))
         for m in measure(indexed, lambda item: self._prepare(item[1]), run_plan_job, executor=self.executor,
                          cache=self.cache, hw_hash=self.hw.hash, progress=self.progress, label=label,
                          describe=lambda item: {"model": self.graph.name, "label": item[1][0],
                                                 "plan": item[1][1].to_json()}):
             index, (name, plan) = m.spec
+            done += 1
+            if self.progress and not sys.stderr.isatty():     # a log: one line per run (a terminal has the bar)
+                state = "cached" if m.cached else ("failed" if not m.ok else f"{m.seconds:.0f} s")
+                print(f"[dlfusion] {label}: {done}/{len(plans)} {name} ({state})", file=sys.stderr, flush=True)
             if not m.ok:
                 errors.append(f"plan {name!r}: {m.error}")
                 continue
