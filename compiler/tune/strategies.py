@@ -9,12 +9,15 @@
     one core; fusion groups where the cost model says fusing pays: the fusion knob alone.
 ``dlfusion``
     both knobs jointly. Each layer gets the rule's ``(cores, split)``. Contiguous
-    runs of layers whose choices are compatible with a fusion group (split by rows,
-    or one core) and that fuse and fit on chip become candidate groups; each
-    candidate's core count is settled jointly by the cost model (the cheapest
-    prediction over the core counts ``{1, 2, 4, ..., cores}``); a dynamic program
-    over node positions then keeps a fusion group exactly where its predicted cycles
-    are below those of the layers it replaces (each on its rule choice).
+    runs of up to ``max_group`` layers that fuse and fit on chip become candidate
+    groups; a fusion group is split by rows, so its core count is settled jointly
+    for its layers by the cost model (the cheapest prediction over the core counts
+    ``{1, 2, 4, ..., cores}``), whatever the rule chose for them alone; a dynamic
+    program over node positions then keeps a fusion group exactly where its
+    predicted cycles are below those of the layers it replaces (each on its rule
+    choice). ``compatible_only`` restricts the candidates to runs whose layers the
+    rule already puts on one core or splits by rows (measured to lose several per
+    cent on networks whose late layers the rule splits by channels: see the README).
 
 The oracle (:mod:`.oracle`) is the fifth strategy; it measures on the RTL.
 """
@@ -73,7 +76,7 @@ class SearchInfo:
 
 
 def fusion_search(workload: Workload, cost_model: CostModel, choices: list[Choice], core_counts: list[int],
-                  max_group: int = DEFAULT_MAX_GROUP) -> tuple[Plan, SearchInfo]:
+                  max_group: int = DEFAULT_MAX_GROUP, *, compatible_only: bool = False) -> tuple[Plan, SearchInfo]:
     """Single layers on their ``choices``; fused runs on the predicted-best of ``core_counts``; the
     cheapest combination by the cost model (see the module docstring).
 
@@ -87,13 +90,15 @@ def fusion_search(workload: Workload, cost_model: CostModel, choices: list[Choic
         Core counts a fusion group may use.
     max_group : int
         Longest fusion group considered.
+    compatible_only : bool
+        Fuse only runs of layers whose own choice is one core or a split by rows.
     """
     hw = workload.hw
     names = workload.names
     costs: dict[Candidate, float] = {}
     for name, (cores, split) in zip(names, choices, strict=True):
         costs[((name,), cores, split)] = cost_model.predict(workload.features((name,), cores, split), hw)
-    compatible = [cores == 1 or split == "rows" for cores, split in choices]
+    compatible = [not compatible_only or cores == 1 or split == "rows" for cores, split in choices]
     fused = 0
     for start in range(len(names)):
         for length in range(2, max_group + 1):
@@ -120,7 +125,8 @@ def plan_fusion_only(workload: Workload, cost_model: CostModel, max_group: int =
     return plan
 
 
-def plan_dlfusion(workload: Workload, rule: Rule, cost_model: CostModel,
-                  max_group: int = DEFAULT_MAX_GROUP) -> tuple[Plan, SearchInfo]:
+def plan_dlfusion(workload: Workload, rule: Rule, cost_model: CostModel, max_group: int = DEFAULT_MAX_GROUP, *,
+                  compatible_only: bool = False) -> tuple[Plan, SearchInfo]:
     """The joint strategy (see the module docstring)."""
-    return fusion_search(workload, cost_model, rule_choices(workload, rule), workload.core_counts(), max_group)
+    return fusion_search(workload, cost_model, rule_choices(workload, rule), workload.core_counts(), max_group,
+                         compatible_only=compatible_only)

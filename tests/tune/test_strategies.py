@@ -56,14 +56,19 @@ def test_every_strategy_plan_validates_and_compiles(seed):
     assert [(g.nodes, (g.cores, g.split)) for g in cores_only.groups] == [([n], c) for n, c in
                                                                          zip(workload.names, choices, strict=True)]
     assert all(g.cores == 1 for g in fusion_only.groups)
-    # dlfusion: single layers keep the rule's choice; fusion groups are split by rows over compatible layers.
+    # dlfusion: single layers keep the rule's choice; fusion groups are split by rows (over compatible layers
+    # only, when asked).
     choice = dict(zip(workload.names, choices, strict=True))
-    for group in dlfusion.groups:
-        if len(group.nodes) == 1:
-            assert (group.cores, group.split) == choice[group.nodes[0]]
-        else:
-            assert group.split == "rows" and len(group.nodes) <= 4
-            assert all(choice[n][0] == 1 or choice[n][1] == "rows" for n in group.nodes)
+    compatible, _ = plan_dlfusion(workload, RULE, COST, compatible_only=True)
+    for plan in (dlfusion, compatible):
+        for group in plan.groups:
+            if len(group.nodes) == 1:
+                assert (group.cores, group.split) == choice[group.nodes[0]]
+            else:
+                assert group.split == "rows" and len(group.nodes) <= 4
+    assert all(choice[n][0] == 1 or choice[n][1] == "rows" for g in compatible.groups if len(g.nodes) > 1
+               for n in g.nodes)
+    assert info.predicted_cycles <= _predicted(workload, compatible) + 1e-6
     # By its own cost model dlfusion is no worse than either knob alone: both plans are in its search space
     # (fusion-only's when the rule chooses one core everywhere, cores-only's always).
     assert info.predicted_cycles == pytest.approx(_predicted(workload, dlfusion))
