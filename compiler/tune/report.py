@@ -107,7 +107,7 @@ def _plot_plans(report: dict, path: Path) -> None:
     cores = int(report["hw"]["cores"])
     cmap = plt.get_cmap("viridis", cores)
     layers = report["layers"]
-    figure, axis = plt.subplots(figsize=(max(7.0, 0.16 * layers + 2), 0.55 * len(names) + 1.4))
+    figure, axis = plt.subplots(figsize=(max(7.0, 0.16 * layers + 2), 0.55 * len(names) + 2.0))
     for row, name in enumerate(names):
         y = len(names) - 1 - row
         position = 0
@@ -128,9 +128,9 @@ def _plot_plans(report: dict, path: Path) -> None:
     legend = [Patch(facecolor=cmap((c - 1) / max(1, cores - 1)), label=f"{c} core{'s' if c > 1 else ''}")
               for c in range(1, cores + 1)]
     legend.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="split by channels"))
-    axis.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=len(legend), fontsize=8)
+    figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     axis.set_title(f"{report['model']} {report['input_size']}px: plans per layer", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
