@@ -99,7 +99,8 @@ def plot_characterization(rows: list[dict], out_dir: str | Path, *, title: str =
 
     # Speedup over one core vs cores, one line per layer, coloured by operation count.
     import math
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False, sharey=True)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 4), squeeze=False, sharey=True,
+                                layout="constrained")
     all_macs = [math.log10(max(1, int(e["row"]["macs"]))) for e in layers.values()]
     low, high = min(all_macs), max(all_macs)
     for axis, (key, label) in zip(axes[0], panels, strict=True):
@@ -115,7 +116,7 @@ def plot_characterization(rows: list[dict], out_dir: str | Path, *, title: str =
         axis.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("speedup over 1 core (best split)")
     mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(low, high), colors)
-    figure.colorbar(mappable, ax=axes[0].tolist(), label="log10 MACs")
+    figure.colorbar(mappable, ax=axes[0].tolist(), label="log10 MACs", fraction=0.03)
     figure.suptitle(f"speedup vs cores: {title}", fontsize=10)
     paths.append(out_dir / "characterization-speedup.png")
     figure.savefig(paths[-1], dpi=110)
