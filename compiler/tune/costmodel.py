@@ -181,12 +181,18 @@ class CostModel:
         Its error against the RTL: ``fit`` (on the samples it was fitted to) and, with
         several sources, ``held_out`` (each source predicted by a model fitted to the others)
         and ``by_source``; see :func:`prediction_errors`.
+    samples : int
+        Groups it was fitted to.
+    held_out_coefficients : dict of str to dict
+        With several sources: per source, the coefficients fitted to the other sources
+        (what :func:`load_cost_model` returns for ``holdout``).
     """
     hw_hash: str
     coefficients: dict[str, float]
     sources: list[str] = field(default_factory=list)
     error: dict = field(default_factory=dict)
     samples: int = 0
+    held_out_coefficients: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def predict(self, features: GroupFeatures, hw: HwConfig) -> float:
         """Predicted RTL cycles of a group."""
@@ -205,7 +211,7 @@ class CostModel:
     def to_json(self) -> dict:
         return {"format": COSTMODEL_FORMAT, "hw_hash": self.hw_hash, "terms": list(TERMS),
                 "coefficients": self.coefficients, "sources": self.sources, "samples": self.samples,
-                "error": self.error}
+                "error": self.error, "held_out_coefficients": self.held_out_coefficients}
 
     @classmethod
     def from_json(cls, data: dict, *, source: str = "cost model") -> CostModel:
@@ -214,7 +220,9 @@ class CostModel:
         if list(data.get("terms", [])) != list(TERMS):
             raise TuneError(f"{source}: made with other terms ({data.get('terms')}); calibrate it again")
         return cls(data["hw_hash"], {k: float(v) for k, v in data["coefficients"].items()},
-                   list(data.get("sources", [])), data.get("error", {}), int(data.get("samples", 0)))
+                   list(data.get("sources", [])), data.get("error", {}), int(data.get("samples", 0)),
+                   {source: {k: float(v) for k, v in coefficients.items()}
+                    for source, coefficients in data.get("held_out_coefficients", {}).items()})
 
     def write(self, path: str | Path) -> None:
         atomic_write(path, json.dumps(dict(self.to_json(), written=time.strftime("%Y-%m-%dT%H:%M:%S")), indent=1))
@@ -262,6 +270,7 @@ def fit_cost_model(samples: Sequence[Sample], hw: HwConfig, *, held_out: bool = 
             inside = [s for s in samples if s.source != source]
             outside = [s for s in samples if s.source == source]
             other = CostModel(hw.hash, dict(zip(TERMS, map(float, _fit(inside, hw)), strict=True)))
+            model.held_out_coefficients[source] = other.coefficients
             predicted = other.predict_many(outside, hw)
             by_source[source] = prediction_errors(predicted, outside)
             predictions += predicted
@@ -323,8 +332,9 @@ def load_cost_model(hw: HwConfig, directory: str | Path | None = None, *, holdou
     ----------
     holdout : str, optional
         A source (``model@size``) the model must not have seen: if the stored model was
-        fitted with it and other sources exist, it is refitted without it (a model fitted
-        to that source alone is returned as it is; check ``sources``).
+        fitted with it and with others, the coefficients fitted without it (stored at
+        calibration) are returned, with ``error["on_held_out_source"]`` their error on it
+        (a model fitted to that source alone is returned as it is; check ``sources``).
 
     Raises
     ------
@@ -341,9 +351,11 @@ def load_cost_model(hw: HwConfig, directory: str | Path | None = None, *, holdou
     if model.hw_hash != hw.hash:
         raise TuneError(f"{path} was calibrated for HwConfig {model.hw_hash}, not {hw.hash}")
     if holdout is not None and holdout in model.sources and len(model.sources) > 1:
-        others = [s for s in load_samples(hw, directory) if s.source != holdout]
-        if others:
-            refit = fit_cost_model(others, hw, held_out=False)
-            refit.error = {"fit": refit.error["fit"], "held_out_source": holdout}
-            return refit
+        if holdout not in model.held_out_coefficients:     # written before they were stored: fit them now
+            model = fit_cost_model(load_samples(hw, directory), hw)
+        others = [source for source in model.sources if source != holdout]
+        on_holdout = model.error.get("by_source", {}).get(holdout, {})
+        return CostModel(model.hw_hash, model.held_out_coefficients[holdout], others,
+                         {"held_out_source": holdout, "on_held_out_source": on_holdout},
+                         model.samples - int(on_holdout.get("groups", 0)))
     return model

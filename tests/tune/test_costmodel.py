@@ -17,6 +17,7 @@ from dlfusion.compiler.tune.costmodel import (
     cost_model_path,
     fit_cost_model,
     load_cost_model,
+    load_samples,
     nnls,
     prediction_errors,
     save_samples,
@@ -133,6 +134,11 @@ def test_storage_and_holdout(tmp_path):
     assert stored["coefficients"] == pytest.approx(both.coefficients)
     held = load_cost_model(QUAD, tmp_path, holdout="a@8")
     assert held.sources == ["b@8"] and held.error["held_out_source"] == "a@8"
+    # The stored held-out coefficients are those of a fit to the other source alone.
+    refit = fit_cost_model([s for s in load_samples(QUAD, tmp_path) if s.source == "b@8"], QUAD, held_out=False)
+    assert held.coefficients == pytest.approx(refit.coefficients)
+    assert held.error["on_held_out_source"] == both.error["by_source"]["a@8"]
+    assert held.samples == both.samples - both.error["by_source"]["a@8"]["groups"]
     assert load_cost_model(QUAD, tmp_path).sources == ["a@8", "b@8"]
     other = HwConfig(cores=2, pe_rows=4, pe_cols=4, act_lines=2048, weight_blocks=1024, acc_entries=256,
                      param_entries=64, dram_bytes=1 << 20, dram_bytes_per_cycle=4)
