@@ -20,8 +20,10 @@ ahead, so preparing them overlaps running them.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+import socket
 import time
 import traceback
 from collections import deque
@@ -216,6 +218,23 @@ class LocalExecutor(Executor):
             self._pool = None
 
 
+#: Seconds to wait for a Ray cluster's port to accept a connection before giving up.
+CONNECT_TIMEOUT = 10
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on an unreachable ``host:port`` (``ray.init`` would keep retrying for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise TuneError(f"Ray address {address!r} is not 'auto', 'host:port' or 'ray://host:port'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as error:
+        raise TuneError(f"cannot reach the Ray cluster at {address!r} ({error})") from None
+
+
 class RayExecutor(Executor):
     """Ray tasks, one per job.
 
@@ -246,6 +265,8 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise TuneError("the ray executor needs the 'ray' package (pip install ray)") from None
+        if self.address is not None:
+            _check_reachable(self.address)
         if not ray.is_initialized():
             import logging
             options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -265,9 +286,13 @@ class RayExecutor(Executor):
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator[Outcome]:
+        numbered = enumerate(jobs)
+        first = next(numbered, None)
+        if first is None:       # nothing to run (everything cached): do not start or join Ray
+            return
         ray = self._connect()
         remote = ray.remote(_call).options(num_cpus=1, max_retries=0)
-        numbered = enumerate(jobs)
+        numbered = itertools.chain([first], numbered)
         ahead = JOBS_AHEAD_PER_WORKER * self.workers
         pending = {}            # ObjectRef -> (index, job)
         exhausted = False

@@ -87,6 +87,18 @@ def test_ray_worker_death_fails_only_its_job(ray_instance):
     assert {i: r for i, (_, r, e) in outcomes.items() if e is None} == {0: 100, 1: 101, 3: 103}
 
 
+def test_ray_is_not_started_without_jobs():
+    # An unreachable address: connecting would fail, so nothing connected.
+    assert list(RayExecutor(address="127.0.0.1:1").map(square, [])) == []
+
+
+def test_an_unreachable_ray_cluster_is_a_clear_error():
+    with pytest.raises(TuneError, match=r"cannot reach the Ray cluster at '127.0.0.1:1'"):
+        list(RayExecutor(address="127.0.0.1:1").map(square, [1]))
+    with pytest.raises(TuneError, match=r"Ray address 'nowhere' is not 'auto', 'host:port' or 'ray://host:port'"):
+        list(RayExecutor(address="nowhere").map(square, [1]))
+
+
 def test_make_executor():
     assert isinstance(make_executor("local", workers=3), LocalExecutor)
     assert make_executor("local", workers=3).workers == 3
