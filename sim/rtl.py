@@ -459,6 +459,13 @@ class RtlSimulator:
         RtlBuildError
             Verilator or the C++ compiler failed (the message ends with the log tail).
         """
+        # A current model is checked under the shared lock, so that runs of one model in
+        # parallel processes do not wait for each other's simulations (which hold it shared).
+        with _flock(self._lock_path, exclusive=False):
+            stamp = self._read_stamp()
+            if self._current(stamp):
+                self._reuse(stamp)
+                return self.model_dir
         with _flock(self._lock_path, exclusive=True):
             stamp = self._read_stamp()
             if self._current(stamp):
