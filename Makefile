@@ -27,8 +27,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VBIN)/dlfusion demo $(HW_ARG)
 
+# Foundation, scaling and zoo benchmarks, then the full-grid characterization
+# (the decision rule of the HwConfig) and the tuning benchmark over the zoo.
 bench: $(STAMP)
 	$(VBIN)/python -m dlfusion.bench $(HW_ARG)
+	$(VBIN)/dlfusion characterize --grid full $(HW_ARG)
+	$(VBIN)/python -m dlfusion.compiler.tune.bench $(HW_ARG)
 
 verilog: $(STAMP)
 	$(VBIN)/dlfusion verilog $(HW_ARG) -o $(OUT)

@@ -222,6 +222,7 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
     from .compiler.frontend import load_onnx
     from .compiler.tune.cache import MeasurementCache, measure, measurement_key
     from .compiler.tune.executor import LocalExecutor
+    from .compiler.tune.roofline import roofline
     models = models or list(ZOO_SIZES)
     onnx_dir = out_dir / "zoo-onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
@@ -233,11 +234,8 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
             print(f"[bench] exporting {name} at {size}x{size}...", flush=True)
             zoo.export_quantized(name, size, path)
         graph = load_onnx(path, name=name)
-        constants = sum(n.attrs["weight"].size for n in graph.nodes if "weight" in n.attrs)
-        constants += sum(8 * graph.tensors[n.output].shape[0] for n in graph.nodes)   # bias + multiplier
-        io_bytes = int(np.prod(graph.tensors[graph.input].shape)) + int(np.prod(graph.tensors[graph.output].shape))
         info[name] = {"size": size, "macs": graph.macs, "layers": len(graph.nodes),
-                      "min_dram_bytes": constants + io_bytes}
+                      "bounds": {c: roofline(graph, hw, c) for c in (1, hw.cores)}}
         for fusion, cores in ZOO_PLANS:
             specs.append({"model": name, "size": size, "onnx": str(path), "fusion": fusion,
                           "cores": 1 if cores == "1" else hw.cores, "hw": hw.to_dict()})
@@ -262,13 +260,12 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
             if not m.ok:
                 raise SystemExit(f"{spec['model']} {spec['fusion']} {spec['cores']} cores: {m.error}")
             meta = info[spec["model"]]
-            compute = meta["macs"] / (hw.macs_per_cycle * spec["cores"])
-            memory = meta["min_dram_bytes"] / hw.dram_bytes_per_cycle
+            bound = meta["bounds"][spec["cores"]]
             row = {"model": spec["model"], "size": spec["size"], "fusion": spec["fusion"], "cores": spec["cores"],
                    **m.result, "macs": meta["macs"],
                    "utilization": meta["macs"] / (hw.macs_per_cycle * spec["cores"] * m.result["cycles"]),
-                   "roofline_cycles": int(max(compute, memory)), "roofline_bound": "compute" if compute >= memory
-                   else "memory", "measure_seconds": m.seconds}
+                   "roofline_cycles": bound["cycles"], "roofline_bound": bound["bound"],
+                   "min_dram_bytes": bound["min_dram_bytes"], "measure_seconds": m.seconds}
             rows.append(row)
             print(f"[bench] {row['model']:14} {row['size']:3}px fusion {row['fusion']:4} {row['cores']} cores: "
                   f"{row['cycles']:>11,} cycles, util {row['utilization']:.3f}, roofline {row['roofline_cycles']:,} "

@@ -80,11 +80,12 @@ def main(argv=None) -> int:
         return 2
     rows = summary_rows({r["source"]: r for r in reports})
     print(f"\n{'model':14} {'size':>4} {'none':>11} {'dlfusion':>11} {'oracle':>11} {'dlf x':>6} {'orc x':>6} "
-          f"{'of oracle':>9} {'dlf search s':>12} {'oracle search s':>15} {'ratio':>9}")
+          f"{'ceiling':>7} {'of oracle':>9} {'dlf search s':>12} {'oracle search s':>15} {'ratio':>9}")
     for row in rows:
         print(f"{row['model']:14} {row['input_size']:>4} {row['baseline_cycles']:>11,} {row['dlfusion_cycles']:>11,} "
               f"{row['oracle_cycles']:>11,} {row['dlfusion_speedup']:>6.2f} {row['oracle_speedup']:>6.2f} "
-              f"{row['dlfusion_oracle_fraction']:>9.1%} {row['dlfusion_search_seconds']:>12.3f} "
+              f"{row['ceiling_speedup']:>7.2f} {row['dlfusion_oracle_fraction']:>9.1%} "
+              f"{row['dlfusion_search_seconds']:>12.3f} "
               f"{row['oracle_search_seconds']:>15,.0f} {row['search_ratio']:>9,.0f}")
     print(f"report: {Path(args.report) / 'tune-report.md'}")
     return 0

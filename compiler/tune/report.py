@@ -43,6 +43,12 @@ def comparison_table(report: dict) -> str:
         cores = ",".join(map(str, r["cores_used"]))
         lines.append(f"{name:12} {r['cycles']:>12,} {r['speedup']:>7.2f}x {fraction:>10} "
                      f"{r['search_seconds']:>10.3g} {r['groups']:>7} {r['fused_groups']:>6} {cores:>9}")
+    bound = report.get("roofline")
+    if bound:
+        lines.append(f"roofline on {report['hw']['cores']} cores: {bound['cycles']:,} cycles ({bound['bound']}-bound: "
+                     f"{bound['compute_cycles']:,} compute, {bound['memory_cycles']:,} for the "
+                     f"{bound['min_dram_bytes']:,} B every schedule moves), a speedup ceiling of "
+                     f"{bound['ceiling_speedup']:.2f}x over none")
     oracle = report.get("oracle")
     if oracle:
         lines.append(f"oracle: {oracle['plans_measured']} tiling plans on the RTL, {oracle['candidates']} candidate "
@@ -67,6 +73,10 @@ def summary_rows(reports: dict[str, dict]) -> list[dict]:
         results = report["strategies"]
         row = {"source": source, "model": report["model"], "input_size": report["input_size"],
                "baseline_cycles": report["baseline_cycles"]}
+        if "roofline" in report:
+            row["roofline_cycles"] = report["roofline"]["cycles"]
+            row["roofline_bound"] = report["roofline"]["bound"]
+            row["ceiling_speedup"] = report["roofline"]["ceiling_speedup"]
         for name in STRATEGIES:
             if name in results:
                 row[f"{name}_cycles"] = results[name]["cycles"]
@@ -139,10 +149,13 @@ def _markdown(reports: dict[str, dict]) -> str:
     lines = ["# dlfusion tuning report", "",
              "Cycles are measured on the RTL (Verilator). Speedup is over the `none` baseline (every layer its own "
              "group on one core), also measured on the RTL. *Of oracle* is the oracle's cycles over the strategy's "
-             "(the fraction of the oracle's speedup reached). Search seconds are cold-cache costs (see the README).",
+             "(the fraction of the oracle's speedup reached). *Ceiling* is the `none` baseline's cycles over the "
+             "roofline lower bound on all cores (compute on every PE, or the weights, parameters, input and output "
+             "moved once over the DRAM port): no plan can be faster. Search seconds are cold-cache costs (see the "
+             "README).",
              "", "| model | input | none cycles | cores-only | fusion-only | dlfusion | oracle | dlfusion speedup | "
-             "oracle speedup | dlfusion of oracle | dlfusion search s | oracle search s | search ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "oracle speedup | ceiling | dlfusion of oracle | dlfusion search s | oracle search s | search ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in summary_rows(reports):
         def cell(name, row=row):
             value = row.get(f"{name}_cycles")
@@ -153,6 +166,7 @@ def _markdown(reports: dict[str, dict]) -> str:
         lines.append(f"| {row['model']} | {row['input_size']} | {row['baseline_cycles']:,} | {cell('cores-only')} | "
                      f"{cell('fusion-only')} | {cell('dlfusion')} | {cell('oracle')} | "
                      f"{number('dlfusion_speedup', '.2f')} | {number('oracle_speedup', '.2f')} | "
+                     f"{number('ceiling_speedup', '.2f')} ({row.get('roofline_bound', '-')}) | "
                      f"{number('dlfusion_oracle_fraction', '.1%')} | {number('dlfusion_search_seconds', '.3f')} | "
                      f"{number('oracle_search_seconds', ',.0f')} | {number('search_ratio', ',.0f')} |")
     for source, report in reports.items():

@@ -47,6 +47,7 @@ from .executor import Executor
 from .features import Workload
 from .oracle import DEFAULT_MAX_GROUP, run_oracle
 from .planrun import PlanMeasurer, PlanRun
+from .roofline import roofline
 from .rule import load_rule
 from .strategies import STRATEGIES, plan_cores_only, plan_dlfusion, plan_fusion_only, plan_none
 
@@ -273,6 +274,8 @@ def tune(graph: Graph, hw: HwConfig, strategies: Sequence[str], *, executor: Exe
               "hw": hw.to_dict(), "hw_hash": hw.hash, "hw_description": hw.describe(), "max_group": max_group,
               "strategies_run": strategies, "baseline_cycles": baseline, "strategies": results,
               "wall_seconds": round(time.perf_counter() - started, 3)}
+    bound = roofline(graph, hw)
+    report["roofline"] = {**bound, "ceiling_speedup": baseline / max(1, bound["cycles"])}
     if oracle is not None:
         report["oracle"] = oracle.summary()
     if cost_model is not None:
