@@ -72,6 +72,10 @@ def test_json_has_the_documented_keys(tuned):
     # The oracle measured its tiling plans: its search costs their recorded seconds, dlfusion simulated nothing.
     assert payload["strategies"]["oracle"]["search_seconds"] > 100 * payload["strategies"]["dlfusion"]["search_seconds"]
     assert payload["oracle"]["additive"] and abs(payload["oracle"]["additivity_error"]) <= ADDITIVITY_TOLERANCE
+    # No plan on the RTL beats the roofline; the ceiling is the baseline over it.
+    bound = payload["roofline"]
+    assert bound["ceiling_speedup"] == pytest.approx(baseline / bound["cycles"])
+    assert max(entry["speedup"] for entry in payload["strategies"].values()) <= bound["ceiling_speedup"]
     model = payload["cost_model"]
     assert model["sources"] == ["tiny_cnn@8"] and not model["held_out"]
     assert model["error_on_this_model"]["groups"] == payload["oracle"]["measurements"]
@@ -82,6 +86,7 @@ def test_json_has_the_documented_keys(tuned):
     assert report["models"]["tiny_cnn@8"]["strategies"]["oracle"]["cycles"] == oracle
     markdown = (root / "report/tune-report.md").read_text()
     assert f"{oracle:,}" in markdown and "![plans](plans-tiny_cnn-8.png)" in markdown
+    assert f"{bound['ceiling_speedup']:.2f} ({bound['bound']})" in markdown
 
 
 @pytest.mark.rtl
