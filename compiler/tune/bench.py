@@ -8,7 +8,8 @@ measurements go through the cache:
 2. every strategy of every model. The oracle's runs come from the cache, so
    its ``search_seconds`` are those recorded when they were made; ``fusion-only``
    and ``dlfusion`` use a cost model fitted to the *other* models' measurements
-   (this model held out).
+   (this model held out). The cost model lives in ``<report>/rules/`` (with a
+   copy of the HwConfig's rule), so it is fitted to the bench's models only.
 
 Writes the report (:mod:`.report`) to ``--report`` (default
 ``build/tune-bench``) and prints the summary table with the targets of the
@@ -19,6 +20,7 @@ search times.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from .executor import EXECUTORS, make_executor
 from .oracle import DEFAULT_MAX_GROUP
 from .planrun import MeasurementFailed
 from .report import comparison_table, summary_rows, write_report
+from .rule import rule_path
 from .tune import check_inputs, load_model, tune
 
 __all__ = ["BENCH_MODELS", "main"]
@@ -60,15 +63,20 @@ def main(argv=None) -> int:
         print(f"dlfusion: error: {error}", file=sys.stderr)
         return 2
     cache = MeasurementCache(args.cache) if args.cache else MeasurementCache()
+    # The bench's own rule directory: the rule copied in, the cost model fitted to the bench's models only,
+    # so earlier tune runs on other models (make demo's tiny_cnn) do not change its plans.
+    rule_dir = Path(args.report) / "rules"
+    rule_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(rule_path(hw, args.rule_dir), rule_path(hw, rule_dir))
     reports = []
     try:
         with executor:
             for graph, source in graphs:
-                tune(graph, hw, ["oracle"], executor=executor, cache=cache, source=source, rule_dir=args.rule_dir,
+                tune(graph, hw, ["oracle"], executor=executor, cache=cache, source=source, rule_dir=rule_dir,
                      max_group=args.max_group, progress=True)
             for graph, source in graphs:
                 report = tune(graph, hw, ["all"], executor=executor, cache=cache, source=source,
-                              rule_dir=args.rule_dir, max_group=args.max_group, progress=True)
+                              rule_dir=rule_dir, max_group=args.max_group, progress=True)
                 write_report(report, args.report)
                 print(comparison_table(report), flush=True)
                 reports.append(report)

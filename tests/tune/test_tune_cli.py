@@ -132,3 +132,28 @@ def test_bad_input(setup, capsys, tmp_path):
     missing = [*common]
     missing[missing.index("--hw") + 1] = str(tmp_path / "missing.toml")
     _bad(capsys, ["tiny_cnn", "--strategy", "none"], "missing.toml' does not exist", root, missing)
+
+
+@pytest.mark.rtl
+def test_the_bench_fits_its_cost_model_to_its_models_only(tuned, capsys):
+    from dlfusion.compiler.tune import bench
+    from dlfusion.compiler.tune.costmodel import CostModel, cost_model_path, samples_dir
+    root, common, first = tuned
+    # Another model's measurements in the shared rule directory must not reach the bench's cost model.
+    shared = samples_dir(QUAD, root / "rules")
+    data = json.loads((shared / "tiny_cnn@8.json").read_text())
+    data["source"] = "other@1"
+    (shared / "other@1.json").write_text(json.dumps(data))
+    status = bench.main(["--models", "tiny_cnn", "--input-size", "8", "--report", str(root / "bench"), *common])
+    out = capsys.readouterr().out
+    assert status == 0
+    model = CostModel.read(cost_model_path(QUAD, root / "bench" / "rules"))
+    assert model.sources == ["tiny_cnn@8"]
+    report = json.loads((root / "bench" / "tune-report.json").read_text())
+    (row,) = report["summary"]
+    # Same RTL measurements as the tune command: the oracle and the baseline come from the cache.
+    assert row["oracle_cycles"] == first["strategies"]["oracle"]["cycles"]
+    assert row["baseline_cycles"] == first["baseline_cycles"]
+    assert row["dlfusion_oracle_fraction"] == pytest.approx(row["oracle_cycles"] / row["dlfusion_cycles"])
+    assert row["oracle_speedup"] <= row["ceiling_speedup"]
+    assert f"{row['baseline_cycles']:,}" in out and "report:" in out
