@@ -282,7 +282,8 @@ def _zoo_table(rows, path: Path) -> None:
     lines = ["| model | input | plan | compile s | RTL cycles | utilization | roofline cycles | RTL / roofline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        plan = f"{r['fusion']} fusion, {r['cores']} core{'s' if r['cores'] > 1 else ''}"
+        fusion = "no" if r["fusion"] == "none" else r["fusion"]
+        plan = f"{fusion} fusion, {r['cores']} core{'s' if r['cores'] > 1 else ''}"
         lines.append(f"| {r['model']} | {r['size']}x{r['size']} | {plan} | {r['compile_seconds']:.1f} | "
                      f"{r['cycles']:,} | {r['utilization']:.3f} | {r['roofline_cycles']:,} ({r['roofline_bound']}) | "
                      f"{r['cycles'] / max(1, r['roofline_cycles']):.2f} |")
