@@ -29,7 +29,7 @@ from ..compile import _windowed_layer
 from ..fuse import FusedGroup
 from ..ir import Graph, Node, Op
 from ..layers import SPLITS, partition
-from ..lower import plan_tiling, weight_blocks_for
+from ..lower import chunk_blocks, plan_tiling, weight_blocks_for
 from ..program import CompileError
 from .errors import TuneError
 
@@ -225,10 +225,14 @@ class Workload:
                  else [((0, out_rows), (a, b)) for a, b in partition(cout_blocks, cores)])
         valid_cols = None
         result = []
+        chunk = chunk_blocks(hw, layer)
         for (r0, r1), (b0, b1) in parts:
             blocks = b1 - b0
             tiling = plan_tiling(hw, layer, out_rows=r1 - r0, out_blocks=blocks)
             valid_cols = min(layer.width, tiling.in_width - p)
+            if chunk is not None:
+                result.append(self._chunked(layer, tiling, chunk, r0, r1, blocks))
+                continue
             groups = _ceil_div(blocks, tiling.group_blocks)
             tiles = _ceil_div(r1 - r0, tiling.rows)
             core = _Core()
@@ -260,6 +264,37 @@ class Workload:
             core.ppu = blocks * (r1 - r0) * out_width
             result.append(core)
         return result
+
+    def _chunked(self, layer, tiling, chunk: int, r0: int, r1: int, blocks: int) -> _Core:
+        """One core's part of a convolution lowered in input-channel chunks (``compiler.lower._lower_chunked``)."""
+        hw = self.hw
+        lanes = hw.lanes
+        k, s, p = layer.kernel, layer.stride, layer.pad
+        taps = k * k
+        cin_blocks = _ceil_div(layer.in_channels, lanes)
+        sizes = [min(chunk, cin_blocks - c0) for c0 in range(0, cin_blocks, chunk)]
+        tiles = _ceil_div(r1 - r0, tiling.rows)
+        valid_cols = min(layer.width, tiling.in_width - p)
+        core = _Core()
+        core.load = 2 * blocks * hw.param_lines_per_entry + blocks * tiles * taps * cin_blocks * lanes
+        core.instructions += 2 + blocks * tiles * len(sizes) + 1     # credits + parameters, chunks, final credit
+        for t in range(tiles):
+            oy0 = r0 + t * tiling.rows
+            rows = min(tiling.rows, r1 - oy0)
+            first_row = oy0 * s - p
+            in_rows = (rows - 1) * s + k
+            valid_rows = max(0, min(layer.height, first_row + in_rows) - max(0, first_row))
+            core.load += blocks * cin_blocks * valid_rows * valid_cols
+            core.store += blocks * rows * layer.out_width
+            if rows * layer.out_width == 1:   # the chunk's blocks fold into the loop; the first tap splits
+                matmuls = taps * len(sizes) + (sizes[0] > 1)
+            else:
+                matmuls = taps * cin_blocks
+            core.instructions += blocks * (2 + matmuls + 1)              # load, store, MATMULs, REQUANT
+        core.tiles = blocks * tiles
+        core.pe = blocks * taps * cin_blocks * (r1 - r0) * layer.out_width
+        core.ppu = blocks * (r1 - r0) * layer.out_width
+        return core
 
     # -- a fusion group: the band schedule of compiler.fuse ---------------------------------------
 

@@ -139,3 +139,38 @@ def test_bad_layer_parameters_are_clear_errors():
         layers.build_conv(DEFAULT, h=12, w=12, cin=4, cout=4, k=99, pad=0)
     with pytest.raises(CompileError, match="pool mode must be 'max' or 'avg'"):
         layers.build_pool(DEFAULT, h=8, w=8, c=4, mode="min")
+
+
+CHUNKY = HwConfig(cores=2, weight_blocks=32, act_lines=4096, acc_entries=256, param_entries=64)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), cin=st.integers(17, 300), cout=st.integers(1, 60),
+       h=st.integers(3, 9), w=st.integers(3, 9), cores=st.integers(1, 2), split=st.sampled_from(layers.SPLITS),
+       seed=st.integers(0, 2**16), relu=st.booleans())
+def test_input_channel_chunks_random_shapes(k, stride, cin, cout, h, w, cores, split, seed, relu):
+    """Weights of one output block beyond half the weight scratchpad: the input channels are
+    accumulated in chunks, on one or two cores, split either way."""
+    case = layers.build_conv(CHUNKY, h=h, w=w, cin=cin, cout=cout, k=k, stride=stride, cores=cores, split=split,
+                             seed=seed, relu=relu)
+    cin_blocks, half = -(-cin // CHUNKY.lanes), CHUNKY.weight_blocks // 2
+    if k * k * cin_blocks > half:
+        assert case.description["input_chunks"] == -(-cin_blocks // (half // (k * k))) >= 2
+    else:
+        assert "input_chunks" not in case.description
+    assert_matches(case)
+
+
+def test_input_channel_chunks_fully_connected():
+    # 600 inputs are 38 blocks, above the 16 of half the weight scratchpad: 3 chunks per output block.
+    case = layers.build_fc(CHUNKY, cin=600, cout=40, seed=5)
+    assert case.description["input_chunks"] == 3
+    assert_matches(case)
+
+
+def test_chunking_limits_are_clear_errors():
+    with pytest.raises(CompileError, match=r"needs weight_blocks >= 50"):    # a 5x5 tap set alone is 25 blocks
+        layers.build_conv(CHUNKY, h=6, w=6, cin=40, cout=8, k=5)
+    few_params = HwConfig(weight_blocks=32, param_entries=8)
+    with pytest.raises(CompileError, match=r"needs param_entries >= 10 \(param_entries = 8\)"):
+        layers.build_conv(few_params, h=4, w=4, cin=64, cout=80, k=3)

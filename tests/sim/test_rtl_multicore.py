@@ -75,6 +75,18 @@ def test_split_layers_match_golden_and_reference(quad, cores, split, case):
         assert (rtl.counters[core]["instructions"] > 0) == (core < used)
 
 
+@pytest.mark.parametrize(("cores", "split"), [(1, "rows"), (2, "rows"), (2, "channels")])
+def test_input_channel_chunks_match_golden_and_reference(quad, cores, split):
+    # 240 input channels are 60 blocks of 4: a 3x3 output block's 540 weight blocks exceed the
+    # 512 of half the weight scratchpad, so the input channels go in chunks of 56 and 4 blocks.
+    layer = layers.build_conv(QUAD, h=5, w=3, cin=240, cout=9, k=3, cores=cores, split=split, seed=11)
+    assert layer.description["input_chunks"] == 2
+    golden, rtl = run_both(quad, layer.binary, layer.inputs)
+    assert golden.error is None and rtl.error is None, (golden.error, rtl.error)
+    assert np.array_equal(rtl.outputs["y"], golden.outputs["y"])
+    assert np.array_equal(rtl.outputs["y"], layer.expected["y"])
+
+
 def _barrier_program(*, broken: bool):
     """Core 0 copies data to a shared buffer; after the barrier core 1 copies it to the output."""
     hw = QUAD

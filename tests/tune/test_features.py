@@ -97,3 +97,37 @@ def test_a_plan_of_single_layers_on_mixed_cores():
     groups = [Group([node.name], int(rng.choice([1, 2, 3, 4])), str(rng.choice(["rows", "channels"])))
               for node in graph.nodes]
     _check_plan(graph, QUAD, Plan(graph.name, QUAD.hash, groups))
+
+
+CHUNKY = HwConfig(cores=2, weight_blocks=32, act_lines=4096, acc_entries=256, param_entries=64)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), cores=st.integers(1, 2), split=st.sampled_from(["rows", "channels"]))
+def test_counts_of_layers_lowered_in_input_channel_chunks(seed, cores, split):
+    """Convolutions whose weights per output block exceed half the weight scratchpad: counts equal the
+    program's, and the network still equals the numpy reference on the golden simulator."""
+    from hypothesis import assume
+
+    from dlfusion.compiler.compile import _windowed_layer
+    from dlfusion.compiler.ir import Op
+    from dlfusion.compiler.lower import chunk_blocks
+    from dlfusion.compiler.program import CompileError
+    from dlfusion.compiler.reference import run_graph
+    from dlfusion.sim.golden import GoldenSimulator
+    graph = random_graph(seed, lanes=CHUNKY.lanes, max_layers=5, max_size=10)
+    plan = make_plan(graph, CHUNKY, cores=cores, split=split)
+    try:
+        binary = compile_graph(graph, CHUNKY, plan)
+        chunked = [n for n in graph.nodes if n.op in (Op.CONV, Op.FC)
+                   and chunk_blocks(CHUNKY, _windowed_layer(graph, n)) is not None]
+    except CompileError:
+        assume(False)
+    assume(chunked)
+    _check_plan(graph, CHUNKY, plan)
+    t = graph.tensors[graph.input]
+    lo, hi = t.qrange
+    x = np.random.default_rng(seed).integers(lo, hi + 1, size=t.shape).astype(np.int8 if t.signed else np.uint8)
+    result = GoldenSimulator(CHUNKY).run(binary, {"input": x})
+    assert result.error is None, str(result.error)
+    assert np.array_equal(result.outputs["output"], run_graph(graph, x))
