@@ -36,7 +36,7 @@ from .program import (
 )
 
 __all__ = ["initial_credits", "WindowedLayer", "AddLayer", "lower_windowed", "lower_add", "weight_blocks_for",
-           "params_for", "chunk_blocks"]
+           "params_for", "chunk_blocks", "chunked_block_ranges"]
 
 FIELD_MAX_COUNT = 4095
 #: Largest window (global pooling and flattening fully connected layers use big ones).
@@ -220,12 +220,14 @@ def chunk_blocks(hw: HwConfig, layer: WindowedLayer) -> int | None:
         raise CompileError(f"{layer.kind} layer needs {per_block} weight blocks per output-channel block, "
                            f"half the weight scratchpad holds {half_weights}; needs weight_blocks >= "
                            f"{2 * (taps if layer.kind == 'conv' else per_block)}")
-    if 2 * _ceil_div(layer.out_channels, hw.lanes) > hw.param_entries:
-        raise CompileError(f"conv layer with {layer.in_channels} input channels is lowered in input-channel chunks, "
-                           f"which keeps the parameters of all its {layer.out_channels} output channels on chip: "
-                           f"needs param_entries >= {2 * _ceil_div(layer.out_channels, hw.lanes)} "
-                           f"(param_entries = {hw.param_entries})")
     return half_weights // taps
+
+
+def chunked_block_ranges(hw: HwConfig, block0: int, block1: int) -> list[tuple[int, int]]:
+    """The output-block ranges a chunked convolution's part is lowered in, one after the other:
+    each keeps its blocks' parameters on chip (``param_entries // 2`` blocks at most)."""
+    most = max(1, hw.param_entries // 2)
+    return [(b, min(block1, b + most)) for b in range(block0, block1, most)]
 
 
 def plan_tiling(hw: HwConfig, layer: WindowedLayer, out_rows: int | None = None,
@@ -298,9 +300,11 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     if chunk_blocks(hw, layer) is not None:
         if credits:
             initial_credits(stream)
-        return _lower_chunked(hw, layer, stream, tiling, in_line=in_line, out_line=out_line,
-                              weight_line=weight_line, param_line=param_line, rows=(row0, row1),
-                              blocks=(block0, block1))
+        reports = [_lower_chunked(hw, layer, stream, tiling, in_line=in_line, out_line=out_line,
+                                  weight_line=weight_line, param_line=param_line, rows=(row0, row1), blocks=part)
+                   for part in chunked_block_ranges(hw, block0, block1)]
+        return dict(reports[0], tiles=sum(r["tiles"] for r in reports),
+                    weight_groups=sum(r["weight_groups"] for r in reports))
     per_block = weight_blocks_for(layer, lanes)
     group = tiling.group_blocks
     groups = _ceil_div(cout_blocks, group)
@@ -488,7 +492,8 @@ def _lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, ti
     accumulate into the tile's accumulators, and the PE frees the slot for the chunk after
     next. The parameters of all the part's output blocks are loaded once, at the start,
     behind both weight/parameter credits (so every earlier reader has finished), and the
-    PPU returns those two credits after the last requantization."""
+    PPU returns those two credits after the last requantization, so parts follow each other
+    in one stream (:func:`chunked_block_ranges`)."""
     lanes = hw.lanes
     k, s, p = layer.kernel, layer.stride, layer.pad
     H, W = layer.height, layer.width

@@ -29,7 +29,7 @@ from ..compile import _windowed_layer
 from ..fuse import FusedGroup
 from ..ir import Graph, Node, Op
 from ..layers import SPLITS, partition
-from ..lower import chunk_blocks, plan_tiling, weight_blocks_for
+from ..lower import chunk_blocks, chunked_block_ranges, plan_tiling, weight_blocks_for
 from ..program import CompileError
 from .errors import TuneError
 
@@ -231,7 +231,13 @@ class Workload:
             tiling = plan_tiling(hw, layer, out_rows=r1 - r0, out_blocks=blocks)
             valid_cols = min(layer.width, tiling.in_width - p)
             if chunk is not None:
-                result.append(self._chunked(layer, tiling, chunk, r0, r1, blocks))
+                core = _Core()           # its BARRIER, then the block ranges one after the other
+                for c0, c1 in chunked_block_ranges(hw, 0, blocks):
+                    part = self._chunked(layer, tiling, chunk, r0, r1, c1 - c0)
+                    part.instructions -= 1
+                    for name in ("load", "store", "instructions", "tiles", "pe", "ppu"):
+                        setattr(core, name, getattr(core, name) + getattr(part, name))
+                result.append(core)
                 continue
             groups = _ceil_div(blocks, tiling.group_blocks)
             tiles = _ceil_div(r1 - r0, tiling.rows)

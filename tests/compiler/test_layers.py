@@ -171,6 +171,16 @@ def test_input_channel_chunks_fully_connected():
 def test_chunking_limits_are_clear_errors():
     with pytest.raises(CompileError, match=r"needs weight_blocks >= 50"):    # a 5x5 tap set alone is 25 blocks
         layers.build_conv(CHUNKY, h=6, w=6, cin=40, cout=8, k=5)
-    few_params = HwConfig(weight_blocks=32, param_entries=8)
-    with pytest.raises(CompileError, match=r"needs param_entries >= 10 \(param_entries = 8\)"):
-        layers.build_conv(few_params, h=4, w=4, cin=64, cout=80, k=3)
+
+
+
+def test_input_channel_chunks_with_more_output_blocks_than_parameter_room():
+    # 150 output channels are 10 blocks, 20 parameter entries; 8 entries hold 4 blocks at a time,
+    # so every core's part is lowered in 2 or 3 block ranges, one after the other.
+    from dlfusion.compiler.lower import chunked_block_ranges
+    few_params = HwConfig(cores=2, weight_blocks=32, param_entries=8, act_lines=4096)
+    assert chunked_block_ranges(few_params, 0, 10) == [(0, 4), (4, 8), (8, 10)]
+    for cores, split in ((1, "rows"), (2, "rows"), (2, "channels")):
+        case = layers.build_conv(few_params, h=4, w=4, cin=64, cout=150, k=3, cores=cores, split=split, seed=2)
+        assert case.description["input_chunks"] == 4
+        assert_matches(case)

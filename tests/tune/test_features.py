@@ -100,11 +100,15 @@ def test_a_plan_of_single_layers_on_mixed_cores():
 
 
 CHUNKY = HwConfig(cores=2, weight_blocks=32, act_lines=4096, acc_entries=256, param_entries=64)
+#: Lanes of 4 and parameters of 4 output blocks at a time: chunked layers in several block ranges.
+CHUNKY_FEW_PARAMS = HwConfig(cores=2, pe_rows=4, pe_cols=4, weight_blocks=32, act_lines=4096, acc_entries=256,
+                             param_entries=8, dram_bytes=1 << 22, dram_bytes_per_cycle=4)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1), cores=st.integers(1, 2), split=st.sampled_from(["rows", "channels"]))
-def test_counts_of_layers_lowered_in_input_channel_chunks(seed, cores, split):
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), cores=st.integers(1, 2), split=st.sampled_from(["rows", "channels"]),
+       hw=st.sampled_from([CHUNKY, CHUNKY_FEW_PARAMS]))
+def test_counts_of_layers_lowered_in_input_channel_chunks(seed, cores, split, hw):
     """Convolutions whose weights per output block exceed half the weight scratchpad: counts equal the
     program's, and the network still equals the numpy reference on the golden simulator."""
     from hypothesis import assume
@@ -115,19 +119,19 @@ def test_counts_of_layers_lowered_in_input_channel_chunks(seed, cores, split):
     from dlfusion.compiler.program import CompileError
     from dlfusion.compiler.reference import run_graph
     from dlfusion.sim.golden import GoldenSimulator
-    graph = random_graph(seed, lanes=CHUNKY.lanes, max_layers=5, max_size=10)
-    plan = make_plan(graph, CHUNKY, cores=cores, split=split)
+    graph = random_graph(seed, lanes=hw.lanes, max_layers=5, max_size=10)
+    plan = make_plan(graph, hw, cores=cores, split=split)
     try:
-        binary = compile_graph(graph, CHUNKY, plan)
+        binary = compile_graph(graph, hw, plan)
         chunked = [n for n in graph.nodes if n.op in (Op.CONV, Op.FC)
-                   and chunk_blocks(CHUNKY, _windowed_layer(graph, n)) is not None]
+                   and chunk_blocks(hw, _windowed_layer(graph, n)) is not None]
     except CompileError:
         assume(False)
     assume(chunked)
-    _check_plan(graph, CHUNKY, plan)
+    _check_plan(graph, hw, plan)
     t = graph.tensors[graph.input]
     lo, hi = t.qrange
     x = np.random.default_rng(seed).integers(lo, hi + 1, size=t.shape).astype(np.int8 if t.signed else np.uint8)
-    result = GoldenSimulator(CHUNKY).run(binary, {"input": x})
+    result = GoldenSimulator(hw).run(binary, {"input": x})
     assert result.error is None, str(result.error)
     assert np.array_equal(result.outputs["output"], run_graph(graph, x))
