@@ -95,3 +95,20 @@ def test_random_fused_graphs_rtl_equal_golden(quad_rtl, seed):
     rtl = quad_rtl.run(binary, {"input": x})
     assert rtl.error is None, str(rtl.error)
     assert np.array_equal(rtl.outputs["output"], expected), [g.nodes for g in plan.groups]
+
+
+def test_zoo_benchmark_rows_and_cache(net_rtl, tmp_path):
+    """``python -m dlfusion.bench zoo`` on tiny_cnn: the three plans on the RTL, the derived columns,
+    and a second run served from the cache (keyed by the compiled binaries)."""
+    from dlfusion.bench import zoo_bench
+    rows = zoo_bench(NET, tmp_path, models=["tiny_cnn"], workers=2)["rows"]
+    assert [(r["fusion"], r["cores"]) for r in rows] == [("none", 1), ("none", 2), ("max", 2)]
+    for r in rows:
+        assert r["roofline_cycles"] <= r["cycles"]
+        assert r["utilization"] == pytest.approx(r["macs"] / (NET.macs_per_cycle * r["cores"] * r["cycles"]))
+        assert r["groups"] == len(r["group_cycles"]) and sum(r["group_cycles"]) < r["cycles"]
+    assert rows[2]["fused_groups"] >= 1 and rows[1]["cycles"] < rows[0]["cycles"]
+    again = zoo_bench(NET, tmp_path, models=["tiny_cnn"], workers=2)["rows"]
+    assert [(r["cycles"], r["measure_seconds"]) for r in again] == [(r["cycles"], r["measure_seconds"]) for r in rows]
+    table = (tmp_path / "zoo.md").read_text()
+    assert f"| {rows[2]['cycles']:,} |" in table and "max fusion, 2 cores" in table
