@@ -75,11 +75,15 @@ def test_split_layers_match_golden_and_reference(quad, cores, split, case):
         assert (rtl.counters[core]["instructions"] > 0) == (core < used)
 
 
-@pytest.mark.parametrize(("cores", "split"), [(1, "rows"), (2, "rows"), (2, "channels")])
-def test_input_channel_chunks_match_golden_and_reference(quad, cores, split):
+@pytest.mark.parametrize(("cores", "split", "size", "cout"), [(1, "rows", 5, 9), (2, "rows", 5, 9),
+                                                              (2, "channels", 5, 9), (2, "channels", 3, 264)])
+def test_input_channel_chunks_match_golden_and_reference(quad, cores, split, size, cout):
     # 240 input channels are 60 blocks of 4: a 3x3 output block's 540 weight blocks exceed the
     # 512 of half the weight scratchpad, so the input channels go in chunks of 56 and 4 blocks.
-    layer = layers.build_conv(QUAD, h=5, w=3, cin=240, cout=9, k=3, cores=cores, split=split, seed=11)
+    # 264 output channels on a 3x3 image (one output pixel): 33 blocks per core, more than the 32
+    # whose parameters fit, so each core lowers two block ranges.
+    layer = layers.build_conv(QUAD, h=size, w=3, cin=240, cout=cout, k=3, pad=1 if size > 3 else 0, cores=cores,
+                              split=split, seed=11)
     assert layer.description["input_chunks"] == 2
     golden, rtl = run_both(quad, layer.binary, layer.inputs)
     assert golden.error is None and rtl.error is None, (golden.error, rtl.error)
