@@ -189,27 +189,22 @@ ZOO_PLANS = (("none", "1"), ("none", "all"), ("max", "all"))
 
 
 def _zoo_job(job: dict) -> dict:
-    """Compile one model with one plan and run it on the RTL (executor worker)."""
-    from .compiler.compile import compile_graph, make_plan
-    from .compiler.frontend import load_onnx
+    """Run one compiled plan of a model on the golden simulator and the RTL (executor worker)."""
+    from .sim.binary import Binary
     from .sim.golden import GoldenSimulator
     from .sim.rtl import RtlSimulator
     from .sim.runtime import group_report
     hw = HwConfig.from_dict(job["hw"])
-    graph = load_onnx(job["onnx"], name=job["model"])
-    started = time.perf_counter()
-    plan = make_plan(graph, hw, fusion=job["fusion"], cores=job["cores"])
-    binary = compile_graph(graph, hw, plan)
-    compile_seconds = time.perf_counter() - started
-    x = np.random.default_rng(0).integers(0, 256, size=graph.tensors[graph.input].shape).astype(np.uint8)
+    binary = Binary.from_bytes(job["binary"])
+    x = np.random.default_rng(0).integers(0, 256, size=job["input_shape"]).astype(np.uint8)
     golden = GoldenSimulator(hw).run(binary, {"input": x})
     rtl = RtlSimulator(hw).run(binary, {"input": x})
     if rtl.error is not None:
         raise RuntimeError(f"the RTL stopped: {rtl.error}")
     if not np.array_equal(rtl.outputs["output"], golden.outputs["output"]):
         raise RuntimeError("RTL output differs from the golden simulator")
-    result = {"cycles": int(rtl.cycles), "golden_cycles": int(golden.cycles), "compile_seconds": compile_seconds,
-              "groups": len(plan.groups), "fused_groups": sum(len(g.nodes) > 1 for g in plan.groups),
+    result = {"cycles": int(rtl.cycles), "golden_cycles": int(golden.cycles),
+              "compile_seconds": job["compile_seconds"], "groups": job["groups"], "fused_groups": job["fused_groups"],
               "instructions": sum(s.instructions for s in binary.streams),
               "sim_seconds": getattr(rtl, "sim_seconds", None)}
     result["group_cycles"] = [g["cycles"] for g in group_report(binary, rtl)]
@@ -218,6 +213,7 @@ def _zoo_job(job: dict) -> dict:
 
 def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = None) -> dict:
     from .compiler import zoo
+    from .compiler.compile import compile_graph, make_plan
     from .compiler.frontend import load_onnx
     from .compiler.tune.cache import MeasurementCache, measure, measurement_key
     from .compiler.tune.executor import LocalExecutor
@@ -225,31 +221,32 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
     models = models or list(ZOO_SIZES)
     onnx_dir = out_dir / "zoo-onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    specs, info = [], {}
+    specs, info, graphs = [], {}, {}
     for name in models:
         size = ZOO_SIZES[name]
         path = onnx_dir / f"{name}_{size}.onnx"
         if not path.exists():
             print(f"[bench] exporting {name} at {size}x{size}...", flush=True)
             zoo.export_quantized(name, size, path)
-        graph = load_onnx(path, name=name)
+        graph = graphs[name] = load_onnx(path, name=name)
         info[name] = {"size": size, "macs": graph.macs, "layers": len(graph.nodes),
                       "bounds": {c: roofline(graph, hw, c) for c in (1, hw.cores)}}
         for fusion, cores in ZOO_PLANS:
             specs.append({"model": name, "size": size, "onnx": str(path), "fusion": fusion,
                           "cores": 1 if cores == "1" else hw.cores, "hw": hw.to_dict()})
     cache = MeasurementCache(out_dir / "zoo-cache")
-    from .compiler.compile import compile_graph, make_plan
-    graphs = {}
 
     def prepare(spec):
-        # Keyed by the binary the plan compiles to (and the RTL's sources, in every key): a compiler
-        # change that leaves a model's program alone does not measure it again.
-        if spec["onnx"] not in graphs:
-            graphs[spec["onnx"]] = load_onnx(spec["onnx"], name=spec["model"])
-        graph = graphs[spec["onnx"]]
-        binary = compile_graph(graph, hw, make_plan(graph, hw, fusion=spec["fusion"], cores=spec["cores"]))
-        return measurement_key(hw, "zoo-bench/2", binary.to_bytes(), "input seed 0"), spec
+        # Compiled here, once: the measurement is keyed by the binary (and the RTL's sources, in
+        # every key), so a compiler change that leaves a model's program alone is not measured again.
+        graph = graphs[spec["model"]]
+        started = time.perf_counter()
+        plan = make_plan(graph, hw, fusion=spec["fusion"], cores=spec["cores"])
+        binary = compile_graph(graph, hw, plan).to_bytes()
+        job = {"hw": spec["hw"], "binary": binary, "input_shape": graph.tensors[graph.input].shape,
+               "compile_seconds": time.perf_counter() - started, "groups": len(plan.groups),
+               "fused_groups": sum(len(g.nodes) > 1 for g in plan.groups)}
+        return measurement_key(hw, "zoo-bench/2", binary, "input seed 0"), job
 
     rows = []
     with LocalExecutor(workers) as executor:
