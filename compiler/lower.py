@@ -275,6 +275,25 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer, out_rows: int | None = None,
     return best
 
 
+def _emit_input_band(stream: StreamBuilder, layer: WindowedLayer, tiling: _Tiling, oy0: int, rows: int, *,
+                     in_line: int, first_block: int, blocks: int, sram_addr: int, pad_value: int) -> None:
+    """LOAD the input rows (halo and padding included) of the band of ``rows`` output rows from
+    ``oy0``, channel blocks ``[first_block, first_block + blocks)``, into an input slot."""
+    k, s, p = layer.kernel, layer.stride, layer.pad
+    H, W = layer.height, layer.width
+    in_rows = (rows - 1) * s + k
+    first_row = oy0 * s - p
+    pad_top = max(0, -first_row)
+    valid_rows = max(0, min(H, first_row + in_rows) - max(0, first_row))
+    valid_cols = min(W, tiling.in_width - p)
+    stream.emit(Opcode.LOAD, wait=IN_FREE, signal=IN_FULL, buffer=Buffer.ACT,
+                dram_addr=in_line + first_block * H * W + max(0, first_row) * W, dram_s1=W, dram_s2=H * W,
+                sram_addr=sram_addr, sram_s1=tiling.in_width, sram_s2=tiling.in_rows * tiling.in_width,
+                n2=blocks, n1=in_rows, n0=tiling.in_width,
+                pad_top=pad_top, pad_bottom=in_rows - pad_top - valid_rows, pad_left=p,
+                pad_right=tiling.in_width - p - valid_cols, pad_value=_byte(pad_value))
+
+
 def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *, in_line: int, out_line: int,
                    weight_line: int, param_line: int, rows: tuple[int, int] | None = None,
                    blocks: tuple[int, int] | None = None, credits: bool = True) -> dict:
@@ -286,8 +305,7 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     :func:`initial_credits`)."""
     layer.check()
     lanes = hw.lanes
-    k, s, p = layer.kernel, layer.stride, layer.pad
-    H, W = layer.height, layer.width
+    k, s = layer.kernel, layer.stride
     OH, OW = layer.out_height, layer.out_width
     cin_blocks = _ceil_div(layer.in_channels, lanes)
     row0, row1 = rows if rows is not None else (0, OH)
@@ -363,27 +381,13 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     def load_input(index):
         g, t = tiles[index]
         oy0 = row0 + t * tiling.rows
-        rows = min(tiling.rows, row1 - oy0)
-        in_rows = (rows - 1) * s + k
-        first_row = oy0 * s - p
-        pad_top = max(0, -first_row)
-        valid_rows = max(0, min(H, first_row + in_rows) - max(0, first_row))
-        pad_bottom = in_rows - pad_top - valid_rows
-        valid_cols = min(W, tiling.in_width - p)
-        pad_right = tiling.in_width - p - valid_cols
         if layer.kind == "conv":
-            block0, blocks = 0, cin_blocks
+            first, blocks = 0, cin_blocks
         else:
-            block0, last = group_range(g)
-            blocks = last - block0
-        stream.emit(Opcode.LOAD, wait=IN_FREE, signal=IN_FULL, buffer=Buffer.ACT,
-                    dram_addr=in_line + block0 * H * W + max(0, first_row) * W,
-                    dram_s1=W, dram_s2=H * W,
-                    sram_addr=in_slots[index % 2], sram_s1=tiling.in_width,
-                    sram_s2=tiling.in_rows * tiling.in_width,
-                    n2=blocks, n1=in_rows, n0=tiling.in_width,
-                    pad_top=pad_top, pad_bottom=pad_bottom, pad_left=p, pad_right=pad_right,
-                    pad_value=_byte(pad_value))
+            first, last = group_range(g)
+            blocks = last - first
+        _emit_input_band(stream, layer, tiling, oy0, min(tiling.rows, row1 - oy0), in_line=in_line,
+                         first_block=first, blocks=blocks, sram_addr=in_slots[index % 2], pad_value=pad_value)
 
     def store_output(index):
         g, t = tiles[index]
@@ -495,8 +499,7 @@ def _lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, ti
     PPU returns those two credits after the last requantization, so parts follow each other
     in one stream (:func:`chunked_block_ranges`)."""
     lanes = hw.lanes
-    k, s, p = layer.kernel, layer.stride, layer.pad
-    H, W = layer.height, layer.width
+    k, s = layer.kernel, layer.stride
     OH, OW = layer.out_height, layer.out_width
     taps = k * k
     cin_blocks = _ceil_div(layer.in_channels, lanes)
@@ -537,17 +540,8 @@ def _lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, ti
 
     def load_input(index):
         oy0, count = band(index)
-        in_rows = (count - 1) * s + k
-        first_row = oy0 * s - p
-        pad_top = max(0, -first_row)
-        valid_rows = max(0, min(H, first_row + in_rows) - max(0, first_row))
-        valid_cols = min(W, tiling.in_width - p)
-        stream.emit(Opcode.LOAD, wait=IN_FREE, signal=IN_FULL, buffer=Buffer.ACT,
-                    dram_addr=in_line + max(0, first_row) * W, dram_s1=W, dram_s2=H * W,
-                    sram_addr=in_slots[index % 2], sram_s1=tiling.in_width, sram_s2=in_plane,
-                    n2=cin_blocks, n1=in_rows, n0=tiling.in_width,
-                    pad_top=pad_top, pad_bottom=in_rows - pad_top - valid_rows, pad_left=p,
-                    pad_right=tiling.in_width - p - valid_cols, pad_value=_byte(layer.in_zp))
+        _emit_input_band(stream, layer, tiling, oy0, count, in_line=in_line, first_block=0, blocks=cin_blocks,
+                         sram_addr=in_slots[index % 2], pad_value=layer.in_zp)
 
     load_input(0)
     load_unit(0)
