@@ -111,6 +111,16 @@ class _Core:
         return self.load + self.store
 
 
+def _bands(layer, tiling, r0: int, r1: int):
+    """Per band of output rows ``[r0, r1)``: its rows and the input rows it loads (padding excluded)."""
+    k, s, p = layer.kernel, layer.stride, layer.pad
+    for oy0 in range(r0, r1, tiling.rows):
+        rows = min(tiling.rows, r1 - oy0)
+        first_row = oy0 * s - p
+        in_rows = (rows - 1) * s + k
+        yield rows, max(0, min(layer.height, first_row + in_rows) - max(0, first_row))
+
+
 class Workload:
     """A graph on a HwConfig, with memoized :meth:`fits` and :meth:`features` of its candidate groups.
 
@@ -216,7 +226,7 @@ class Workload:
                                     instructions=2 + 4 * tiles, tiles=tiles))
             return result
         layer = _windowed_layer(graph, node)
-        k, s, p = layer.kernel, layer.stride, layer.pad
+        k, p = layer.kernel, layer.pad
         out_rows, out_width = layer.out_height, layer.out_width
         cin_blocks = _ceil_div(layer.in_channels, lanes)
         cout_blocks = _ceil_div(layer.out_channels, lanes)
@@ -231,13 +241,7 @@ class Workload:
             tiling = plan_tiling(hw, layer, out_rows=r1 - r0, out_blocks=blocks)
             valid_cols = min(layer.width, tiling.in_width - p)
             if chunk is not None:
-                core = _Core()           # its BARRIER, then the block ranges one after the other
-                for c0, c1 in chunked_block_ranges(hw, 0, blocks):
-                    part = self._chunked(layer, tiling, chunk, r0, r1, c1 - c0)
-                    part.instructions -= 1
-                    for name in ("load", "store", "instructions", "tiles", "pe", "ppu"):
-                        setattr(core, name, getattr(core, name) + getattr(part, name))
-                result.append(core)
+                result.append(self._chunked(layer, tiling, chunk, r0, r1, blocks))
                 continue
             groups = _ceil_div(blocks, tiling.group_blocks)
             tiles = _ceil_div(r1 - r0, tiling.rows)
@@ -248,12 +252,7 @@ class Workload:
             for g in range(groups):
                 group_blocks = min(tiling.group_blocks, blocks - g * tiling.group_blocks)
                 in_blocks = cin_blocks if layer.kind == "conv" else group_blocks
-                for t in range(tiles):
-                    oy0 = r0 + t * tiling.rows
-                    rows = min(tiling.rows, r1 - oy0)
-                    first_row = oy0 * s - p
-                    in_rows = (rows - 1) * s + k
-                    valid_rows = max(0, min(layer.height, first_row + in_rows) - max(0, first_row))
+                for rows, valid_rows in _bands(layer, tiling, r0, r1):
                     core.load += in_blocks * valid_rows * valid_cols
                     core.store += group_blocks * rows * out_width
                     single = rows * out_width == 1
@@ -272,24 +271,20 @@ class Workload:
         return result
 
     def _chunked(self, layer, tiling, chunk: int, r0: int, r1: int, blocks: int) -> _Core:
-        """One core's part of a convolution lowered in input-channel chunks (``compiler.lower._lower_chunked``)."""
+        """One core's part of a convolution lowered in input-channel chunks (``compiler.lower._lower_chunked``),
+        its output blocks in ranges (``chunked_block_ranges``) one after the other."""
         hw = self.hw
         lanes = hw.lanes
-        k, s, p = layer.kernel, layer.stride, layer.pad
-        taps = k * k
+        taps = layer.kernel * layer.kernel
         cin_blocks = _ceil_div(layer.in_channels, lanes)
         sizes = [min(chunk, cin_blocks - c0) for c0 in range(0, cin_blocks, chunk)]
         tiles = _ceil_div(r1 - r0, tiling.rows)
-        valid_cols = min(layer.width, tiling.in_width - p)
+        valid_cols = min(layer.width, tiling.in_width - layer.pad)
         core = _Core()
         core.load = 2 * blocks * hw.param_lines_per_entry + blocks * tiles * taps * cin_blocks * lanes
-        core.instructions += 2 + blocks * tiles * len(sizes) + 1     # credits + parameters, chunks, final credit
-        for t in range(tiles):
-            oy0 = r0 + t * tiling.rows
-            rows = min(tiling.rows, r1 - oy0)
-            first_row = oy0 * s - p
-            in_rows = (rows - 1) * s + k
-            valid_rows = max(0, min(layer.height, first_row + in_rows) - max(0, first_row))
+        # per block range: the credits sync, its parameters and the final credit; then a LOAD per chunk
+        core.instructions += 3 * len(chunked_block_ranges(hw, 0, blocks)) + blocks * tiles * len(sizes)
+        for rows, valid_rows in _bands(layer, tiling, r0, r1):
             core.load += blocks * cin_blocks * valid_rows * valid_cols
             core.store += blocks * rows * layer.out_width
             if rows * layer.out_width == 1:   # the chunk's blocks fold into the loop; the first tap splits
