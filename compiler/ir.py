@@ -14,12 +14,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .lower import out_size
+from ..hw.errors import InputError
 
-__all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check"]
+__all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check", "out_size"]
 
 
-class IRError(ValueError):
+def out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
+    """Output size of a window (ONNX rules, including ceil_mode: a last window must start
+    inside the input or its left padding)."""
+    span = size + 2 * pad - kernel
+    if not ceil_mode:
+        return span // stride + 1
+    count = -(-span // stride) + 1
+    if (count - 1) * stride >= size + pad:
+        count -= 1
+    return count
+
+
+class IRError(InputError):
     """A graph violates an IR invariant or uses something the compiler does not support."""
 
 

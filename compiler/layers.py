@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..hw.asm import DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
+from ..hw.binary import Binary, Segment, Tensor
 from ..hw.config import HwConfig
 from ..hw.isa import Opcode
-from ..sim.binary import Binary, Segment, Tensor
 from . import reference
-from .lower import AddLayer, WindowedLayer, lower_add, lower_windowed, pack_windowed_weights, params_for
-from .program import CompileError, DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
+from .errors import CompileError
+from .lower.common import AddLayer, WindowedLayer, pack_windowed_weights, params_for
+from .lower.elementwise import lower_add
+from .lower.group import core_parts
+from .lower.windowed import lower_windowed
+from .plan import SPLITS, Split
 
-__all__ = ["LayerCase", "SPLITS", "partition", "split_streams", "build_windowed", "build_conv", "build_fc",
+__all__ = ["LayerCase", "split_streams", "build_windowed", "build_conv", "build_fc",
            "build_dwconv", "build_pool", "build_add",
            "LAYER_KINDS"]
 
@@ -32,16 +37,8 @@ class LayerCase:
     description: dict = field(default_factory=dict)
 
 
-SPLITS = ("rows", "channels")
-
-
-def partition(total: int, parts: int) -> list[tuple[int, int]]:
-    """``total`` units in ``parts`` contiguous, balanced ranges (empty ranges dropped)."""
-    bounds = [total * i // parts for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
-
-
-def split_streams(hw: HwConfig, cores: int, split: str, rows: int, blocks: int, emit) -> list[StreamBuilder]:
+def split_streams(hw: HwConfig, cores: int, split: Split | str, rows: int, blocks: int,
+                  emit) -> list[StreamBuilder]:
     """One stream per core that gets work: ``emit(stream, rows=(r0, r1), blocks=(b0, b1))``
     lowers its part. Every stream ends with a barrier across the participating cores
     (the end of the group) and END."""
@@ -49,10 +46,7 @@ def split_streams(hw: HwConfig, cores: int, split: str, rows: int, blocks: int, 
         raise CompileError(f"cores must be between 1 and the configured {hw.cores}, not {cores}")
     if split not in SPLITS:
         raise CompileError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    if split == "rows":
-        parts = [((r0, r1), (0, blocks)) for r0, r1 in partition(rows, cores)]
-    else:
-        parts = [((0, rows), (b0, b1)) for b0, b1 in partition(blocks, cores)]
+    parts = core_parts(Split(split), cores, rows, blocks)
     streams = []
     tiling = None
     for core, (row_range, block_range) in enumerate(parts):

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, Node, Op, Tensor, check
-from .lower import out_size
+from .ir import Graph, Node, Op, Tensor, check, out_size
 
 __all__ = ["random_graph"]
 

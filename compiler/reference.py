@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 # The ADD parameters are derived in one place; the arithmetic below stays independent.
-from ..sim.golden import qlinear_add_params
+from ..hw.numerics import qlinear_add_params
 
 __all__ = ["qrange", "requantize", "conv2d", "depthwise_conv2d", "fully_connected", "max_pool",
            "avg_pool", "qlinear_add", "qlinear_add_params"]

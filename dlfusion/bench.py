@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .compiler import layers
+from .hw.binary import atomic_write
 from .hw.config import HwConfig
-from .sim.binary import atomic_write
 from .sim.runtime import run
 
 
@@ -190,7 +190,7 @@ ZOO_PLANS = (("none", "1"), ("none", "all"), ("max", "all"))
 
 def _zoo_job(job: dict) -> dict:
     """Run one compiled plan of a model on the golden simulator and the RTL (executor worker)."""
-    from .sim.binary import Binary
+    from .hw.binary import Binary
     from .sim.golden import GoldenSimulator
     from .sim.rtl import RtlSimulator
     from .sim.runtime import group_report
@@ -212,9 +212,9 @@ def _zoo_job(job: dict) -> dict:
 
 
 def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = None) -> dict:
-    from .compiler import zoo
-    from .compiler.compile import compile_graph, make_plan
-    from .compiler.frontend import load_onnx
+    from .compiler.compile import compile_graph
+    from .compiler.frontend import load_onnx, zoo
+    from .compiler.plan import make_plan
     from .compiler.tune.cache import MeasurementCache, measure, measurement_key
     from .compiler.tune.executor import LocalExecutor
     from .compiler.tune.roofline import roofline

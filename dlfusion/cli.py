@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compiler.program import CompileError
+from .compiler.errors import CompileError
+from .hw.binary import Binary, BinaryError, atomic_write
 from .hw.config import HwConfig, HwConfigError
 from .hw.isa import IsaError
-from .sim.binary import Binary, BinaryError, atomic_write
 
 __all__ = ["main"]
 
@@ -226,10 +226,10 @@ def cmd_layer(args) -> int:
 # -- compile ----------------------------------------------------------------------------------------
 
 def cmd_compile(args) -> int:
-    from .compiler import zoo
-    from .compiler.compile import Plan, compile_graph, make_plan
-    from .compiler.frontend import load_onnx
+    from .compiler.compile import compile_graph
+    from .compiler.frontend import load_onnx, zoo
     from .compiler.ir import IRError
+    from .compiler.plan import Plan, make_plan
     hw = _load_hw(args.hw)
     source = Path(args.model)
     try:
@@ -282,7 +282,7 @@ def _load_onnx_any(path: Path, calibration: str | None):
     import onnx
 
     from .compiler.frontend import load_onnx
-    from .compiler.quantize import CalibrationError, quantize_model
+    from .compiler.frontend.quantize import CalibrationError, quantize_model
     if not path.exists():
         raise UsageError(f"model file {str(path)!r} does not exist")
     try:
@@ -305,7 +305,7 @@ def _load_onnx_any(path: Path, calibration: str | None):
 
 
 def cmd_models(args) -> int:
-    from .compiler import zoo
+    from .compiler.frontend import zoo
     rows = [{"name": spec.name, "default_size": spec.default_size, "min_size": spec.min_size,
              "classes": spec.num_classes, "description": spec.description} for spec in zoo.MODELS.values()]
     if args.json:
@@ -317,7 +317,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .compiler import zoo
+    from .compiler.frontend import zoo
     if args.name not in zoo.MODELS:
         raise UsageError(f"unknown model {args.name!r}; models: {', '.join(zoo.MODELS)}")
     try:

@@ -14,10 +14,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
+
 __all__ = ["HwConfig", "HwConfigError"]
 
 
-class HwConfigError(ValueError):
+class HwConfigError(InputError):
     """A hardware configuration value is out of range or inconsistent."""
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from amaranth.hdl import unsigned
 from amaranth.lib import data, enum
 
+from .errors import InputError
+
 __all__ = [
     "INSTR_BITS", "NUM_SEMAPHORES", "Opcode", "Unit", "Buffer", "MatmulMode", "ErrorCode",
     "INSTRUCTION", "PAYLOADS", "IsaError", "encode", "decode", "encode_program", "decode_program",
@@ -161,7 +163,7 @@ def _field_table(layout):
 _PAYLOAD_FIELDS = {opcode: _field_table(layout) for opcode, layout in PAYLOADS.items()}
 
 
-class IsaError(ValueError):
+class IsaError(InputError):
     """An instruction cannot be encoded or decoded."""
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiler.program import DramAllocator, StreamBuilder, assemble, pack_params
+from ..hw.asm import DramAllocator, StreamBuilder, assemble, pack_params
+from ..hw.binary import Binary, Segment, Tensor
 from ..hw.config import HwConfig
 from ..hw.isa import Buffer, MatmulMode, Opcode, Unit
-from .binary import Binary, Segment, Tensor
 
 __all__ = ["random_program", "ACT_WINDOW", "ACC_WINDOW", "WEIGHT_WINDOW"]
 

@@ -76,10 +76,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hw.binary import Binary, BinaryError
 from ..hw.config import HwConfig
 from ..hw.isa import ErrorCode
 from . import verilator_tool
-from .binary import Binary, BinaryError
 from .runtime import COUNTER_NAMES, ErrorInfo, RunResult, build_dram_image
 
 __all__ = ["RtlBuildError", "RtlSimulationError", "RtlSimulator", "DEFAULT_MAX_CYCLES",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..hw.binary import Binary, BinaryError
 from ..hw.isa import ErrorCode
-from .binary import Binary, BinaryError
 
 __all__ = [
     "COUNTER_NAMES", "BACKENDS", "ErrorInfo", "RunResult", "AcceleratorError", "GroupReportError",

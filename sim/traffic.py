@@ -8,8 +8,8 @@ the bytes, cycles come from the RTL).
 
 from __future__ import annotations
 
+from ..hw.binary import Binary
 from ..hw.isa import Opcode, decode, decode_program
-from .binary import Binary
 
 __all__ = ["dram_traffic", "dram_traffic_by_barrier"]
 

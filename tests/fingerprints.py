@@ -20,13 +20,14 @@ import json
 import sys
 from pathlib import Path
 
-from dlfusion.compiler.compile import compile_graph, make_plan
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.frontend.zoo import MODELS
+from dlfusion.compiler.plan import make_plan
 from dlfusion.compiler.tune.costmodel import TERMS, CostModel
 from dlfusion.compiler.tune.features import Workload
 from dlfusion.compiler.tune.rule import FALLBACK_KIND, Rule
 from dlfusion.compiler.tune.strategies import plan_dlfusion
 from dlfusion.compiler.tune.tune import load_model
-from dlfusion.compiler.zoo import MODELS
 from dlfusion.hw.config import HwConfig
 
 SIZES = (32, 64)

@@ -7,8 +7,8 @@ import pytest
 
 from dlfusion.cli import main
 from dlfusion.compiler import layers
+from dlfusion.hw.binary import FORMAT_VERSION
 from dlfusion.hw.config import HwConfig
-from dlfusion.sim.binary import FORMAT_VERSION
 
 
 def run_cli(capsys, *argv):

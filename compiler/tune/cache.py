@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ...hw.binary import atomic_write
 from ...hw.config import HwConfig
-from ...sim.binary import atomic_write
 from .executor import Executor
 from .progress import Progress
 

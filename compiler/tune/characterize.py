@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...hw.binary import Binary, atomic_write
 from ...hw.config import HwConfig
-from ...sim.binary import Binary, atomic_write
 from .. import layers
-from ..program import CompileError
+from ..errors import CompileError
+from ..plan import SPLITS
 from .cache import MeasurementCache, default_build_dir, measure, measurement_key
 from .errors import TuneError
 from .executor import Executor, LocalExecutor, RayExecutor
@@ -44,7 +45,7 @@ from .rule import Sample, fit_rule, layer_features, rule_path
 __all__ = ["LayerSpec", "Grid", "GRIDS", "resolve_grid", "CharacterizationError", "OutputMismatch", "run_layer",
            "characterize", "read_samples", "CSV_COLUMNS", "default_out_dir"]
 
-SPLITS = layers.SPLITS
+
 
 CSV_COLUMNS = ("layer", "kind", "k", "stride", "cin", "cout", "h", "w", "out_h", "out_w", "macs", "cores", "split",
                "cores_used", "cycles", "speedup", "utilization", "best", "dram_bytes", "dma_stall")

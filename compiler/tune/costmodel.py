@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...hw.binary import atomic_write
 from ...hw.config import HwConfig
-from ...sim.binary import atomic_write
 from .errors import TuneError
 from .features import GroupFeatures, Workload
 from .planrun import PlanRun

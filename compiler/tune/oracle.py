@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..compile import Group, Plan
+from ..plan import Group, Plan
 from .errors import TuneError
 from .features import Candidate, Workload
 from .planrun import PlanMeasurer, PlanRun

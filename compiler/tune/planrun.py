@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...hw.binary import Binary
 from ...hw.config import HwConfig
-from ...sim.binary import Binary
-from ..compile import Plan, compile_graph
+from ..compile import compile_graph
 from ..ir import Graph
+from ..plan import Plan
 from .cache import MeasurementCache, measure, measurement_key
 from .errors import TuneError
 from .executor import Executor

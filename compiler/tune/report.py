@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from ...sim.binary import atomic_write
+from ...hw.binary import atomic_write
 from .strategies import STRATEGIES
 
 __all__ = ["REPORT_FORMAT", "comparison_table", "summary_rows", "write_report"]

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...hw.binary import atomic_write
 from ...hw.config import HwConfig
-from ...sim.binary import atomic_write
 from .cache import default_build_dir
 from .errors import TuneError
 

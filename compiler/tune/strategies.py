@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..compile import Group, Plan
+from ..plan import Group, Plan
 from .costmodel import CostModel
 from .errors import TuneError
 from .features import Candidate, Workload

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...hw.config import HwConfig
-from ..compile import Plan
 from ..ir import Graph
+from ..plan import Plan
 from .cache import MeasurementCache, default_build_dir
 from .costmodel import (
     CostModel,
@@ -76,7 +76,7 @@ def resolve_strategies(names: Sequence[str] | str) -> list[str]:
 
 def _zoo_digest() -> str:
     """The model zoo's and the quantizer's sources: a changed zoo is exported again."""
-    from .. import quantize, zoo
+    from ..frontend import quantize, zoo
     digest = hashlib.sha256()
     for module in (zoo, quantize):
         digest.update(Path(module.__file__).read_bytes())
@@ -93,8 +93,7 @@ def load_model(model: str, input_size: int | None = None, *, build_dir: str | Pa
     TuneError
         Unknown model, an input size below the model's minimum, or an unreadable file.
     """
-    from .. import zoo
-    from ..frontend import load_onnx
+    from ..frontend import load_onnx, zoo
     from ..ir import IRError
     path = Path(model)
     if path.suffix == ".onnx":

@@ -99,7 +99,7 @@ def cmd_tune(args) -> int:
         return 2
     paths = plan_paths(source, list(report["strategies"]) if len(strategies) > 1 else strategies, args.output,
                        args.report)
-    from ...sim.binary import atomic_write
+    from ...hw.binary import atomic_write
     for name, path in paths.items():
         atomic_write(path, json.dumps(report["strategies"][name]["plan"], indent=2) + "\n")
         report["strategies"][name]["plan_file"] = str(path)

@@ -15,10 +15,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from dlfusion.compiler.compile import Group, Plan, compile_graph, make_plan, random_plan
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.errors import CompileError
 from dlfusion.compiler.frontend import load_onnx
 from dlfusion.compiler.ir import IRError, check
-from dlfusion.compiler.program import CompileError
+from dlfusion.compiler.plan import Group, Plan, make_plan, random_plan
 from dlfusion.hw.config import HwConfig
 from dlfusion.sim.golden import GoldenSimulator
 

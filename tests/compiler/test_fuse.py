@@ -7,10 +7,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dlfusion.compiler.compile import Group, Plan, compile_graph, group_fits, make_plan, random_plan
-from dlfusion.compiler.fuse import FusedGroup
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.errors import CompileError
 from dlfusion.compiler.ir import Op
-from dlfusion.compiler.program import CompileError
+from dlfusion.compiler.lower.fused import FusedGroup
+from dlfusion.compiler.plan import Group, Plan, group_fits, make_plan, random_plan
 from dlfusion.compiler.random_graph import random_graph
 from dlfusion.compiler.reference import run_graph
 from dlfusion.hw.config import HwConfig
@@ -123,7 +124,7 @@ def test_same_plan_compiles_to_identical_bytes():
 def test_halo_rows_are_computed_once_per_core():
     # With intermediates kept on chip, a fused chain does no more MACs than the unfused one
     # on one core (halo rows are kept in the row buffers, not recomputed).
-    from dlfusion.sim.binary import Binary  # noqa: F401
+    from dlfusion.hw.binary import Binary  # noqa: F401
     graph = _chain()
     plan = make_plan(graph, HW, fusion="max", cores=1)
     assert any(len(g.nodes) > 1 for g in plan.groups)

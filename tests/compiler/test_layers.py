@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlfusion.compiler import layers
-from dlfusion.compiler.program import CompileError
+from dlfusion.compiler.errors import CompileError
+from dlfusion.compiler.plan import SPLITS
 from dlfusion.hw.config import HwConfig
 from dlfusion.sim.golden import GoldenSimulator
 
@@ -146,7 +147,7 @@ CHUNKY = HwConfig(cores=2, weight_blocks=32, act_lines=4096, acc_entries=256, pa
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), cin=st.integers(17, 300), cout=st.integers(1, 60),
-       h=st.integers(3, 9), w=st.integers(3, 9), cores=st.integers(1, 2), split=st.sampled_from(layers.SPLITS),
+       h=st.integers(3, 9), w=st.integers(3, 9), cores=st.integers(1, 2), split=st.sampled_from(SPLITS),
        seed=st.integers(0, 2**16), relu=st.booleans())
 def test_input_channel_chunks_random_shapes(k, stride, cin, cout, h, w, cores, split, seed, relu):
     """Weights of one output block beyond half the weight scratchpad: the input channels are
@@ -177,7 +178,7 @@ def test_chunking_limits_are_clear_errors():
 def test_input_channel_chunks_with_more_output_blocks_than_parameter_room():
     # 150 output channels are 10 blocks, 20 parameter entries; 8 entries hold 4 blocks at a time,
     # so every core's part is lowered in 2 or 3 block ranges, one after the other.
-    from dlfusion.compiler.lower import chunked_block_ranges
+    from dlfusion.compiler.lower.tiling import chunked_block_ranges
     few_params = HwConfig(cores=2, weight_blocks=32, param_entries=8, act_lines=4096)
     assert chunked_block_ranges(few_params, 0, 10) == [(0, 4), (4, 8), (8, 10)]
     for cores, split in ((1, "rows"), (2, "rows"), (2, "channels")):

@@ -14,8 +14,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from dlfusion.compiler import zoo
-from dlfusion.compiler.quantize import CalibrationError, quantize_model
+from dlfusion.compiler.frontend import zoo
+from dlfusion.compiler.frontend.quantize import CalibrationError, quantize_model
 
 SIZES = {"tiny_cnn": 32, "resnet18": 64, "resnet50": 64, "mobilenet_v2": 64, "vgg16": 32, "squeezenet1_1": 64}
 NAMES = list(SIZES)

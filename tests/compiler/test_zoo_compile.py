@@ -8,9 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from dlfusion.compiler import zoo
-from dlfusion.compiler.compile import compile_graph, make_plan, random_plan
-from dlfusion.compiler.frontend import load_onnx
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.frontend import load_onnx, zoo
+from dlfusion.compiler.plan import make_plan, random_plan
 from dlfusion.hw.config import HwConfig
 from dlfusion.sim.golden import GoldenSimulator
 

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dlfusion.hw.binary import Binary, BinaryError, Segment, Stream, Tensor
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import (
     INSTRUCTION,
@@ -29,15 +30,8 @@ from dlfusion.hw.isa import (
     encode,
     encode_program,
 )
-from dlfusion.sim.binary import Binary, BinaryError, Segment, Stream, Tensor
-from dlfusion.sim.golden import (
-    GoldenSimulator,
-    fma_f32,
-    qlinear_add,
-    qlinear_add_params,
-    requantize,
-    round_to_output,
-)
+from dlfusion.hw.numerics import fma_f32, qlinear_add, qlinear_add_params, requantize, round_to_output
+from dlfusion.sim.golden import GoldenSimulator
 from dlfusion.sim.runtime import COUNTER_NAMES, AcceleratorError, ErrorInfo, build_dram_image, run
 
 HW = HwConfig(pe_rows=4, pe_cols=4, act_lines=256, weight_blocks=16, acc_entries=64, param_entries=16,

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dlfusion.hw.binary import Binary, Segment, Stream, Tensor
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import Buffer, Opcode, encode, encode_program
-from dlfusion.sim.binary import Binary, Segment, Stream, Tensor
-from dlfusion.sim.golden import qlinear_add, qlinear_add_params, requantize
+from dlfusion.hw.numerics import qlinear_add, qlinear_add_params, requantize
 from dlfusion.sim.runtime import run
 
 onnx = pytest.importorskip("onnx")
@@ -265,7 +265,7 @@ def test_qlinear_add_all_pairs(x_type, seed):
 def test_qlinear_add_sweep_distinguishes_the_formula():
     """80 configurations with comparable scales (mostly interior outputs): zero mismatches, while
     swapping the two fmas or computing ``fixed`` without the fused multiply-add does mismatch."""
-    from dlfusion.sim.golden import fma_f32, round_to_output
+    from dlfusion.hw.numerics import fma_f32, round_to_output
     mismatches = {"golden": 0, "swapped fmas": 0, "unfused fixed": 0}
     rng = np.random.default_rng(1)
     for x_type in (np.int8, np.uint8):

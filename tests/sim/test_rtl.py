@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlfusion.compiler import layers
-from dlfusion.compiler.program import DramAllocator, StreamBuilder, assemble
+from dlfusion.hw.asm import DramAllocator, StreamBuilder, assemble
+from dlfusion.hw.binary import Binary, Segment, Stream
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import _PAYLOAD_FIELDS, Buffer, ErrorCode, MatmulMode, Opcode, Unit, encode
-from dlfusion.sim.binary import Binary, Segment, Stream
 from dlfusion.sim.golden import GoldenSimulator
 from dlfusion.sim.random_program import random_program
 from dlfusion.sim.rtl import RtlSimulator

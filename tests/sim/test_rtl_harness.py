@@ -18,10 +18,10 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from dlfusion.hw.binary import Binary, Segment, Stream, Tensor
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import ErrorCode
 from dlfusion.sim import verilator_tool
-from dlfusion.sim.binary import Binary, Segment, Stream, Tensor
 from dlfusion.sim.rtl import (
     TB_SOURCE,
     RtlBuildError,
@@ -298,7 +298,7 @@ def test_build_failure_raises_with_log_tail(tmp_path):
 
 
 def test_binary_for_other_hw_is_rejected(copy_sim):
-    from dlfusion.sim.binary import BinaryError
+    from dlfusion.hw.binary import BinaryError
     other = HwConfig(cores=2, pe_rows=16, pe_cols=16, dram_bytes=1 << 21)
     binary, _ = _copy_binary(other, {0: 0}, np.random.default_rng(3))
     with pytest.raises(BinaryError, match="recompile"):

@@ -10,11 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlfusion.compiler import ir, layers
-from dlfusion.compiler.compile import Group, Plan, compile_graph
-from dlfusion.compiler.program import DramAllocator, StreamBuilder, assemble
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.plan import Group, Plan
+from dlfusion.hw.asm import DramAllocator, StreamBuilder, assemble
+from dlfusion.hw.binary import Segment, Tensor
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import Buffer, ErrorCode, Opcode
-from dlfusion.sim.binary import Segment, Tensor
 from dlfusion.sim.golden import GoldenSimulator
 from dlfusion.sim.rtl import RtlSimulator
 from dlfusion.sim.runtime import group_report

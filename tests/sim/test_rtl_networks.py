@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dlfusion.compiler import zoo
-from dlfusion.compiler.compile import compile_graph, make_plan, random_plan
-from dlfusion.compiler.frontend import load_onnx
-from dlfusion.compiler.program import CompileError
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.errors import CompileError
+from dlfusion.compiler.frontend import load_onnx, zoo
+from dlfusion.compiler.plan import make_plan, random_plan
 from dlfusion.compiler.random_graph import random_graph
 from dlfusion.compiler.reference import run_graph
 from dlfusion.hw.config import HwConfig

@@ -4,8 +4,8 @@ tests/sim/test_rtl_multicore.py."""
 
 import pytest
 
+from dlfusion.hw.binary import Binary, Segment, Stream
 from dlfusion.hw.config import HwConfig
-from dlfusion.sim.binary import Binary, Segment, Stream
 from dlfusion.sim.runtime import GroupReportError, RunResult, group_report
 
 HW = HwConfig(cores=2, pe_rows=4, pe_cols=4, dram_bytes=1 << 20, dram_bytes_per_cycle=4)

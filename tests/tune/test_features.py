@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dlfusion.compiler.compile import Group, Plan, compile_graph, make_plan, random_plan
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.plan import Group, Plan, make_plan, random_plan
 from dlfusion.compiler.random_graph import random_graph
 from dlfusion.compiler.tune import TuneError
 from dlfusion.compiler.tune.features import Workload
@@ -113,10 +114,10 @@ def test_counts_of_layers_lowered_in_input_channel_chunks(seed, cores, split, hw
     program's, and the network still equals the numpy reference on the golden simulator."""
     from hypothesis import assume
 
-    from dlfusion.compiler.compile import _windowed_layer
+    from dlfusion.compiler.errors import CompileError
     from dlfusion.compiler.ir import Op
-    from dlfusion.compiler.lower import chunk_blocks
-    from dlfusion.compiler.program import CompileError
+    from dlfusion.compiler.lower.common import layer_of
+    from dlfusion.compiler.lower.tiling import chunk_blocks
     from dlfusion.compiler.reference import run_graph
     from dlfusion.sim.golden import GoldenSimulator
     graph = random_graph(seed, lanes=hw.lanes, max_layers=5, max_size=10)
@@ -124,7 +125,7 @@ def test_counts_of_layers_lowered_in_input_channel_chunks(seed, cores, split, hw
     try:
         binary = compile_graph(graph, hw, plan)
         chunked = [n for n in graph.nodes if n.op in (Op.CONV, Op.FC)
-                   and chunk_blocks(hw, _windowed_layer(graph, n)) is not None]
+                   and chunk_blocks(hw, layer_of(graph, n)) is not None]
     except CompileError:
         assume(False)
     assume(chunked)

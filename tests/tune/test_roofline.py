@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dlfusion.compiler.compile import compile_graph, make_plan, random_plan
-from dlfusion.compiler.program import CompileError
+from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.errors import CompileError
+from dlfusion.compiler.plan import make_plan, random_plan
 from dlfusion.compiler.random_graph import random_graph
 from dlfusion.compiler.tune.roofline import min_dram_bytes, roofline
 from dlfusion.hw.config import HwConfig

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dlfusion.cli import main
-from dlfusion.compiler.compile import Plan
+from dlfusion.compiler.plan import Plan
 from dlfusion.compiler.tune.oracle import ADDITIVITY_TOLERANCE
 from dlfusion.compiler.tune.rule import Rule, rule_path
 from dlfusion.compiler.tune.strategies import STRATEGIES

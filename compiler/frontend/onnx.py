@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ir import Graph, IRError, Node, Op, Tensor, check
-from .lower import out_size
+from ..ir import Graph, IRError, Node, Op, Tensor, check, out_size
 
 __all__ = ["load_onnx", "SUPPORTED_OPS"]
 

@@ -21,7 +21,7 @@ to a convolution, an average pool with ``count_include_pad``, or a max pool).
 The first instruction of every accumulator tile is a tap that covers all
 pixels ("full-coverage" tap), so it can overwrite the accumulators.
 
-Synchronisation uses the lowering's semaphores (see :mod:`.program`):
+Synchronisation uses the lowering's semaphores (see :mod:`.common`):
 
 * weights and parameters of all the group's layers are loaded once (the whole
   weight and parameter scratchpads, both ``W_FREE`` credits), ``W_FULL`` once;
@@ -44,35 +44,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..hw.config import HwConfig
-from ..hw.isa import Buffer, MatmulMode, Opcode, Unit
-from .ir import Graph, Node, Op
-from .lower import FIELD_MAX_COUNT, split_folded_first, weight_blocks_for
-from .program import (
+from ...hw.asm import StreamBuilder
+from ...hw.config import HwConfig
+from ...hw.isa import Buffer, Opcode, Unit
+from ..errors import CompileError
+from ..ir import Graph, Node, Op
+from .common import (
     ACC_FREE,
     ACC_FULL,
+    FIELD_MAX_COUNT,
     IN_FREE,
     IN_FULL,
+    MATMUL_MODES,
     OUT_FREE,
     OUT_FULL,
     W_FREE,
     W_FULL,
-    CompileError,
-    StreamBuilder,
+    LayerKind,
+    ceil_div,
+    layer_of,
+    partition,
+    split_folded_first,
+    to_byte,
+    weight_blocks_for,
 )
 
 __all__ = ["FusedGroup", "FUSABLE_OPS"]
 
 FUSABLE_OPS = (Op.CONV, Op.FC, Op.DEPTHWISE, Op.MAXPOOL, Op.AVGPOOL, Op.ADD, Op.CONCAT)
 _PE_OPS = (Op.CONV, Op.FC, Op.DEPTHWISE, Op.MAXPOOL, Op.AVGPOOL)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _byte(value: int) -> int:
-    return int(value) & 0xFF
 
 
 def _valid_range(o0: int, o1: int, offset: int, stride: int, size: int) -> tuple[int, int]:
@@ -110,7 +110,7 @@ class _Region:
         if not self.circular:
             return last
         left = self.rows - row % self.rows
-        return min(last, _ceil_div(left, stride))
+        return min(last, ceil_div(left, stride))
 
 
 @dataclass
@@ -284,9 +284,9 @@ class FusedGroup:
         weights = params = 0
         for node in self.nodes:
             if node.op in _PE_OPS:
-                layer_blocks = _ceil_div(self.graph.tensors[node.output].shape[0], lanes)
+                layer_blocks = ceil_div(self.graph.tensors[node.output].shape[0], lanes)
                 weight_base[node.name] = weights
-                weights += layer_blocks * weight_blocks_for(self._layer_view(node), lanes)
+                weights += layer_blocks * weight_blocks_for(layer_of(self.graph, node), lanes)
                 param_base[node.name] = params
                 params += 2 * layer_blocks
             elif node.op is Op.ADD:
@@ -294,22 +294,13 @@ class FusedGroup:
                 params += 3
         return weight_base, param_base, weights, params
 
-    def _layer_view(self, node: Node):
-        from .lower import WindowedLayer
-        x, y = self.graph.tensors[node.inputs[0]], self.graph.tensors[node.output]
-        kind = {Op.CONV: "conv", Op.FC: "conv", Op.DEPTHWISE: "depthwise", Op.MAXPOOL: "maxpool",
-                Op.AVGPOOL: "avgpool"}[node.op]
-        return WindowedLayer(kind, x.shape[0], x.shape[1], x.shape[2], y.shape[0], node.attrs["kernel"],
-                             node.attrs["stride"], node.attrs["pad"], x.signed, x.zero_point, y.signed,
-                             y.zero_point, *node.attrs["clamp"], bool(node.attrs.get("ceil_mode", False)))
-
     def _regions(self, schedules: list[_Schedule], band_rows: int) -> tuple[dict[str, _Region], int]:
         lanes = self.hw.lanes
         regions: dict[str, _Region] = {}
         cursor = 0
         out = self.final.output
         c, _, w = self.graph.tensors[out].shape
-        regions[out] = _Region(cursor, _ceil_div(c, lanes), w, band_rows, circular=False, slots=2)
+        regions[out] = _Region(cursor, ceil_div(c, lanes), w, band_rows, circular=False, slots=2)
         cursor += regions[out].lines
         for tensor in [*self.inputs, *(node.output for node in self.nodes)]:
             if tensor == out or tensor in self.alias:
@@ -317,7 +308,7 @@ class FusedGroup:
             c, _, w = self.graph.tensors[tensor].shape
             rows = max(self._capacity(s, tensor, tensor in self.inputs) for s in schedules)
             # A concat's inputs are written into its region: it must hold their rows too.
-            regions[tensor] = _Region(cursor, _ceil_div(c, lanes), w, rows)
+            regions[tensor] = _Region(cursor, ceil_div(c, lanes), w, rows)
             cursor += regions[tensor].lines
         return regions, cursor
 
@@ -326,7 +317,6 @@ class FusedGroup:
 
         Raises :class:`CompileError` naming the group and the capacity shortfall when even one
         output row per band does not fit."""
-        from .layers import partition
         hw = self.hw
         weight_base, param_base, weights, params = self._constants()
         if weights > hw.weight_blocks:
@@ -412,7 +402,7 @@ class _CoreEmitter:
         for node in self.g.nodes:
             if node.name not in self.layout.param_base:
                 continue
-            entries = 3 if node.op is Op.ADD else 2 * _ceil_div(self.graph.tensors[node.output].shape[0], lanes)
+            entries = 3 if node.op is Op.ADD else 2 * ceil_div(self.graph.tensors[node.output].shape[0], lanes)
             lpe = hw.param_lines_per_entry
             loads.append(dict(buffer=Buffer.PARAM, dram_addr=self.constants[node.name]["param_line"],
                               sram_addr=self.layout.param_base[node.name] * lpe, n2=1, n1=entries, n0=lpe,
@@ -420,8 +410,8 @@ class _CoreEmitter:
         for node in self.g.nodes:
             if node.op not in _PE_OPS:
                 continue
-            blocks = _ceil_div(self.graph.tensors[node.output].shape[0], lanes) * \
-                weight_blocks_for(self.g._layer_view(node), lanes)
+            blocks = ceil_div(self.graph.tensors[node.output].shape[0], lanes) * \
+                weight_blocks_for(layer_of(self.graph, node), lanes)
             if blocks:
                 loads.append(dict(buffer=Buffer.WEIGHT, dram_addr=self.constants[node.name]["weight_line"],
                                   sram_addr=self.layout.weight_base[node.name] * lanes, n2=1, n1=blocks, n0=lanes,
@@ -444,7 +434,7 @@ class _CoreEmitter:
         for tensor in self.g.inputs:
             first, last = self.sched.new_rows(tensor, band)
             c, h, w = self.graph.tensors[tensor].shape
-            blocks = _ceil_div(c, self.hw.lanes)
+            blocks = ceil_div(c, self.hw.lanes)
             region = self.layout.regions[tensor]
             row = first
             while row < last:
@@ -510,7 +500,7 @@ class _CoreEmitter:
 
     def _add(self, node: Node, band: int, first: int, end: int, records, writes_out: bool) -> None:
         c, _, w = self.graph.tensors[node.output].shape
-        blocks = _ceil_div(c, self.hw.lanes)
+        blocks = ceil_div(c, self.hw.lanes)
         a_name, b_name = node.inputs
         out = self.graph.tensors[node.output]
         lo, hi = node.attrs["clamp"]
@@ -526,7 +516,7 @@ class _CoreEmitter:
                 b_addr=self._line(b_name, row, 0, band), b_s1=planes[1], b_s0=1,
                 out_addr=self._line(node.output, row, 0, band), out_s1=planes[2], out_s0=1,
                 n1=blocks, n0=n * w, param_addr=self.layout.param_base[node.name], in_signed=int(out.signed),
-                out_signed=int(out.signed), out_zp=0, clamp_lo=_byte(lo), clamp_hi=_byte(hi)), writes_out])
+                out_signed=int(out.signed), out_zp=0, clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out])
             row += n
 
     def _windowed(self, node: Node, band: int, first: int, end: int, records, writes_out: bool) -> None:
@@ -534,15 +524,14 @@ class _CoreEmitter:
         lanes = hw.lanes
         x_name = node.inputs[0]
         x, y = self.graph.tensors[x_name], self.graph.tensors[node.output]
-        cin_blocks = _ceil_div(x.shape[0], lanes)
-        cout_blocks = _ceil_div(y.shape[0], lanes)
+        cin_blocks = ceil_div(x.shape[0], lanes)
+        cout_blocks = ceil_div(y.shape[0], lanes)
         _, h, w = x.shape
         _, _, ow = y.shape
         k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
-        layer = self.g._layer_view(node)
+        layer = layer_of(self.graph, node)
         per_block = weight_blocks_for(layer, lanes)
-        mode = {"conv": MatmulMode.MATMUL, "depthwise": MatmulMode.DEPTHWISE, "avgpool": MatmulMode.DEPTHWISE,
-                "maxpool": MatmulMode.MAX}[layer.kind]
+        mode = MATMUL_MODES[layer.kind]
         full = self.g._full_tap(node)
         taps = [full] + [(ky, kx) for ky in range(k) for kx in range(k) if (ky, kx) != full]
         x_plane = self._where(x_name, band)[0].plane
@@ -557,7 +546,7 @@ class _CoreEmitter:
                 acc = (self.acc_count % 2) * (hw.acc_entries // 2)
                 self.acc_count += 1
                 instructions = []   # (fields, overwrite)
-                if single and layer.kind == "conv":
+                if single and layer.kind is LayerKind.CONV:
                     for n_tap, (ky, kx) in enumerate(taps):
                         iy, ix = y0 * s - p + ky, -p + kx
                         if not (0 <= iy < h and 0 <= ix < w):
@@ -567,8 +556,8 @@ class _CoreEmitter:
                                       acc_addr=acc, acc_s0=0, acc_s1=0, n1=1, n0=cin_blocks)
                         parts = split_folded_first(fields) if n_tap == 0 else [fields]
                         instructions += [(part, n_tap == 0 and i == 0) for i, part in enumerate(parts)]
-                elif single and layer.kind in ("maxpool", "avgpool") and self._contiguous(x_name, y0 * s - p, k,
-                                                                                          h, band):
+                elif single and layer.kind in (LayerKind.MAXPOOL, LayerKind.AVGPOOL) \
+                        and self._contiguous(x_name, y0 * s - p, k, h, band):
                     iy0, iy1 = max(0, y0 * s - p), min(h, y0 * s - p + k)
                     ix0, ix1 = max(0, -p), min(w, k - p)
                     fields = dict(w_addr=wbase + j * per_block, w_row=0,
@@ -581,10 +570,10 @@ class _CoreEmitter:
                         ox0, ox1 = _valid_range(0, ow, kx - p, s, w)
                         if oy1 <= oy0 or ox1 <= ox0:
                             continue
-                        if layer.kind == "conv":
+                        if layer.kind is LayerKind.CONV:
                             sources = [(cb, wbase + j * per_block + (ky * k + kx) * cin_blocks + cb, 0)
                                        for cb in range(cin_blocks)]
-                        elif layer.kind == "depthwise":
+                        elif layer.kind is LayerKind.DEPTHWISE:
                             tap = ky * k + kx
                             sources = [(j, wbase + j * per_block + tap // lanes, tap % lanes)]
                         else:
@@ -605,7 +594,7 @@ class _CoreEmitter:
                     signal = ACC_FULL if index == len(instructions) - 1 else 0
                     records.append([Unit.PE, Opcode.MATMUL, wait, signal, dict(
                         mode=mode, accumulate=int(not overwrite), in_signed=int(x.signed),
-                        in_zp=_byte(x.zero_point), **fields), False])
+                        in_zp=to_byte(x.zero_point), **fields), False])
                 # requantize the tile into the output region, split where the region wraps
                 row = y0
                 pieces = []
@@ -619,8 +608,8 @@ class _CoreEmitter:
                     records.append([Unit.PPU, Opcode.REQUANT, wait, signal, dict(
                         acc_addr=acc + (row - y0) * ow, acc_s1=ow, acc_s0=1,
                         out_addr=self._line(node.output, row, j, band), out_s1=ow, out_s0=1, n1=n, n0=ow,
-                        param_addr=pbase + 2 * j, out_signed=int(y.signed), out_zp=_byte(y.zero_point),
-                        clamp_lo=_byte(lo), clamp_hi=_byte(hi)), writes_out])
+                        param_addr=pbase + 2 * j, out_signed=int(y.signed), out_zp=to_byte(y.zero_point),
+                        clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out])
 
     def _contiguous(self, tensor: str, row: int, k: int, h: int, band: int) -> bool:
         first, last = max(0, row), min(h, row + k)

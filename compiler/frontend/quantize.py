@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ...hw.errors import InputError
+
 __all__ = ["CalibrationError", "RandomCalibrationReader", "NpyCalibrationReader", "calibration_reader",
            "quantize_model", "list_ops", "atomic_write_bytes", "ACTIVATION_TYPES", "EXTRA_OPTIONS"]
 
@@ -29,7 +31,7 @@ EXTRA_OPTIONS = {
 }
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """The calibration data cannot be used (missing directory, no .npy files, wrong shape, ...)."""
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.config import HwConfig
-from ..hw.isa import INSTR_BITS
+from .config import HwConfig
+from .errors import InputError
+from .isa import INSTR_BITS
 
 __all__ = ["FORMAT_VERSION", "Binary", "BinaryError", "Segment", "Tensor", "Stream", "atomic_write"]
 
@@ -27,7 +28,7 @@ FORMAT_VERSION = 1
 _ALIGN = 64
 
 
-class BinaryError(ValueError):
+class BinaryError(InputError):
     """A binary is malformed, or was built for another configuration or format version."""
 
 

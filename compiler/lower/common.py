@@ -1,0 +1,240 @@
+"""What every lowering shares: semaphore roles, layer views, weight and parameter packing, ISA limits.
+
+Semaphore roles used by the lowerings (one core's 8 semaphores):
+
+==========  =====================================================
+IN_FULL     an input tile has landed in the act scratchpad
+IN_FREE     an input tile slot may be overwritten
+ACC_FULL    an accumulator tile is complete
+ACC_FREE    an accumulator tile slot may be overwritten
+OUT_FULL    an output tile has been written by the PPU
+OUT_FREE    an output tile slot may be overwritten
+W_FULL      a weight group (and the parameters before it) has landed
+W_FREE      a weight slot may be overwritten
+==========  =====================================================
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...hw.asm import StreamBuilder
+from ...hw.isa import PAYLOADS, MatmulMode, Opcode, Unit
+from ..errors import CompileError
+from ..ir import Graph, Node, Op, out_size
+
+__all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE", "W_FULL", "W_FREE",
+           "FIELD_MAX_COUNT", "FIELD_MAX_STRIDE", "MAX_KERNEL", "LayerKind", "MATMUL_MODES",
+           "WINDOWED_KINDS", "WindowedLayer", "AddLayer",
+           "Split", "ceil_div", "to_byte", "partition", "initial_credits", "layer_of", "weight_blocks_for",
+           "pack_windowed_weights", "params_for", "split_folded_first"]
+
+IN_FULL, IN_FREE, ACC_FULL, ACC_FREE, OUT_FULL, OUT_FREE, W_FULL, W_FREE = (1 << i for i in range(8))
+
+#: Largest loop count of the instructions that move or compute pixels (their ``n0``/``n1`` fields).
+FIELD_MAX_COUNT = min((1 << PAYLOADS[opcode][name].width) - 1
+                      for opcode in (Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.REQUANT, Opcode.ADD)
+                      for name in ("n0", "n1"))
+#: Largest scratchpad stride of a DMA transfer (``sram_s1``/``sram_s2``).
+FIELD_MAX_STRIDE = (1 << PAYLOADS[Opcode.LOAD]["sram_s2"].width) - 1
+#: Largest window (global pooling and flattening fully connected layers use big ones).
+MAX_KERNEL = 64
+
+
+class LayerKind(enum.StrEnum):
+    """What a windowed layer computes (a fully connected layer is a 1x1 ``CONV`` on a 1x1 image)."""
+    CONV = "conv"
+    DEPTHWISE = "depthwise"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+
+
+class Split(enum.StrEnum):
+    """How a group's work is divided between its cores."""
+    ROWS = "rows"           #: by output rows (every core loads all the weights)
+    CHANNELS = "channels"   #: by output-channel blocks (every core loads all the input)
+
+
+#: The PE array's mode for each kind.
+MATMUL_MODES = {LayerKind.CONV: MatmulMode.MATMUL, LayerKind.DEPTHWISE: MatmulMode.DEPTHWISE,
+                LayerKind.AVGPOOL: MatmulMode.DEPTHWISE, LayerKind.MAXPOOL: MatmulMode.MAX}
+
+#: The IR ops that are windowed layers, and their kind.
+WINDOWED_KINDS = {Op.CONV: LayerKind.CONV, Op.FC: LayerKind.CONV, Op.DEPTHWISE: LayerKind.DEPTHWISE,
+                  Op.MAXPOOL: LayerKind.MAXPOOL, Op.AVGPOOL: LayerKind.AVGPOOL}
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def to_byte(value: int) -> int:
+    """An 8-bit instruction field holding a signed or unsigned byte."""
+    return int(value) & 0xFF
+
+
+def partition(total: int, parts: int) -> list[tuple[int, int]]:
+    """``total`` units in ``parts`` contiguous, balanced ranges (empty ranges dropped)."""
+    bounds = [total * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+def initial_credits(stream: StreamBuilder) -> None:
+    """Two free slots of every double-buffered resource: emitted once at the start of a stream."""
+    stream.credit(Unit.DMA, IN_FREE | W_FREE)
+    stream.credit(Unit.PE, ACC_FREE)
+    stream.credit(Unit.PPU, OUT_FREE)
+
+
+@dataclass
+class WindowedLayer:
+    """A layer that slides a ``kernel x kernel`` window over a ``(C, H, W)`` tensor.
+
+    ``kind`` is ``conv``, ``depthwise``, ``maxpool`` or ``avgpool`` (a fully connected
+    layer is a 1x1 ``conv`` on a 1x1 image).
+    """
+    kind: LayerKind
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: int
+    stride: int
+    pad: int
+    in_signed: bool
+    in_zp: int
+    out_signed: bool
+    out_zp: int
+    clamp_lo: int
+    clamp_hi: int
+    #: ONNX ceil_mode (pooling): a last, partial window on the bottom/right edge, padded
+    #: with the pad value like the other borders.
+    ceil_mode: bool = False
+
+    def _out(self, size: int) -> int:
+        return out_size(size, self.kernel, self.stride, self.pad, self.ceil_mode)
+
+    @property
+    def out_height(self) -> int:
+        return self._out(self.height)
+
+    @property
+    def out_width(self) -> int:
+        return self._out(self.width)
+
+    @property
+    def macs(self) -> int:
+        per_output = self.kernel * self.kernel * (self.in_channels if self.kind is LayerKind.CONV else 1)
+        return self.out_channels * self.out_height * self.out_width * per_output
+
+    def __post_init__(self):
+        try:
+            self.kind = LayerKind(self.kind)
+        except ValueError:
+            raise CompileError(f"unknown windowed layer kind {self.kind!r}; accepted: "
+                               f"{', '.join(kind.value for kind in LayerKind)}") from None
+
+    def check(self) -> None:
+        if not 1 <= self.kernel <= MAX_KERNEL:
+            raise CompileError(f"kernel must be between 1 and {MAX_KERNEL}, not {self.kernel}")
+        if self.stride not in (1, 2):
+            raise CompileError(f"stride must be 1 or 2, not {self.stride}")
+        if not 0 <= self.pad < self.kernel:
+            raise CompileError(f"padding must be between 0 and kernel - 1 ({self.kernel - 1}), not {self.pad}")
+        if self.kind is not LayerKind.CONV and self.in_channels != self.out_channels:
+            raise CompileError(f"{self.kind} needs as many output channels as input channels "
+                               f"({self.in_channels}), not {self.out_channels}")
+        if self.out_height < 1 or self.out_width < 1:
+            raise CompileError(f"a {self.kernel}x{self.kernel} window does not fit a {self.height}x{self.width} "
+                               f"input with padding {self.pad}")
+
+
+def weight_blocks_for(layer: WindowedLayer, lanes: int) -> int:
+    """Weight blocks per output-channel block."""
+    if layer.kind is LayerKind.CONV:
+        return layer.kernel * layer.kernel * ceil_div(layer.in_channels, lanes)
+    if layer.kind is LayerKind.DEPTHWISE:
+        return ceil_div(layer.kernel * layer.kernel, lanes)
+    if layer.kind is LayerKind.AVGPOOL:
+        return 1
+    return 0
+
+
+def pack_windowed_weights(layer: WindowedLayer, weight: np.ndarray | None, lanes: int) -> np.ndarray:
+    """Weight blocks in the order the lowering addresses them: (out block, tap, in block).
+
+    ``weight`` is (K, C, k, k) for conv, (C, 1, k, k) for depthwise, unused for pools.
+    """
+    k = layer.kernel
+    cout_blocks = ceil_div(layer.out_channels, lanes)
+    per_block = weight_blocks_for(layer, lanes)
+    blocks = np.zeros((cout_blocks * per_block, lanes, lanes), dtype=np.int8)
+    if layer.kind is LayerKind.CONV:
+        cin_blocks = ceil_div(layer.in_channels, lanes)
+        padded = np.zeros((cout_blocks * lanes, cin_blocks * lanes, k, k), dtype=np.int8)
+        padded[:layer.out_channels, :layer.in_channels] = weight
+        # [ob, oc, ib, ic, ky, kx] -> [ob, ky, kx, ib, ic (row), oc (col)]
+        view = padded.reshape(cout_blocks, lanes, cin_blocks, lanes, k, k).transpose(0, 4, 5, 2, 3, 1)
+        blocks[:] = view.reshape(-1, lanes, lanes)
+    elif layer.kind is LayerKind.DEPTHWISE:
+        taps = np.zeros((cout_blocks * lanes, per_block * lanes), dtype=np.int8)
+        taps[:layer.out_channels, :k * k] = weight.reshape(layer.out_channels, k * k)
+        # [ob, oc, b, row] -> [ob, b, row, oc]
+        blocks[:] = taps.reshape(cout_blocks, lanes, per_block, lanes).transpose(0, 2, 3, 1).reshape(-1, lanes, lanes)
+    elif layer.kind is LayerKind.AVGPOOL:
+        blocks[:] = 1
+    return blocks
+
+
+def params_for(bias: np.ndarray, multiplier: np.ndarray, channels: int, lanes: int) -> np.ndarray:
+    """(2 * out blocks, L) uint32 words: per block a bias entry then a multiplier entry."""
+    blocks = ceil_div(channels, lanes)
+    b = np.zeros(blocks * lanes, dtype=np.int32)
+    mult = np.zeros(blocks * lanes, dtype=np.float32)
+    b[:channels] = bias
+    mult[:channels] = multiplier
+    entries = np.empty((blocks, 2, lanes), dtype=np.uint32)
+    entries[:, 0] = b.reshape(blocks, lanes).view(np.uint32)
+    entries[:, 1] = mult.reshape(blocks, lanes).view(np.uint32)
+    return entries.reshape(2 * blocks, lanes)
+
+
+def split_folded_first(fields: dict) -> list[dict]:
+    """A MATMUL whose loop accumulates into one entry (``acc_s0 == 0``, fully connected layers,
+    global pooling) and that must overwrite first: its first iteration is split off, then the
+    rest of its row and the remaining rows accumulate."""
+    if fields.get("acc_s0", 1) != 0 or fields["n1"] * fields["n0"] == 1:
+        return [fields]
+    act, w = fields["act_addr"], fields["w_addr"]
+    parts = [dict(fields, n1=1, n0=1)]
+    if fields["n0"] > 1:
+        parts.append(dict(fields, n1=1, n0=fields["n0"] - 1, act_addr=act + fields.get("act_s0", 0),
+                          w_addr=w + fields.get("w_s0", 0)))
+    if fields["n1"] > 1:
+        parts.append(dict(fields, n1=fields["n1"] - 1, act_addr=act + fields.get("act_s1", 0),
+                          w_addr=w + fields.get("w_s1", 0)))
+    return parts
+
+
+
+@dataclass
+class AddLayer:
+    """QLinearAdd of two ``(C, H, W)`` tensors."""
+    channels: int
+    height: int
+    width: int
+    signed: bool
+    clamp_lo: int
+    clamp_hi: int
+
+
+def layer_of(graph: Graph, node: Node) -> WindowedLayer:
+    """The windowed layer a CONV/FC/DEPTHWISE/MAXPOOL/AVGPOOL node of ``graph`` computes."""
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    lo, hi = node.attrs["clamp"]
+    return WindowedLayer(WINDOWED_KINDS[node.op], x.shape[0], x.shape[1], x.shape[2], y.shape[0],
+                         node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"], x.signed, x.zero_point,
+                         y.signed, y.zero_point, lo, hi, bool(node.attrs.get("ceil_mode", False)))
