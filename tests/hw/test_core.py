@@ -1,0 +1,185 @@
+"""One core on the Amaranth simulator: fetch, dispatch, semaphores and the three units together.
+
+The core runs behind the real memory system with a DRAM store holding its instruction
+stream (made with :func:`encode` / :func:`encode_program`) and data; a one-core barrier
+passes as soon as the core arrives. Checked: a stream runs to END with the right result
+in DRAM and counters, semaphores order the units (the same stream without its waits
+computes something else), and malformed instructions stop the core with the matching
+:class:`ErrorCode` and ``error_pc``.
+"""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Elaboratable, Module, Value
+from amaranth.lib import wiring
+from unit_bench import TINY, backing_store, pack, simulate, unpack
+
+from dlfusion.hw.core import COUNTER_BITS, COUNTER_NAMES, Core
+from dlfusion.hw.isa import _PAYLOAD_FIELDS, Buffer, ErrorCode, MatmulMode, Opcode, Unit, encode, encode_program
+from dlfusion.hw.memsys import TAG_BITS, MemorySystem
+from dlfusion.hw.numerics import requantize
+
+HW = TINY
+LANES = HW.lanes
+DATA, PARAMS, OUTPUT = 512, 600, 700     # DRAM lines
+
+
+class CoreBench(Elaboratable):
+    def __init__(self, dram):
+        self.core = Core(HW, 0)
+        self.memsys = MemorySystem(HW, [0, TAG_BITS])
+        self.dram_init = dram
+        self.dram = None
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.memsys = memsys = self.memsys
+        wiring.connect(m, core.fetch, memsys.req0)
+        wiring.connect(m, core.fetch_resp, memsys.resp0)
+        wiring.connect(m, core.dma, memsys.req1)
+        wiring.connect(m, core.dma_resp, memsys.resp1)
+        self.dram = backing_store(m, memsys.mem, self.dram_init)
+        m.d.comb += [core.barrier_go.eq(core.barrier_arrive), core.halt.eq(core.error)]
+        return m
+
+
+def image(words, *, at=0, data=()):
+    """DRAM lines: the instruction stream at line ``at``, then (line, bytes) data segments."""
+    dram = [0] * HW.dram_lines
+    code = encode_program(words)
+    for k in range(0, len(code), HW.line_bytes):
+        dram[at + k // HW.line_bytes] = int.from_bytes(code[k:k + HW.line_bytes], "little")
+    for line, values in data:
+        values = np.asarray(values, dtype=np.uint8).reshape(-1, LANES)
+        for k, row in enumerate(values):
+            dram[line + k] = pack(row, 8)
+    return dram
+
+
+def run_core(words, *, at=0, data=(), max_cycles=3000):
+    """Start the core on ``words``; returns dict(finished, error, counters, pc, dram)."""
+    bench = CoreBench(image(words, at=at, data=data))
+    core = bench.core
+    result = {}
+
+    async def testbench(ctx):
+        ctx.set(core.enable, 1)
+        ctx.set(core.prog_addr, at)
+        ctx.set(core.start, 1)
+        await ctx.tick()
+        ctx.set(core.start, 0)
+        finished = error = False
+        for _ in range(max_cycles):
+            _, _, finished, error = await ctx.tick().sample(core.finished, core.error)
+            if finished or error:
+                break
+        else:
+            raise AssertionError(f"the core neither finished nor stopped in {max_cycles} cycles")
+        result["finished"] = bool(finished)
+        result["error"] = (ErrorCode(ctx.get(Value.cast(core.error_code))), ctx.get(core.error_pc)) if error else None
+        counters = ctx.get(Value.cast(core.counters))
+        result["counters"] = {name: (counters >> (COUNTER_BITS * k)) & ((1 << COUNTER_BITS) - 1)
+                              for k, name in enumerate(COUNTER_NAMES)}
+        result["pc"] = ctx.get(core.pc)
+        for _ in range(4):
+            await ctx.tick()
+        result["dram"] = np.array([unpack(ctx.get(bench.dram.data[i]), LANES, 8) for i in range(HW.dram_lines)],
+                                  dtype=np.uint8)
+
+    simulate(bench, testbench)
+    return result
+
+
+def requant_stream(*, waits: bool):
+    """LOAD 48 activation lines, LOAD the parameters, copy the last 4 lines to the accumulators
+    (MAX, not accumulating), REQUANT them, STORE the result."""
+    sem = (lambda mask: mask) if waits else (lambda mask: 0)
+    return [
+        encode(Opcode.LOAD, signal=0b001, buffer=Buffer.ACT, sram_addr=0, dram_addr=DATA, n0=48, n1=1, n2=1),
+        encode(Opcode.LOAD, signal=0b010, buffer=Buffer.PARAM, sram_addr=0, dram_addr=PARAMS,
+               n0=2 * HW.param_lines_per_entry, n1=1, n2=1),
+        encode(Opcode.MATMUL, wait=sem(0b001), signal=0b100, mode=MatmulMode.MAX, act_addr=44, act_s0=1,
+               acc_addr=0, acc_s0=1, n1=1, n0=4, in_signed=1, in_zp=3),
+        encode(Opcode.REQUANT, wait=sem(0b110), signal=0b1000, acc_addr=0, acc_s0=1, out_addr=60, out_s0=1,
+               n1=1, n0=4, param_addr=0, out_signed=1, out_zp=5, clamp_lo=0x80, clamp_hi=0x7F),
+        encode(Opcode.STORE, wait=sem(0b1000), buffer=Buffer.ACT, sram_addr=60, dram_addr=OUTPUT, n0=4, n1=1, n2=1),
+        encode(Opcode.END),
+    ]
+
+
+def requant_data():
+    rng = np.random.default_rng(5)
+    x = rng.integers(1, 256, size=(48, LANES)).astype(np.uint8)
+    bias = rng.integers(-50, 50, size=LANES).astype(np.int32)
+    mult = rng.uniform(0.3, 0.9, size=LANES).astype(np.float32)
+    params = np.concatenate([bias.view(np.uint8), mult.view(np.uint8)])
+    expected = requantize(x[44:48].view(np.int8).astype(np.int64) - 3, bias, mult, out_zp=5, clamp_lo=-128,
+                          clamp_hi=127, out_signed=True).view(np.uint8)
+    return [(DATA, x), (PARAMS, params)], expected
+
+
+def test_stream_runs_to_end_and_semaphores_order_the_units():
+    data, expected = requant_data()
+    words = requant_stream(waits=True)
+    run = run_core(words, data=data)
+    assert run["finished"] and run["error"] is None
+    np.testing.assert_array_equal(run["dram"][OUTPUT:OUTPUT + 4], expected)
+    counters = run["counters"]
+    assert counters["instructions"] == len(words)
+    assert counters["sem_wait"] > 0                 # the MATMUL waited for the long LOAD
+    assert 0 < counters["pe_busy"] < counters["dma_busy"]
+    assert counters["ppu_busy"] > 0 and counters["barrier_wait"] == 0
+    assert run["pc"] == len(words)
+
+    # The same stream without its semaphore waits reads the activations before they arrive.
+    unordered = run_core(requant_stream(waits=False), data=data)
+    assert unordered["finished"] and unordered["counters"]["sem_wait"] == 0
+    assert not np.array_equal(unordered["dram"][OUTPUT:OUTPUT + 4], expected)
+
+
+def test_barrier_and_sync_complete():
+    words = [encode(Opcode.SYNC, signal=1, unit=Unit.PE), encode(Opcode.SYNC, wait=1, unit=Unit.PPU),
+             encode(Opcode.BARRIER, core_mask=1), encode(Opcode.END)]
+    run = run_core(words)
+    assert run["finished"] and run["error"] is None
+    assert run["counters"]["instructions"] == 4 and run["counters"]["barrier_wait"] == 1
+
+
+def with_field(word, opcode, name, value):
+    offset, width, _ = _PAYLOAD_FIELDS[opcode][name]
+    return (word & ~(((1 << width) - 1) << offset)) | (value << offset)
+
+
+SYNC = encode(Opcode.SYNC, unit=Unit.DMA)
+END = encode(Opcode.END)
+
+
+@pytest.mark.parametrize(("words", "code", "pc"), [
+    pytest.param([SYNC, encode(Opcode.END) | 0x3F, END], ErrorCode.BAD_OPCODE, 1, id="opcode_63"),
+    pytest.param([SYNC, SYNC, 0], ErrorCode.BAD_OPCODE, 2, id="zeroed_memory"),
+    pytest.param([SYNC, with_field(encode(Opcode.LOAD, n0=1, n1=1, n2=1), Opcode.LOAD, "buffer", 3), END],
+                 ErrorCode.BAD_FIELD, 1, id="load_buffer_3"),
+    pytest.param([encode(Opcode.STORE, buffer=Buffer.PARAM, n0=1, n1=1, n2=1), END], ErrorCode.BAD_FIELD, 0,
+                 id="store_from_params"),
+    pytest.param([SYNC, with_field(encode(Opcode.MATMUL, n0=1, n1=1), Opcode.MATMUL, "mode", 3), END],
+                 ErrorCode.BAD_FIELD, 1, id="matmul_mode_3"),
+    pytest.param([with_field(SYNC, Opcode.SYNC, "unit", 3), END], ErrorCode.BAD_FIELD, 0, id="sync_unit_3"),
+    pytest.param([SYNC, encode(Opcode.BARRIER, core_mask=0b11), END], ErrorCode.BAD_FIELD, 1,
+                 id="barrier_names_a_missing_core"),
+    pytest.param([SYNC, SYNC, encode(Opcode.BARRIER, core_mask=0), END], ErrorCode.BAD_FIELD, 2,
+                 id="barrier_without_this_core"),
+    pytest.param([SYNC, encode(Opcode.LOAD, buffer=Buffer.ACT, sram_addr=HW.act_lines, n0=1, n1=1, n2=1), END],
+                 ErrorCode.SRAM_RANGE, 1, id="unit_error"),
+])
+def test_malformed_instruction_stops_the_core(words, code, pc):
+    run = run_core(words)
+    assert not run["finished"]
+    assert run["error"] == (code, pc)
+
+
+def test_stream_running_off_the_end_of_dram_is_a_fetch_range_error():
+    words = [SYNC, SYNC]
+    at = HW.dram_lines - len(encode_program(words)) // HW.line_bytes
+    run = run_core(words, at=at)
+    assert run["error"] == (ErrorCode.FETCH_RANGE, 2)
