@@ -1,6 +1,6 @@
 """The golden simulator: the executable definition of ``docs/isa.md``.
 
-:class:`GoldenSimulator` runs a :class:`~dlfusion.sim.binary.Binary` bit-exactly
+:class:`GoldenSimulator` runs a :class:`~dlfusion.hw.binary.Binary` bit-exactly
 as the ISA document describes, with vectorized numpy (one instruction is a few
 numpy calls, never a Python loop per element), and estimates the cycle count
 with a simple discrete-event model of the cores.
@@ -128,7 +128,8 @@ from ..hw.isa import (
     decode,
 )
 from ..hw.numerics import qlinear_add, requantize, wrap32
-from .runtime import COUNTER_NAMES, ErrorInfo, RunResult, build_dram_image, read_outputs
+from .image import build_dram_image, read_outputs
+from .result import COUNTER_NAMES, ErrorInfo, RunResult
 
 __all__ = ["GoldenSimulator", "CoreState"]
 

@@ -22,7 +22,7 @@ model safe across processes: builds hold it exclusively, runs shared.
 
 Results
 -------
-:meth:`RtlSimulator.run` returns a :class:`~dlfusion.sim.runtime.RunResult`
+:meth:`RtlSimulator.run` returns a :class:`~dlfusion.sim.result.RunResult`
 (``backend="rtl"``, exact cycles and counters). ``result.barriers`` lists every
 cycle in which a core passed a barrier (``cycle``: the accelerator's ``cycles``
 counter in that cycle; ``cores``: the ``barrier_go`` mask; ``dram_read_lines`` /
@@ -78,9 +78,11 @@ import numpy as np
 
 from ..hw.binary import Binary, BinaryError
 from ..hw.config import HwConfig
+from ..hw.errors import AcceleratorFault, InputError
 from ..hw.isa import ErrorCode
 from . import verilator_tool
-from .runtime import COUNTER_NAMES, ErrorInfo, RunResult, build_dram_image
+from .image import build_dram_image
+from .result import COUNTER_NAMES, ErrorInfo, RunResult
 
 __all__ = ["RtlBuildError", "RtlSimulationError", "RtlSimulator", "DEFAULT_MAX_CYCLES",
            "default_build_root", "read_barrier_log", "read_region_hex", "write_image_hex"]
@@ -122,12 +124,12 @@ int LZ4_compress_default(const char* src, char* dst, int srcSize, int dstCapacit
 """
 
 
-class RtlBuildError(RuntimeError):
-    """Verilating or compiling the model failed; the message ends with the log tail."""
+class RtlBuildError(AcceleratorFault):
+    """Verilating or compiling the model failed; the message ends with the log tail (status 3)."""
 
 
-class RtlSimulationError(RuntimeError):
-    """The simulator process failed before producing a result (not an accelerator error)."""
+class RtlSimulationError(AcceleratorFault):
+    """The simulator process failed before producing a result (not an accelerator error; status 3)."""
 
 
 # -- file formats -----------------------------------------------------------------------------
@@ -373,10 +375,10 @@ class RtlSimulator:
                  verbose: bool = False, *, max_cycles: int | None = None, verilog: str | None = None,
                  jobs: int = 2, keep_runs: bool = False, clock: str = "sv", threads: int = 1):
         if clock not in ("sv", "cocotb"):
-            raise ValueError(f"clock must be 'sv' or 'cocotb', not {clock!r}")
+            raise InputError(f"clock must be 'sv' or 'cocotb', not {clock!r}")
         self.clock = clock
         if not 1 <= int(threads) <= 16:
-            raise ValueError(f"threads must be between 1 and 16, not {threads!r}")
+            raise InputError(f"threads must be between 1 and 16, not {threads!r}")
         # Verilator --threads: model evaluation on several host threads (helps multicore models
         # on an otherwise idle machine; with other load it can be slower).
         self.threads = int(threads)
@@ -579,7 +581,7 @@ class RtlSimulator:
         limit = max_cycles if max_cycles is not None else self.max_cycles
         limit = DEFAULT_MAX_CYCLES if limit is None else int(limit)
         if limit <= 0:
-            raise ValueError(f"max_cycles must be positive, not {limit}")
+            raise InputError(f"max_cycles must be positive, not {limit}")
         prog_addr = [0] * hw.cores
         for stream in binary.streams:
             prog_addr[stream.core] = stream.dram_line
@@ -686,27 +688,3 @@ class RtlSimulator:
         raw.update(run_dir=run_dir, process_seconds=process_seconds, image_lines=image_lines,
                    barriers=read_barrier_log(barrier_log))
         return raw
-
-
-def _main(argv=None) -> int:
-    """``python -m dlfusion.sim.rtl [--config hw.toml] [--waves] binary.dlfb``: build and run
-    with zero inputs (a smoke test of the harness)."""
-    import argparse
-    parser = argparse.ArgumentParser(description=_main.__doc__)
-    parser.add_argument("binary")
-    parser.add_argument("--waves", action="store_true")
-    parser.add_argument("--max-cycles", type=int)
-    args = parser.parse_args(argv)
-    binary = Binary.read(args.binary)
-    inputs = {t.name: np.zeros(t.shape, t.dtype) for t in binary.inputs}
-    try:
-        result = RtlSimulator(binary.hw, waves=args.waves, verbose=True).run(binary, inputs, args.max_cycles)
-    except BinaryError as error:
-        print(error, file=sys.stderr)
-        return 2
-    print(json.dumps(result.to_json(), indent=1))
-    return 0 if result.error is None else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

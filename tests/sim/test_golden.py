@@ -32,7 +32,9 @@ from dlfusion.hw.isa import (
 )
 from dlfusion.hw.numerics import fma_f32, qlinear_add, qlinear_add_params, requantize, round_to_output
 from dlfusion.sim.golden import GoldenSimulator
-from dlfusion.sim.runtime import COUNTER_NAMES, AcceleratorError, ErrorInfo, build_dram_image, run
+from dlfusion.sim.image import build_dram_image
+from dlfusion.sim.result import COUNTER_NAMES, ErrorInfo
+from dlfusion.sim.runtime import AcceleratorError, run
 
 HW = HwConfig(pe_rows=4, pe_cols=4, act_lines=256, weight_blocks=16, acc_entries=64, param_entries=16,
               dram_bytes=65536, dram_bytes_per_cycle=4)

@@ -22,6 +22,7 @@ from dlfusion.hw.binary import Binary, Segment, Stream, Tensor
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import ErrorCode
 from dlfusion.sim import verilator_tool
+from dlfusion.sim.result import COUNTER_NAMES
 from dlfusion.sim.rtl import (
     TB_SOURCE,
     RtlBuildError,
@@ -31,7 +32,6 @@ from dlfusion.sim.rtl import (
     read_region_hex,
     write_image_hex,
 )
-from dlfusion.sim.runtime import COUNTER_NAMES
 
 pytestmark = pytest.mark.rtl
 

@@ -2,11 +2,16 @@
 barrier events; the RTL and golden measurements themselves are tested in
 tests/sim/test_rtl_multicore.py."""
 
+import importlib
+
 import pytest
 
 from dlfusion.hw.binary import Binary, Segment, Stream
 from dlfusion.hw.config import HwConfig
-from dlfusion.sim.runtime import GroupReportError, RunResult, group_report
+from dlfusion.hw.errors import AcceleratorFault, DlfusionError, InputError
+from dlfusion.hw.isa import ErrorCode
+from dlfusion.sim.result import ErrorInfo, RunResult
+from dlfusion.sim.runtime import AcceleratorError, GroupReportError, group_report
 
 HW = HwConfig(cores=2, pe_rows=4, pe_cols=4, dram_bytes=1 << 20, dram_bytes_per_cycle=4)
 GROUPS = [{"index": 0, "nodes": ["conv1"], "cores": 2, "split": "rows", "macs": 6400, "barrier_index": [9, 9]},
@@ -49,3 +54,23 @@ def test_barrier_count_must_match_the_groups():
     with pytest.raises(GroupReportError, match=r"the rtl run passed 1 barrier\(s\) of all the program's cores "
                                                r"\(mask 0x3\), but the binary has 2 groups"):
         group_report(_binary({"groups": GROUPS}), result)
+
+
+@pytest.mark.parametrize(("module", "name", "base", "status"), [
+    ("runtime", "AcceleratorError", AcceleratorFault, 3),
+    ("runtime", "GroupReportError", InputError, 2),
+    ("rtl", "RtlBuildError", AcceleratorFault, 3),
+    ("rtl", "RtlSimulationError", AcceleratorFault, 3),
+    ("verilator_tool", "VerilatorNotFound", AcceleratorFault, 3),
+])
+def test_sim_errors_carry_their_exit_status(module, name, base, status):
+    error_class = getattr(importlib.import_module(f"dlfusion.sim.{module}"), name)
+    assert issubclass(error_class, base) and issubclass(error_class, DlfusionError)
+    assert error_class.exit_status == status
+
+
+def test_accelerator_error_keeps_the_result():
+    result = RunResult("golden", {}, 7, [{}], error=ErrorInfo(ErrorCode.WATCHDOG, 1, 5))
+    error = AcceleratorError(result.error, result)
+    assert str(error) == "accelerator error: WATCHDOG on core 1 at instruction 5"
+    assert error.info is result.error and error.result is result and error.exit_status == 3
