@@ -30,9 +30,11 @@ demo: $(STAMP)
 # Foundation, scaling and zoo benchmarks, then the full-grid characterization
 # (the decision rule of the HwConfig) and the tuning benchmark over the zoo.
 bench: $(STAMP)
-	$(VBIN)/python -m dlfusion.bench $(HW_ARG)
+	$(VBIN)/dlfusion bench foundation $(HW_ARG)
+	$(VBIN)/dlfusion bench scaling $(HW_ARG)
+	$(VBIN)/dlfusion bench zoo $(HW_ARG)
 	$(VBIN)/dlfusion characterize --grid full $(HW_ARG)
-	$(VBIN)/python -m dlfusion.compiler.tune.bench $(HW_ARG)
+	$(VBIN)/dlfusion bench tune $(HW_ARG)
 
 verilog: $(STAMP)
 	$(VBIN)/dlfusion verilog $(HW_ARG) -o $(OUT)
@@ -44,7 +46,7 @@ sim: $(STAMP)
 lint: $(STAMP)
 	$(VBIN)/ruff check hw sim compiler dlfusion tests
 	$(VBIN)/dlfusion verilog $(HW_ARG) -o build/lint/accel.v
-	$(VBIN)/python -m dlfusion.sim.verilator_tool lint build/lint/accel.v
+	$(VBIN)/dlfusion lint build/lint/accel.v
 
 clean:
 	rm -rf build .pytest_cache

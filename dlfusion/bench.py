@@ -1,4 +1,4 @@
-"""Benchmarks measured on the RTL (``make bench``).
+"""Benchmarks measured on the RTL (``dlfusion bench foundation|scaling|zoo``, part of ``make bench``).
 
 ``foundation``: a compute-bound 3x3 convolution (56x56, 64 -> 64 channels) on
 one core of the default HwConfig: RTL cycles, PE utilization (MACs / (PEs x
@@ -20,18 +20,21 @@ fusion, all cores} and {maximum fusion, all cores}, each with its utilization
 (MACs / (PEs x cycles)) and the roofline lower bound (the larger of the compute
 time and the time to move the minimum DRAM traffic: weights, parameters, the
 network's input and output, once). RTL runs go through the tuner's executor
-(``--workers``) and measurement cache, so an interrupted run resumes.
+(``--executor``, ``--workers``) and measurement cache, so an interrupted run resumes.
 
-Results go to ``build/bench/`` (``--out``) and stdout.
+Each function writes its results to a directory (``build/bench/`` on the command
+line) and returns them; progress goes to the module's logger, the text tables
+(:func:`foundation_summary`, :func:`scaling_table`, :func:`zoo_table`) are the
+command line's to print.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import io
 import json
+import logging
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -40,21 +43,36 @@ import numpy as np
 from .compiler import layers
 from .hw.binary import atomic_write
 from .hw.config import HwConfig
+from .hw.errors import AcceleratorFault, InputError, MismatchError
 from .sim.runtime import run
+
+__all__ = ["SCALING_LAYERS", "ZOO_PLANS", "ZOO_SIZES", "foundation", "foundation_summary", "scaling",
+           "scaling_table", "zoo_bench", "zoo_table"]
+
+_log = logging.getLogger(__name__)
 
 
 def foundation(hw: HwConfig, out_dir: Path) -> dict:
+    """The compute-bound convolution on one core of ``hw``: RTL cycles, utilization, agreement, speed.
+
+    Writes ``foundation.json`` to ``out_dir`` and returns its contents.
+
+    Raises
+    ------
+    AcceleratorFault
+        The RTL stopped with an error.
+    """
     hw = dataclasses.replace(hw, cores=1)
     started = time.perf_counter()
     case = layers.build_conv(hw, h=56, w=56, cin=64, cout=64, k=3, seed=1)
     compile_seconds = time.perf_counter() - started
-    print(f"[bench] conv 3x3 56x56 64->64: {case.macs:,} MACs, tiles {case.description['tiles']} "
-          f"of {case.description['tile_rows']} rows; compiled in {compile_seconds:.2f}s", flush=True)
+    _log.info("conv 3x3 56x56 64->64: %s MACs, tiles %s of %s rows; compiled in %.2fs", f"{case.macs:,}",
+              case.description["tiles"], case.description["tile_rows"], compile_seconds)
     golden = run(case.binary, case.inputs, backend="golden")
-    print("[bench] golden done; building/running the RTL (first build takes minutes)...", flush=True)
+    _log.info("golden done; building/running the RTL (first build takes minutes)...")
     rtl = run(case.binary, case.inputs, backend="rtl")
     if rtl.error is not None:
-        raise SystemExit(f"RTL run failed: {rtl.error}")
+        raise AcceleratorFault(f"RTL run failed: {rtl.error}")
     matches_reference = bool(np.array_equal(rtl.outputs["y"], case.expected["y"]))
     matches_golden = bool(np.array_equal(rtl.outputs["y"], golden.outputs["y"]))
     utilization = case.macs / (hw.peak_macs_per_cycle * rtl.cycles)
@@ -75,13 +93,20 @@ def foundation(hw: HwConfig, out_dir: Path) -> dict:
         "machine": platform.processor() or platform.machine(),
     }
     atomic_write(out_dir / "foundation.json", json.dumps(result, indent=2))
-    print(f"[bench] RTL cycles {rtl.cycles:,} (ideal {result['ideal_cycles']:,}), utilization {utilization:.3f}, "
-          f"RTL == golden: {matches_golden}, == numpy: {matches_reference}")
-    if result["cycles_per_second"]:
-        print(f"[bench] RTL simulation speed: {result['cycles_per_second']:,.0f} simulated cycles/s "
-              f"({result['sim_seconds']:.1f}s for the run)")
-    print(f"[bench] golden cycle estimate {golden.cycles:,} ({100 * result['golden_estimate_error']:+.1f}% vs RTL)")
     return result
+
+
+def foundation_summary(result: dict) -> str:
+    """The text lines of a :func:`foundation` result."""
+    lines = [f"RTL cycles {result['rtl_cycles']:,} (ideal {result['ideal_cycles']:,}), utilization "
+             f"{result['utilization']:.3f}, RTL == golden: {result['rtl_equals_golden']}, == numpy: "
+             f"{result['matches_reference']}"]
+    if result["cycles_per_second"]:
+        lines.append(f"RTL simulation speed: {result['cycles_per_second']:,.0f} simulated cycles/s "
+                     f"({result['sim_seconds']:.1f}s for the run)")
+    lines.append(f"golden cycle estimate {result['golden_estimate_cycles']:,} "
+                 f"({100 * result['golden_estimate_error']:+.1f}% vs RTL)")
+    return "\n".join(lines)
 
 
 SCALING_LAYERS = {
@@ -97,11 +122,20 @@ SCALING_LAYERS = {
 
 
 def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
+    """Each of :data:`SCALING_LAYERS` split over ``core_counts`` cores by rows and by channels, on the RTL.
+
+    Writes ``scaling.json``, ``scaling.md`` and ``scaling.png`` to ``out_dir``; returns the report.
+
+    Raises
+    ------
+    MismatchError
+        A run stopped with an error or its output differs from the numpy reference.
+    """
     from .sim.rtl import RtlSimulator
     from .sim.traffic import dram_traffic
     model = dataclasses.replace(hw, cores=max(core_counts))
-    print(f"[bench] scaling on {model.describe()} (HwConfig {model.hash}); a program on k cores "
-          "leaves the others idle, which do not touch the port", flush=True)
+    _log.info("scaling on %s (HwConfig %s); a program on k cores leaves the others idle, which do not touch "
+              "the port", model.describe(), model.hash)
     simulator = RtlSimulator(model)
     simulator.build()
     rows = []
@@ -111,8 +145,11 @@ def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
             for cores in core_counts:
                 case = build(model, cores, split)
                 result = simulator.run(case.binary, case.inputs)
-                if result.error is not None or not np.array_equal(result.outputs["y"], case.expected["y"]):
-                    raise SystemExit(f"{name} {split} {cores} cores: wrong result ({result.error})")
+                if result.error is not None:
+                    raise AcceleratorFault(f"{name} {split} {cores} cores: the RTL stopped: {result.error}")
+                if not np.array_equal(result.outputs["y"], case.expected["y"]):
+                    raise MismatchError(f"{name} {split} {cores} cores: the RTL output differs from the numpy "
+                                        "reference")
                 base = base or result.cycles
                 traffic = dram_traffic(case.binary)
                 row = {"layer": name, "split": split, "cores": cores, "cores_used": case.description["cores"],
@@ -122,9 +159,8 @@ def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
                        "dma_stall": sum(c["dma_stall"] for c in result.counters),
                        "sim_cycles_per_second": getattr(result, "cycles_per_second", None)}
                 rows.append(row)
-                print(f"[bench] {name:22} {split:8} {cores:2} cores: {result.cycles:>9,} cycles  "
-                      f"x{row['speedup']:.2f}  util {row['utilization']:.3f}  "
-                      f"DRAM {row['dram_bytes'] / 1e6:.2f} MB", flush=True)
+                _log.info("%-22s %-8s %2d cores: %9s cycles  x%.2f  util %.3f  DRAM %.2f MB", name, split, cores,
+                          f"{result.cycles:,}", row["speedup"], row["utilization"], row["dram_bytes"] / 1e6)
     speed = []
     if hw.cores >= 4:
         case = SCALING_LAYERS["conv3x3_56x56_64"](hw, 4, "rows")
@@ -135,23 +171,23 @@ def scaling(hw: HwConfig, out_dir: Path, core_counts=(1, 2, 4, 8)) -> dict:
             speed.append({"hw": hw.hash, "cores": hw.cores, "threads": threads, "cycles": result.cycles,
                           "sim_seconds": getattr(result, "sim_seconds", None),
                           "cycles_per_second": getattr(result, "cycles_per_second", None)})
-            print(f"[bench] whole-program RTL speed, default {hw.cores}-core model, Verilator threads "
-                  f"{threads}: {speed[-1]['cycles_per_second']:,.0f} cycles/s ({result.cycles:,} cycles)", flush=True)
+            _log.info("whole-program RTL speed, default %d-core model, Verilator threads %d: %s cycles/s "
+                      "(%s cycles)", hw.cores, threads, f"{speed[-1]['cycles_per_second']:,.0f}", f"{result.cycles:,}")
     report = {"hw": model.to_dict(), "hw_hash": model.hash, "rows": rows, "default_model_speed": speed}
     atomic_write(out_dir / "scaling.json", json.dumps(report, indent=2))
-    _scaling_table(rows, out_dir / "scaling.md")
+    atomic_write(out_dir / "scaling.md", scaling_table(rows) + "\n")
     _scaling_plot(rows, out_dir / "scaling.png")
     return report
 
 
-def _scaling_table(rows, path: Path) -> None:
+def scaling_table(rows: list[dict]) -> str:
+    """The markdown table of :func:`scaling`'s rows."""
     lines = ["| layer | split | cores | RTL cycles | speedup | utilization | DRAM MB | DMA stall cycles |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['layer']} | {r['split']} | {r['cores']} | {r['cycles']:,} | {r['speedup']:.2f} | "
                      f"{r['utilization']:.3f} | {r['dram_bytes'] / 1e6:.2f} | {r['dma_stall']:,} |")
-    atomic_write(path, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _scaling_plot(rows, path: Path) -> None:
@@ -176,9 +212,10 @@ def _scaling_plot(rows, path: Path) -> None:
     axes[1].legend(fontsize=8, loc="upper left")
     figure.suptitle("dlfusion: layer scaling on the shared DRAM port")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
+    atomic_write(path, image.getvalue())
 
 
 #: Input resolution per zoo model in the ``zoo`` benchmark: 224 where the slowest plan's RTL run
@@ -200,9 +237,9 @@ def _zoo_job(job: dict) -> dict:
     golden = GoldenSimulator(hw).run(binary, {"input": x})
     rtl = RtlSimulator(hw).run(binary, {"input": x})
     if rtl.error is not None:
-        raise RuntimeError(f"the RTL stopped: {rtl.error}")
+        raise AcceleratorFault(f"the RTL stopped: {rtl.error}")
     if not np.array_equal(rtl.outputs["output"], golden.outputs["output"]):
-        raise RuntimeError("RTL output differs from the golden simulator")
+        raise MismatchError("RTL output differs from the golden simulator")
     result = {"cycles": int(rtl.cycles), "golden_cycles": int(golden.cycles),
               "compile_seconds": job["compile_seconds"], "groups": job["groups"], "fused_groups": job["fused_groups"],
               "instructions": sum(s.instructions for s in binary.streams),
@@ -211,7 +248,33 @@ def _zoo_job(job: dict) -> dict:
     return result
 
 
-def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = None) -> dict:
+def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = None, executor=None, *,
+              progress: bool = False) -> dict:
+    """Every zoo model (or ``models``) under :data:`ZOO_PLANS` on the RTL, against its roofline bound.
+
+    Parameters
+    ----------
+    hw : HwConfig
+    out_dir : Path
+        Where the exported models, the measurement cache, ``zoo.json`` and ``zoo.md`` go.
+    models : list of str, optional
+        Default: every model of :data:`ZOO_SIZES`.
+    workers : int, optional
+        Parallel RTL runs of the local executor made when ``executor`` is not given.
+    executor : Executor, optional
+        Runs the measurements (left open); default a :class:`~.compiler.tune.executor.LocalExecutor`.
+    progress : bool
+        A progress bar on stderr.
+
+    Raises
+    ------
+    InputError
+        A model not in :data:`ZOO_SIZES`.
+    AcceleratorFault
+        An RTL run failed.
+    MismatchError
+        An RTL output differed from the golden simulator's.
+    """
     from .compiler.compile import compile_graph
     from .compiler.frontend import load_onnx, zoo
     from .compiler.plan import make_plan
@@ -219,6 +282,10 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
     from .compiler.tune.executor import LocalExecutor
     from .compiler.tune.roofline import roofline
     models = models or list(ZOO_SIZES)
+    unknown = [name for name in models if name not in ZOO_SIZES]
+    if unknown:
+        raise InputError(f"unknown zoo benchmark model(s) {', '.join(map(repr, unknown))}; accepted: "
+                         f"{', '.join(ZOO_SIZES)}")
     onnx_dir = out_dir / "zoo-onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     specs, info, graphs = [], {}, {}
@@ -226,7 +293,7 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
         size = ZOO_SIZES[name]
         path = onnx_dir / f"{name}_{size}.onnx"
         if not path.exists():
-            print(f"[bench] exporting {name} at {size}x{size}...", flush=True)
+            _log.info("exporting %s at %dx%d...", name, size, size)
             zoo.export_quantized(name, size, path)
         graph = graphs[name] = load_onnx(path, name=name)
         info[name] = {"size": size, "macs": graph.macs, "layers": len(graph.nodes),
@@ -249,13 +316,16 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
         return measurement_key(hw, "zoo-bench/2", binary, "input seed 0"), job
 
     rows = []
-    with LocalExecutor(workers) as executor:
+    own_executor = executor is None
+    executor = LocalExecutor(workers) if own_executor else executor
+    try:
         for m in measure(specs, prepare, _zoo_job, executor=executor, cache=cache, hw_hash=hw.hash,
                          describe=lambda s: {k: s[k] for k in ("model", "size", "fusion", "cores")},
-                         progress=True, label="zoo RTL runs"):
+                         progress=progress, label="zoo RTL runs"):
             spec = m.spec
             if not m.ok:
-                raise SystemExit(f"{spec['model']} {spec['fusion']} {spec['cores']} cores: {m.error}")
+                failure = MismatchError if m.error.startswith(f"{MismatchError.__name__}:") else AcceleratorFault
+                raise failure(f"{spec['model']} {spec['fusion']} {spec['cores']} cores: {m.error}")
             meta = info[spec["model"]]
             bound = meta["bounds"][spec["cores"]]
             row = {"model": spec["model"], "size": spec["size"], "fusion": spec["fusion"], "cores": spec["cores"],
@@ -264,18 +334,23 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
                    "roofline_cycles": bound["cycles"], "roofline_bound": bound["bound"],
                    "min_dram_bytes": bound["min_dram_bytes"], "measure_seconds": m.seconds}
             rows.append(row)
-            print(f"[bench] {row['model']:14} {row['size']:3}px fusion {row['fusion']:4} {row['cores']} cores: "
-                  f"{row['cycles']:>11,} cycles, util {row['utilization']:.3f}, roofline {row['roofline_cycles']:,} "
-                  f"({row['roofline_bound']}), compile {row['compile_seconds']:.1f}s", flush=True)
+            _log.info("%-14s %3dpx fusion %-4s %d cores: %11s cycles, util %.3f, roofline %s (%s), compile %.1fs",
+                      row["model"], row["size"], row["fusion"], row["cores"], f"{row['cycles']:,}",
+                      row["utilization"], f"{row['roofline_cycles']:,}", row["roofline_bound"],
+                      row["compile_seconds"])
+    finally:
+        if own_executor:
+            executor.close()
     order = {(f, c): i for i, (f, c) in enumerate(ZOO_PLANS)}
     rows.sort(key=lambda r: (models.index(r["model"]), order[(r["fusion"], "1" if r["cores"] == 1 else "all")]))
     report = {"hw": hw.to_dict(), "hw_hash": hw.hash, "rows": rows}
     atomic_write(out_dir / "zoo.json", json.dumps(report, indent=2))
-    _zoo_table(rows, out_dir / "zoo.md")
+    atomic_write(out_dir / "zoo.md", zoo_table(rows) + "\n")
     return report
 
 
-def _zoo_table(rows, path: Path) -> None:
+def zoo_table(rows: list[dict]) -> str:
+    """The markdown table of :func:`zoo_bench`'s rows."""
     lines = ["| model | input | plan | compile s | RTL cycles | utilization | roofline cycles | RTL / roofline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -284,36 +359,4 @@ def _zoo_table(rows, path: Path) -> None:
         lines.append(f"| {r['model']} | {r['size']}x{r['size']} | {plan} | {r['compile_seconds']:.1f} | "
                      f"{r['cycles']:,} | {r['utilization']:.3f} | {r['roofline_cycles']:,} ({r['roofline_bound']}) | "
                      f"{r['cycles'] / max(1, r['roofline_cycles']):.2f} |")
-    atomic_write(path, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlfusion.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", choices=("foundation", "scaling", "zoo"), default=[],
-                        help="benchmarks to run (default: all)")
-    parser.add_argument("--hw", help="HwConfig TOML (default: built-in defaults)")
-    parser.add_argument("--out", default="build/bench", help="directory for the results")
-    parser.add_argument("--max-cores", type=int, default=8, choices=(4, 8, 16),
-                        help="largest core count of the scaling study")
-    parser.add_argument("--models", nargs="*", default=None, help="zoo benchmark: these models only")
-    parser.add_argument("--workers", type=int, default=None, help="parallel RTL runs (default: CPU count)")
-    args = parser.parse_args(argv)
-    hw = HwConfig.load(args.hw)
-    out_dir = Path(args.out)
-    which = args.which or ["foundation", "scaling", "zoo"]
-    ok = True
-    if "foundation" in which:
-        result = foundation(hw, out_dir)
-        ok &= result["matches_reference"] and result["rtl_equals_golden"]
-    if "scaling" in which:
-        counts = tuple(c for c in (1, 2, 4, 8, 16) if c <= args.max_cores)
-        scaling(hw, out_dir, counts)
-    if "zoo" in which:
-        zoo_bench(hw, out_dir, args.models, args.workers)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return "\n".join(lines)

@@ -24,7 +24,7 @@ import csv
 import hashlib
 import io
 import json
-import sys
+import logging
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -34,6 +34,7 @@ import numpy as np
 
 from ...hw.binary import Binary, atomic_write
 from ...hw.config import HwConfig
+from ...hw.errors import EXIT_ACCELERATOR, EXIT_MISMATCH, DlfusionError, MismatchError
 from .. import layers
 from ..errors import CompileError
 from ..plan import SPLITS
@@ -47,22 +48,32 @@ __all__ = ["LayerSpec", "Grid", "GRIDS", "resolve_grid", "CharacterizationError"
 
 
 
+_log = logging.getLogger(__name__)
+
 CSV_COLUMNS = ("layer", "kind", "k", "stride", "cin", "cout", "h", "w", "out_h", "out_w", "macs", "cores", "split",
                "cores_used", "cycles", "speedup", "utilization", "best", "dram_bytes", "dma_stall")
 
 
-class CharacterizationError(TuneError):
-    """Some measurements failed; ``errors`` lists them, ``exit_code`` is 4 if an output
-    did not match its reference, else 3."""
+class CharacterizationError(DlfusionError):
+    """Some measurements of the study failed.
 
-    def __init__(self, message: str, errors: list[str], exit_code: int):
+    Attributes
+    ----------
+    errors : list of str
+        One line per failed measurement.
+    exit_status : int
+        :data:`~dlfusion.hw.errors.EXIT_MISMATCH` (4) if an output did not match its
+        reference, else :data:`~dlfusion.hw.errors.EXIT_ACCELERATOR` (3).
+    """
+
+    def __init__(self, message: str, errors: list[str], exit_status: int):
         super().__init__(message)
         self.errors = errors
-        self.exit_code = exit_code
+        self.exit_status = exit_status
 
 
-class OutputMismatch(TuneError):
-    """The RTL's output differs from the layer's numpy reference."""
+class OutputMismatch(MismatchError):
+    """The RTL's output differs from the layer's numpy reference (status 4)."""
 
 
 # -- layers and grids -----------------------------------------------------------------------------
@@ -358,7 +369,7 @@ def characterize(hw: HwConfig, *, grid: str | Grid = "small", out_dir: str | Pat
     rule_dir : path, optional
         Where the tuner looks the rule up (default :func:`~.rule.default_rule_dir`).
     progress : bool
-        Messages and a progress bar on stderr.
+        A progress bar on stderr (messages go to the module's logger).
 
     Returns
     -------
@@ -386,17 +397,13 @@ def characterize(hw: HwConfig, *, grid: str | Grid = "small", out_dir: str | Pat
     own_executor = executor is None
     executor = LocalExecutor() if own_executor else executor
 
-    def say(message):
-        if progress:
-            print(f"[dlfusion] {message}", file=sys.stderr, flush=True)
-
-    say(f"characterize: {len(specs)} layers ({grid.name} grid) x cores {core_counts} x splits = {len(jobs)} RTL runs "
-        f"on {hw.describe()} (HwConfig {hw.hash}), executor {executor.name}"
-        + (f", {len(skipped)} layer(s) do not fit and are left out" if skipped else ""))
+    _log.info("characterize: %d layers (%s grid) x cores %s x splits = %d RTL runs on %s (HwConfig %s), executor %s%s",
+              len(specs), grid.name, core_counts, len(jobs), hw.describe(), hw.hash, executor.name,
+              f", {len(skipped)} layer(s) do not fit and are left out" if skipped else "")
     if isinstance(executor, LocalExecutor) or (isinstance(executor, RayExecutor) and executor.address is None):
         from ...sim.rtl import RtlSimulator
         simulator = RtlSimulator(hw)
-        say(f"building/checking the RTL model in {simulator.model_dir} (a first build takes minutes)...")
+        _log.info("building/checking the RTL model in %s (a first build takes minutes)...", simulator.model_dir)
         simulator.build()
 
     expected_sha: dict[_Job, dict] = {}
@@ -424,7 +431,7 @@ def characterize(hw: HwConfig, *, grid: str | Grid = "small", out_dir: str | Pat
     if errors:
         mismatch = any("OutputMismatch" in e for e in errors)
         raise CharacterizationError(f"{len(errors)} of {len(jobs)} measurements failed:\n  " + "\n  ".join(errors),
-                                    errors, 4 if mismatch else 3)
+                                    errors, EXIT_MISMATCH if mismatch else EXIT_ACCELERATOR)
 
     rows = _rows(specs, core_counts, results, hw)
     out_dir.mkdir(parents=True, exist_ok=True)

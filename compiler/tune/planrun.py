@@ -16,6 +16,7 @@ so one run measures every group of the plan at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,25 +25,34 @@ import numpy as np
 
 from ...hw.binary import Binary
 from ...hw.config import HwConfig
+from ...hw.errors import EXIT_ACCELERATOR, EXIT_MISMATCH, DlfusionError
 from ..compile import compile_graph
 from ..ir import Graph
 from ..plan import Plan
 from .cache import MeasurementCache, measure, measurement_key
-from .errors import TuneError
 from .executor import Executor
 
 __all__ = ["PLAN_JOB_FORMAT", "MeasurementFailed", "PlanRun", "PlanMeasurer", "run_plan_job", "model_input"]
+
+_log = logging.getLogger(__name__)
 
 #: Part of every plan measurement's key: bumped when the job's result changes meaning.
 PLAN_JOB_FORMAT = "tune-plan/1"
 
 
-class MeasurementFailed(TuneError):
-    """An RTL run failed: ``exit_code`` 4 if a network output differed from its reference, else 3."""
+class MeasurementFailed(DlfusionError):
+    """RTL runs of plans failed.
 
-    def __init__(self, message: str, exit_code: int = 3):
+    Attributes
+    ----------
+    exit_status : int
+        :data:`~dlfusion.hw.errors.EXIT_MISMATCH` (4) if a network output differed from its
+        reference, else :data:`~dlfusion.hw.errors.EXIT_ACCELERATOR` (3).
+    """
+
+    def __init__(self, message: str, exit_status: int = EXIT_ACCELERATOR):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_status = exit_status
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -175,7 +185,7 @@ class PlanMeasurer:
             done += 1
             if self.progress and not sys.stderr.isatty():     # a log: one line per run (a terminal has the bar)
                 state = "cached" if m.cached else ("failed" if not m.ok else f"{m.seconds:.0f} s")
-                print(f"[dlfusion] {label}: {done}/{len(plans)} {name} ({state})", file=sys.stderr, flush=True)
+                _log.info("%s: %d/%d %s (%s)", label, done, len(plans), name, state)
             if not m.ok:
                 errors.append(f"plan {name!r}: {m.error}")
                 continue
@@ -192,5 +202,5 @@ class PlanMeasurer:
             runs[index] = PlanRun(name, plan, int(m.result["cycles"]), groups, m.seconds, m.cached)
         if errors:
             raise MeasurementFailed(f"{len(errors)} of {len(plans)} RTL runs of {self.graph.name} failed: "
-                                    + "; ".join(errors), 4 if mismatch else 3)
+                                    + "; ".join(errors), EXIT_MISMATCH if mismatch else EXIT_ACCELERATOR)
         return [runs[index] for index in range(len(plans))]

@@ -7,11 +7,12 @@ report), then rewrites ``<dir>/tune-report.md`` and per model
 ``cycles-<source>.png`` (RTL cycles and speedup of every strategy) and
 ``plans-<source>.png`` (each strategy's plan drawn per layer: group boundaries,
 core counts, split axes). :func:`comparison_table` is the text table the command
-line prints.
+line prints, :func:`summary_table` the one of ``dlfusion bench tune``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from ...hw.binary import atomic_write
 from .strategies import STRATEGIES
 
-__all__ = ["REPORT_FORMAT", "comparison_table", "summary_rows", "write_report"]
+__all__ = ["REPORT_FORMAT", "comparison_table", "summary_rows", "summary_table", "write_report"]
 
 REPORT_FORMAT = "dlfusion-tune-report/1"
 
@@ -90,6 +91,28 @@ def summary_rows(reports: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def summary_table(rows: list[dict]) -> str:
+    """The text table of :func:`summary_rows` with dlfusion and the oracle (the tuning benchmark's)."""
+    lines = [f"{'model':14} {'size':>4} {'none':>11} {'dlfusion':>11} {'oracle':>11} {'dlf x':>6} {'orc x':>6} "
+             f"{'ceiling':>7} {'of oracle':>9} {'dlf search s':>12} {'oracle search s':>15} {'ratio':>9}"]
+    for row in rows:
+        lines.append(f"{row['model']:14} {row['input_size']:>4} {row['baseline_cycles']:>11,} "
+                     f"{row['dlfusion_cycles']:>11,} {row['oracle_cycles']:>11,} {row['dlfusion_speedup']:>6.2f} "
+                     f"{row['oracle_speedup']:>6.2f} {row['ceiling_speedup']:>7.2f} "
+                     f"{row['dlfusion_oracle_fraction']:>9.1%} {row['dlfusion_search_seconds']:>12.3f} "
+                     f"{row['oracle_search_seconds']:>15,.0f} {row['search_ratio']:>9,.0f}")
+    return "\n".join(lines)
+
+
+def _save(figure, path: Path) -> None:
+    """A PNG of ``figure``, written so that no reader sees half of it; the figure closed."""
+    import matplotlib.pyplot as plt
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write(path, image.getvalue())
+
+
 def _plot_cycles(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     results = report["strategies"]
@@ -105,8 +128,7 @@ def _plot_cycles(report: dict, path: Path) -> None:
     axis.set_title(f"{report['model']} {report['input_size']}px: cycles and speedup over none", fontsize=10)
     axis.margins(y=0.15)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _plot_plans(report: dict, path: Path) -> None:
@@ -141,8 +163,7 @@ def _plot_plans(report: dict, path: Path) -> None:
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     axis.set_title(f"{report['model']} {report['input_size']}px: plans per layer", fontsize=10)
     figure.tight_layout(rect=(0, 0.1, 1, 1))
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _markdown(reports: dict[str, dict]) -> str:

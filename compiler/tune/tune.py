@@ -24,7 +24,7 @@ says which sources it was fitted to.
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +51,10 @@ from .roofline import roofline
 from .rule import load_rule
 from .strategies import STRATEGIES, plan_cores_only, plan_dlfusion, plan_fusion_only, plan_none
 
-__all__ = ["TUNE_FORMAT", "resolve_strategies", "load_model", "check_inputs", "tune", "default_plan_dir"]
+__all__ = ["TUNE_FORMAT", "resolve_strategies", "load_model", "check_inputs", "tune", "default_plan_dir",
+           "plan_paths"]
+
+_log = logging.getLogger(__name__)
 
 TUNE_FORMAT = "dlfusion-tune/1"
 _NEEDS_RULE = ("cores-only", "dlfusion")
@@ -84,7 +87,7 @@ def _zoo_digest() -> str:
 
 
 def load_model(model: str, input_size: int | None = None, *, build_dir: str | Path | None = None,
-               progress: bool = False) -> tuple[Graph, str]:
+               ) -> tuple[Graph, str]:
     """A zoo model (exported and quantized once, then reused from ``<build>/tune/onnx``) or a
     quantized ONNX file, as a graph; and its source name ``model@size``.
 
@@ -114,8 +117,7 @@ def load_model(model: str, input_size: int | None = None, *, build_dir: str | Pa
     directory = Path(build_dir) if build_dir is not None else default_build_dir()
     onnx_path = directory / "tune" / "onnx" / f"{model}-{size}-{_zoo_digest()}.onnx"
     if not onnx_path.exists():
-        if progress:
-            print(f"[dlfusion] exporting and quantizing {model} at {size}x{size}...", file=sys.stderr, flush=True)
+        _log.info("exporting and quantizing %s at %dx%d...", model, size, size)
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         zoo.export_quantized(model, size, onnx_path)      # atomic: a reader never sees half a file
     return load_onnx(onnx_path, name=model), f"{model}@{size}"
@@ -131,6 +133,25 @@ def check_inputs(hw: HwConfig, strategies: Sequence[str], rule_dir: str | Path |
 
 def default_plan_dir() -> Path:
     return default_build_dir() / "tune" / "plans"
+
+
+def plan_paths(source: str, strategies: Sequence[str], output: str | Path | None = None,
+               report_dir: str | Path | None = None) -> dict[str, Path]:
+    """Where each strategy's plan file goes.
+
+    ``output`` itself for one strategy, ``<stem>.<strategy>.plan.json`` beside it for
+    several; without ``output``, ``<source>.<strategy>.plan.json`` in ``report_dir``
+    (default :func:`default_plan_dir`).
+    """
+    stem = source.replace("@", "-")
+    if output is not None:
+        base = Path(output)
+        if len(strategies) == 1:
+            return {strategies[0]: base}
+        name = base.name.removesuffix(".json").removesuffix(".plan")
+        return {s: base.with_name(f"{name}.{s}.plan.json") for s in strategies}
+    directory = Path(report_dir) if report_dir is not None else default_plan_dir()
+    return {s: directory / f"{stem}.{s}.plan.json" for s in strategies}
 
 
 def _group_counts(plan: Plan) -> dict:
@@ -166,7 +187,7 @@ def tune(graph: Graph, hw: HwConfig, strategies: Sequence[str], *, executor: Exe
     max_group : int
         Longest group of the oracle's space and of the fusion search.
     progress : bool
-        Messages and progress bars on stderr.
+        Progress bars on stderr (messages go to the module's logger).
 
     Returns
     -------
@@ -186,10 +207,6 @@ def tune(graph: Graph, hw: HwConfig, strategies: Sequence[str], *, executor: Exe
     source = source or graph.name
     check_inputs(hw, strategies, rule_dir)
 
-    def say(message):
-        if progress:
-            print(f"[dlfusion] {message}", file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     workload = Workload(graph, hw)
     measurer = PlanMeasurer(graph, hw, executor=executor, cache=cache, progress=progress)
@@ -203,27 +220,27 @@ def tune(graph: Graph, hw: HwConfig, strategies: Sequence[str], *, executor: Exe
         plan.validate(graph, hw)
         plans[name] = plan
         info[name] = {"search_seconds": seconds}
-        say(f"{name}: planned in {seconds * 1000:.1f} ms ({len(plan.groups)} groups)")
+        _log.info("%s: planned in %.1f ms (%d groups)", name, seconds * 1000, len(plan.groups))
 
     timed("none", lambda: plan_none(Workload(graph, hw)))
     if "cores-only" in strategies:
         timed("cores-only", lambda: plan_cores_only(Workload(graph, hw), load_rule(hw, rule_dir)))
-    say(f"{graph.name}: {len(graph.nodes)} layers, {graph.macs:,} MACs on {hw.describe()} (HwConfig {hw.hash}); "
-        f"measuring {', '.join(plans)} on the RTL")
+    _log.info("%s: %d layers, %s MACs on %s (HwConfig %s); measuring %s on the RTL", graph.name, len(graph.nodes),
+              f"{graph.macs:,}", hw.describe(), hw.hash, ", ".join(plans))
     runs: dict[str, PlanRun] = dict(zip(plans, measurer.measure(list(plans.items()), label="strategies"),
                                         strict=True))
 
     oracle = None
     if "oracle" in strategies:
-        say(f"oracle: groups of up to {max_group} layers on {workload.core_counts()} cores; measuring the tiling "
-            "plans on the RTL")
+        _log.info("oracle: groups of up to %d layers on %s cores; measuring the tiling plans on the RTL", max_group,
+                  workload.core_counts())
         oracle = run_oracle(workload, measurer, max_group=max_group)
         plans["oracle"], runs["oracle"] = oracle.plan, oracle.run
         info["oracle"] = {"search_seconds": oracle.search_seconds, "predicted_cycles": oracle.predicted_cycles}
         save_samples(hw, source, samples_from_runs(workload, oracle.tiling_runs, source), rule_dir)
         model = calibrate(hw, rule_dir)
-        say(f"cost model recalibrated on {', '.join(model.sources)} ({model.samples} groups): "
-            f"{cost_model_path(hw, rule_dir)}")
+        _log.info("cost model recalibrated on %s (%d groups): %s", ", ".join(model.sources), model.samples,
+                  cost_model_path(hw, rule_dir))
 
     cost_model = None
     if any(name in strategies for name in _NEEDS_COST_MODEL):

@@ -133,7 +133,7 @@ def test_a_restarted_run_reuses_the_cache(study, tmp_path):
     with pytest.raises(CharacterizationError, match="OutputMismatch") as failure:
         characterize(QUAD, grid="small", out_dir=tmp_path / "bad", executor=LocalExecutor(1), cache=cache,
                      rule_dir=tmp_path / "rules")
-    assert failure.value.exit_code == 4
+    assert failure.value.exit_status == 4
     entries[5].unlink()
 
 

@@ -136,7 +136,6 @@ def test_bad_input(setup, capsys, tmp_path):
 
 @pytest.mark.rtl
 def test_the_bench_fits_its_cost_model_to_its_models_only(tuned, capsys):
-    from dlfusion.compiler.tune import bench
     from dlfusion.compiler.tune.costmodel import CostModel, cost_model_path, samples_dir
     root, common, first = tuned
     # Another model's measurements in the shared rule directory must not reach the bench's cost model.
@@ -144,7 +143,8 @@ def test_the_bench_fits_its_cost_model_to_its_models_only(tuned, capsys):
     data = json.loads((shared / "tiny_cnn@8.json").read_text())
     data["source"] = "other@1"
     (shared / "other@1.json").write_text(json.dumps(data))
-    status = bench.main(["--models", "tiny_cnn", "--input-size", "8", "--report", str(root / "bench"), *common])
+    status = main(["bench", "tune", "--models", "tiny_cnn", "--input-size", "8", "--report", str(root / "bench"),
+                   *common])
     out = capsys.readouterr().out
     assert status == 0
     model = CostModel.read(cost_model_path(QUAD, root / "bench" / "rules"))

@@ -1,0 +1,115 @@
+"""``dlfusion bench foundation|scaling|zoo|tune``: the benchmarks measured on the RTL (``make bench``).
+
+``foundation``, ``scaling`` and ``zoo`` are :mod:`dlfusion.bench`; ``tune`` is
+:mod:`dlfusion.compiler.tune.bench`. Each writes its results to a directory and
+prints its table on stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..hw.errors import EXIT_MISMATCH
+from .options import (
+    add_command,
+    add_hw,
+    add_simulation_options,
+    load_hw,
+    make_executor,
+    measurement_cache,
+    show_progress,
+)
+from .tune import add_max_group, check_max_group
+
+__all__ = ["add_commands"]
+
+DEFAULT_OUT = "build/bench"
+
+
+def add_commands(sub) -> None:
+    parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo or tune",
+                            description=__doc__.split("\n\n")[0])
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+
+    p = add_command(benchmarks, "foundation", help="a compute-bound 3x3 convolution (56x56, 64 -> 64) on one "
+                                                   "core: cycles, utilization, golden and numpy agreement, speed")
+    add_hw(p)
+    _add_out(p)
+    p.set_defaults(func=cmd_foundation)
+
+    p = add_command(benchmarks, "scaling", help="four layers split over 1, 2, 4, 8 (16) cores by rows and by "
+                                                "channels: speedup, utilization, DRAM traffic, a plot")
+    add_hw(p)
+    _add_out(p)
+    p.add_argument("--max-cores", type=int, default=8, choices=(4, 8, 16),
+                   help="largest core count of the scaling study")
+    p.set_defaults(func=cmd_scaling)
+
+    p = add_command(benchmarks, "zoo", help="every zoo model under {no fusion, 1 core}, {no fusion, all cores}, "
+                                            "{max fusion, all cores}: cycles against the roofline bound")
+    add_hw(p)
+    _add_out(p)
+    p.add_argument("--models", nargs="*", default=None, help="these models only")
+    add_simulation_options(p, cache=False, rule_dir=False)
+    p.set_defaults(func=cmd_zoo)
+
+    from ..compiler.tune.bench import BENCH_INPUT_SIZE, BENCH_MODELS
+    from ..compiler.tune.cache import default_build_dir
+    p = add_command(benchmarks, "tune", help="every tuning strategy on the zoo, the oracles first: dlfusion's "
+                                             "fraction of the oracle's speedup and their search times")
+    p.add_argument("--models", nargs="+", default=list(BENCH_MODELS))
+    p.add_argument("--input-size", type=int, default=BENCH_INPUT_SIZE)
+    add_hw(p)
+    p.add_argument("--report", metavar="DIR", default=str(default_build_dir() / "tune-bench"),
+                   help="the report's directory (default: build/tune-bench)")
+    add_simulation_options(p)
+    add_max_group(p)
+    p.set_defaults(func=cmd_tune_bench)
+
+
+def _add_out(parser) -> None:
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"directory for the results (default: {DEFAULT_OUT})")
+
+
+def cmd_foundation(args) -> int:
+    from ..bench import foundation, foundation_summary
+    result = foundation(load_hw(args), Path(args.out))
+    print(foundation_summary(result))
+    return 0 if result["matches_reference"] and result["rtl_equals_golden"] else EXIT_MISMATCH
+
+
+def cmd_scaling(args) -> int:
+    from ..bench import scaling, scaling_table
+    counts = tuple(c for c in (1, 2, 4, 8, 16) if c <= args.max_cores)
+    report = scaling(load_hw(args), Path(args.out), counts)
+    print(scaling_table(report["rows"]))
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from ..bench import zoo_bench, zoo_table
+    hw = load_hw(args)
+    with make_executor(args) as executor:
+        report = zoo_bench(hw, Path(args.out), args.models, executor=executor, progress=show_progress(args))
+    print(zoo_table(report["rows"]))
+    return 0
+
+
+def cmd_tune_bench(args) -> int:
+    from ..compiler.tune.bench import tune_bench
+    from ..compiler.tune.report import comparison_table, summary_rows, summary_table
+    from ..compiler.tune.tune import check_inputs, load_model
+    check_max_group(args)
+    hw = load_hw(args)
+    # Everything checked before the first measurement (the rule, the models).
+    check_inputs(hw, ["cores-only"], args.rule_dir)
+    graphs = [load_model(name, args.input_size) for name in args.models]
+    with make_executor(args) as executor:
+        reports = tune_bench(hw, graphs, args.report, executor=executor, cache=measurement_cache(args),
+                             rule_dir=args.rule_dir, max_group=args.max_group, progress=show_progress(args))
+    for report in reports:
+        print(comparison_table(report))
+    print()
+    print(summary_table(summary_rows({r["source"]: r for r in reports})))
+    print(f"report: {Path(args.report) / 'tune-report.md'}")
+    return 0

@@ -1,0 +1,50 @@
+"""``dlfusion models`` and ``dlfusion export``: the built-in model zoo."""
+
+from __future__ import annotations
+
+import logging
+
+from .options import UsageError, add_command, add_json, print_json
+
+__all__ = ["add_commands", "cmd_export", "cmd_models"]
+
+_log = logging.getLogger(__name__)
+
+
+def add_commands(sub) -> None:
+    p = add_command(sub, "models", help="list the built-in model zoo")
+    add_json(p, help="print the list as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = add_command(sub, "export", help="write a zoo model as the quantized ONNX the compiler uses")
+    p.add_argument("name")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration", default="random", help="'random' or a directory of .npy inputs")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_models(args) -> int:
+    from ..compiler.frontend import zoo
+    rows = [{"name": spec.name, "default_size": spec.default_size, "min_size": spec.min_size,
+             "classes": spec.num_classes, "description": spec.description} for spec in zoo.MODELS.values()]
+    if args.json:
+        print_json({"models": rows})
+    else:
+        for row in rows:
+            print(f"{row['name']:14} {row['default_size']:>4} px (min {row['min_size']:>3})  {row['description']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..compiler.frontend import zoo
+    if args.name not in zoo.MODELS:
+        raise UsageError(f"unknown model {args.name!r}; models: {', '.join(zoo.MODELS)}")
+    try:
+        path = zoo.export_quantized(args.name, args.input_size, args.output, seed=args.seed,
+                                    calibration=args.calibration)
+    except ValueError as error:   # the zoo's own checks (an input size below the model's minimum)
+        raise UsageError(str(error)) from None
+    _log.info("wrote %s: %s quantized (QOperator, per-channel int8 weights)", path, args.name)
+    return 0
