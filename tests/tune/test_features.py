@@ -3,10 +3,11 @@ compiled program, group by group."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dlfusion.compiler.compile import compile_graph
+from dlfusion.compiler.errors import CompileError
 from dlfusion.compiler.plan import Group, Plan, make_plan, random_plan
 from dlfusion.compiler.random_graph import random_graph
 from dlfusion.compiler.tune import TuneError
@@ -49,6 +50,11 @@ def test_counts_equal_the_compiled_program(seed, plan_seed, kind):
         plan = random_plan(graph, QUAD, plan_seed)
     else:
         plan = make_plan(graph, QUAD, fusion="max", cores=1 + plan_seed % QUAD.cores)
+    try:
+        compile_graph(graph, QUAD, plan)
+    except CompileError as error:       # a program longer than QUAD's 1 MiB of DRAM
+        assume("DRAM is full" not in str(error))
+        raise
     _check_plan(graph, QUAD, plan)
 
 
