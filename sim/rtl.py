@@ -76,7 +76,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.binary import Binary, BinaryError
+from ..hw.binary import Binary
 from ..hw.config import HwConfig
 from ..hw.errors import AcceleratorFault, InputError
 from ..hw.isa import ErrorCode

@@ -194,6 +194,9 @@ class Measurement:
     cached : bool
     error : str or None
     traceback : str or None
+    attempts : int
+        Runs it took: more than 1 when the executor lost a worker under it and ran
+        it again (0 when it came from the cache or could not be prepared).
     """
     spec: Any
     key: str | None
@@ -202,6 +205,7 @@ class Measurement:
     cached: bool = False
     error: str | None = None
     traceback: str | None = None
+    attempts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -274,5 +278,6 @@ def measure(specs: Sequence, prepare: Callable, fn: Callable, *, executor: Execu
                 cache.put(key, outcome.result, seconds=seconds, hw_hash=hw_hash,
                           job=describe(spec) if describe else None)
             bar.update(failed=not outcome.ok)
-            yield Measurement(spec, key, outcome.result, seconds, error=outcome.error, traceback=outcome.traceback)
+            yield Measurement(spec, key, outcome.result, seconds, error=outcome.error, traceback=outcome.traceback,
+                              attempts=outcome.attempts)
         yield from drain()

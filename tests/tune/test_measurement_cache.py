@@ -77,11 +77,11 @@ def test_cached_results_are_not_measured_again(tmp_path, executor):
     calls_dir.mkdir()
     first = _run(list(range(6)), HW_A, cache, executor, calls_dir)
     assert calls(calls_dir) == 6
-    assert all(m.ok and not m.cached for m in first)
+    assert all(m.ok and not m.cached and m.attempts == 1 for m in first)
     assert all(m.seconds >= 0.02 for m in first)
     second = _run(list(range(6)), HW_A, cache, executor, calls_dir)
     assert calls(calls_dir) == 6          # nothing ran
-    assert all(m.cached for m in second)
+    assert all(m.cached and m.attempts == 0 for m in second)
     assert {m.spec: (m.result, m.seconds) for m in second} == {m.spec: (m.result, m.seconds) for m in first}
     assert {m.spec: m.result["cycles"] for m in second} == {x: 1000 + x * x for x in range(6)}
     assert cache.get(second[0].key).job == {"x": second[0].spec}
@@ -92,10 +92,10 @@ def test_an_interrupted_run_resumes(tmp_path, executor):
     calls_dir = tmp_path / "calls"
     calls_dir.mkdir()
     specs = list(range(12))
-    with LocalExecutor(workers=2) as interrupted:   # closing it waits for the jobs still running
+    with LocalExecutor(workers=2) as interrupted:
         run = measure(specs, _prepare(HW_A, calls_dir), fake_measurement, executor=interrupted, cache=cache)
         done = [next(run) for _ in range(4)]
-        run.close()                        # interrupted after four results
+        run.close()                        # interrupted after four results: the jobs still running are stopped
     stored = len(cache)
     assert stored >= 4 and all(m.key in cache for m in done)
     before = calls(calls_dir)
