@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...hw.asm import AsmError
 from ...hw.binary import Binary, atomic_write
 from ...hw.config import HwConfig
 from ...hw.errors import EXIT_ACCELERATOR, EXIT_MISMATCH, DlfusionError, MismatchError
@@ -45,8 +46,6 @@ from .rule import Sample, fit_rule, layer_features, rule_path
 
 __all__ = ["LayerSpec", "Grid", "GRIDS", "resolve_grid", "CharacterizationError", "OutputMismatch", "run_layer",
            "characterize", "read_samples", "CSV_COLUMNS", "default_out_dir"]
-
-
 
 _log = logging.getLogger(__name__)
 
@@ -301,7 +300,7 @@ def _feasible(hw: HwConfig, specs: list[LayerSpec]) -> tuple[list[LayerSpec], li
     for spec in specs:
         try:
             spec.build(hw, 1, "rows")
-        except CompileError as error:
+        except (CompileError, AsmError) as error:   # AsmError: its tensors do not fit in DRAM
             skipped.append({"layer": spec.name, "reason": str(error)})
         else:
             kept.append(spec)
