@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 import re
+from pathlib import Path
 
-from .options import add_command
+from .options import UsageError, add_command
 
 __all__ = ["add_commands", "cmd_lint"]
 
@@ -25,6 +26,9 @@ def add_commands(sub) -> None:
 
 def cmd_lint(args) -> int:
     from ..sim.verilator_tool import AMARANTH_WAIVERS, lint
+    missing = [name for name in args.files if not Path(name).is_file()]
+    if missing:
+        raise UsageError(f"no such Verilog file(s): {', '.join(missing)}")
     ok, messages = lint(*args.files, top=args.top, waivers=None if args.no_waivers else AMARANTH_WAIVERS)
     by_rule = collections.Counter(re.match(r"%(\w+(?:-\w+)?)", m).group(1) for m in messages)
     for message in messages[:args.show]:
