@@ -17,8 +17,10 @@ testbench, the Verilator/cocotb versions and the build options. Because
 generating the Verilog of the accelerator takes seconds, a second, cheaper
 fingerprint (the ``dlfusion.hw`` sources, the Amaranth versions and the
 HwConfig) lets an unchanged model be reused without elaborating the design at
-all. ``build.lock`` (``flock``) makes concurrent builds and runs of the same
-model safe across processes: builds hold it exclusively, runs shared.
+all. ``build.lock`` (a :class:`filelock.ReadWriteLock`, released by the operating
+system if its holder dies) makes concurrent builds and runs of the same model safe
+across processes: builds hold it exclusively, runs shared, so that parallel runs of
+one model never wait for each other's simulations.
 
 Results
 -------
@@ -63,7 +65,6 @@ testbench counts them and writes the barrier log itself (``+BARRIER_LOG``). Harn
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -75,6 +76,12 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
+
+try:
+    from filelock import ReadWriteLock
+except ImportError:     # filelock < 3.21 has no shared lock: runs of one model then take turns
+    ReadWriteLock = None
 
 from ..hw.binary import Binary
 from ..hw.config import HwConfig
@@ -320,14 +327,21 @@ def _runner(jobs: int, verbose: bool):
 
 
 @contextlib.contextmanager
-def _flock(path: Path, exclusive: bool):
+def _build_lock(path: Path, exclusive: bool):
+    """Hold a model's build lock across processes: exclusive to build, shared to run."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as file:
-        fcntl.flock(file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
+    if ReadWriteLock is None:
+        with FileLock(path):
             yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+        return
+    # One instance per hold (not the per-path singleton): threads of one process then
+    # wait for each other like processes do, instead of failing on a mode change.
+    lock = ReadWriteLock(path, is_singleton=False)
+    try:
+        with lock.write_lock() if exclusive else lock.read_lock():
+            yield
+    finally:
+        lock.close()
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -463,12 +477,12 @@ class RtlSimulator:
         """
         # A current model is checked under the shared lock, so that runs of one model in
         # parallel processes do not wait for each other's simulations (which hold it shared).
-        with _flock(self._lock_path, exclusive=False):
+        with _build_lock(self._lock_path, exclusive=False):
             stamp = self._read_stamp()
             if self._current(stamp):
                 self._reuse(stamp)
                 return self.model_dir
-        with _flock(self._lock_path, exclusive=True):
+        with _build_lock(self._lock_path, exclusive=True):
             stamp = self._read_stamp()
             if self._current(stamp):
                 self._reuse(stamp)
@@ -501,7 +515,7 @@ class RtlSimulator:
         self.executable.unlink(missing_ok=True)
         # Stale objects of another design could be reused by make: start from a clean tree.
         for child in model.iterdir():
-            if child.name not in (self._lock_path.name, "runs"):
+            if child.name != "runs" and not child.name.startswith(self._lock_path.name):   # the lock's own files
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         accel = model / f"{ACCEL_TOP}.v"
         accel.write_text(verilog)
@@ -589,7 +603,7 @@ class RtlSimulator:
 
         while True:
             self.build()
-            with _flock(self._lock_path, exclusive=False):
+            with _build_lock(self._lock_path, exclusive=False):
                 if not self._current(self._read_stamp()):
                     continue  # rebuilt for another design meanwhile: build ours again
                 raw = self._simulate(dram, ranges, prog_addr, binary.core_mask, limit, regions)
