@@ -29,7 +29,7 @@ DEFAULT_OUT = "build/bench"
 def add_commands(sub) -> None:
     parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo or tune",
                             description=__doc__.split("\n\n")[0])
-    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True)
 
     p = add_command(benchmarks, "foundation", help="a compute-bound 3x3 convolution (56x56, 64 -> 64) on one "
                                                    "core: cycles, utilization, golden and numpy agreement, speed")
