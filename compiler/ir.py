@@ -16,7 +16,7 @@ import numpy as np
 
 from ..hw.errors import InputError
 
-__all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check", "out_size"]
+__all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT"]
 
 
 def out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
@@ -43,10 +43,13 @@ class Op(enum.Enum):
     MAXPOOL = "maxpool"            #: MaxPool on a quantized tensor
     AVGPOOL = "avgpool"            #: QLinearAveragePool / QLinearGlobalAveragePool
     CONCAT = "concat"              #: channel concatenation (same scale and zero point)
+    CLAMP = "clamp"                #: Relu/Clip as read; folded into its producer by a pass (never lowered)
 
 
 #: Ops that the windowed lowering handles (a k x k window over the input).
 WINDOWED = (Op.CONV, Op.DEPTHWISE, Op.FC, Op.MAXPOOL, Op.AVGPOOL)
+#: Ops that exist only between the frontend and the passes that legalize them.
+TRANSIENT = (Op.CLAMP,)
 
 
 @dataclass
@@ -74,7 +77,7 @@ class Node:
     windowed ops: ``kernel, stride, pad``; CONV/DEPTHWISE/FC also ``weight`` (int8,
     (K, C, k, k) or (C, 1, k, k)), ``bias`` (int32, (K,)), ``multiplier`` (float32, (K,));
     AVGPOOL ``multiplier`` (float32 scalar); every op ``clamp`` (lo, hi) of the output.
-    ADD: ``a_scale, a_zp, b_scale, b_zp``. CONCAT: nothing.
+    ADD: ``a_scale, a_zp, b_scale, b_zp``. CONCAT: nothing. CLAMP: ``source`` (the ONNX op).
     """
     name: str
     op: Op
@@ -112,8 +115,12 @@ class Graph:
         return sum(node.macs for node in self.nodes)
 
 
-def check(graph: Graph) -> None:
-    """Raise :class:`IRError` unless every invariant holds."""
+def check(graph: Graph, *, legal: bool = True) -> None:
+    """Raise :class:`IRError` unless every invariant holds.
+
+    ``legal`` also asks what the lowering needs: no :data:`TRANSIENT` op, and concat inputs
+    that share the output's quantization (the graph after the passes); without it, the
+    invariants of the graph between the frontend's passes."""
     defined = {graph.input}
     if graph.input not in graph.tensors:
         raise IRError(f"graph input {graph.input!r} has no tensor")
@@ -162,8 +169,15 @@ def check(graph: Graph) -> None:
         elif node.op is Op.CONCAT:
             if any(t.shape[1:] != out.shape[1:] for t in ins) or sum(t.shape[0] for t in ins) != out.shape[0]:
                 raise IRError(f"{node.name}: concat shapes do not add up")
-            if any((t.scale, t.zero_point, t.dtype) != (out.scale, out.zero_point, out.dtype) for t in ins):
+            if legal and any((t.scale, t.zero_point, t.dtype) != (out.scale, out.zero_point, out.dtype)
+                             for t in ins):
                 raise IRError(f"{node.name}: concat inputs must share the output's quantization")
+        elif node.op is Op.CLAMP:
+            if legal:
+                raise IRError(f"{node.name}: a {node.op.value} node must be folded into its producer before lowering")
+            if len(ins) != 1 or (out.shape, out.scale, out.zero_point, out.dtype) != \
+                    (ins[0].shape, ins[0].scale, ins[0].zero_point, ins[0].dtype):
+                raise IRError(f"{node.name}: a clamp keeps its input's shape and quantization")
         else:
             raise IRError(f"{node.name}: unknown op {node.op!r}")
     if graph.output not in defined:

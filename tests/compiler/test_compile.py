@@ -185,5 +185,6 @@ def test_unsupported_op_names_the_node(tmp_path):
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(tmp_path / "m.onnx"))
-    with pytest.raises(IRError, match=r"node 'the_softmax' \(Softmax\): unsupported op; supported: QuantizeLinear"):
+    with pytest.raises(IRError, match=r"node 'the_softmax' \(Softmax\): unsupported op in this float model; "
+                                      r"supported: QuantizeLinear, DequantizeLinear, QLinearConv"):
         load_onnx(tmp_path / "m.onnx")

@@ -1,0 +1,54 @@
+"""Legalization: what the accelerator cannot do as read becomes what it can."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, IRError, Node, Op, Tensor
+
+__all__ = ["rescale_concat_inputs", "table_multiplier"]
+
+
+def table_multiplier(part: Tensor, y_scale: np.float32, y_zero: int, dtype, where: str) -> np.float32:
+    """A float32 multiplier ``m`` with ``clamp(rne((x - zx) * m) + zy) == table[x]`` for every
+    8-bit ``x``, where ``table`` is onnxruntime's QLinearConcat lookup table
+    (dequantize with the input's parameters, quantize with the output's)."""
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1)
+    real = (x - part.zero_point).astype(np.float32) * np.float32(part.scale)
+    table = np.clip(np.rint(real / y_scale) + y_zero, info.min, info.max)
+    guess = np.float32(np.float32(part.scale) / y_scale)
+    bits = int(guess.view(np.int32))
+    for step in range(64):      # the nearest float32 values around the scale ratio
+        for candidate in {bits + step, bits - step}:
+            m = np.array(candidate, np.int32).view(np.float32)
+            ours = np.clip(np.rint((x - part.zero_point).astype(np.float32) * m) + y_zero, info.min, info.max)
+            if np.array_equal(ours, table):
+                return np.float32(m)
+    raise IRError(f"{where}: cannot reproduce the requantization table of input {part.name!r} "
+                  "with a multiplier")
+
+
+def rescale_concat_inputs(graph: Graph) -> None:
+    """Before every requantizing concat (QLinearConcat: ``attrs["requantize"]``), an identity 1x1
+    depthwise layer for each input quantized otherwise than the concat's output (named
+    ``<concat>:rescale<i>``, output ``<input>:rescaled``). A plain Concat joins the integers as
+    they are, so its inputs must share a quantization (the IR check says so)."""
+    for concat in [n for n in graph.nodes if n.op is Op.CONCAT and n.attrs.get("requantize")]:
+        out = graph.tensors[concat.output]
+        dtype = np.int8 if out.signed else np.uint8
+        where = f"node {concat.name!r} (QLinearConcat)"
+        for index, name in enumerate(list(concat.inputs)):
+            part = graph.tensors[name]
+            if np.float32(part.scale) == np.float32(out.scale) and part.zero_point == out.zero_point:
+                continue
+            multiplier = table_multiplier(part, np.float32(out.scale), out.zero_point, dtype, where)
+            channels = part.shape[0]
+            rescaled = Node(f"{concat.name}:rescale{index}", Op.DEPTHWISE, [name], f"{name}:rescaled",
+                            dict(kernel=1, stride=1, pad=0, weight=np.ones((channels, 1, 1, 1), np.int8),
+                                 bias=np.zeros(channels, np.int32),
+                                 multiplier=np.full(channels, multiplier, np.float32), clamp=out.qrange))
+            graph.tensors[rescaled.output] = Tensor(rescaled.output, part.shape, out.dtype, out.scale,
+                                                    out.zero_point)
+            graph.nodes.insert(graph.nodes.index(concat), rescaled)
+            concat.inputs[index] = rescaled.output
