@@ -1,26 +1,34 @@
-"""A one-line progress bar on stderr for long runs.
+"""The progress bar of long runs (many RTL measurements), drawn by tqdm on stderr.
 
-Drawn only when asked for and stderr is a terminal: the CLI turns it off for
-``--json`` (as it does its other progress messages), and logs and pipes never see
-carriage returns.
+Drawn only when asked for and stderr is a terminal: the command line turns it off
+with ``--quiet`` and ``--json``, and logs and pipes never see carriage returns.
+While a bar is drawn, log records (a retried measurement, say) are printed above
+it rather than through it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-import time
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 __all__ = ["Progress"]
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
+def _console_loggers() -> list[logging.Logger]:
+    """The loggers with a handler printing to stdout or stderr (tqdm prints their records above the bar)."""
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    return [logger for logger in loggers
+            if any(isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+                   for handler in logger.handlers)]
 
 
 class Progress:
-    """``label [#####.....] done/total  cached c  failed f  elapsed  ~left``.
+    """``label:  40%|####      | 4/10 [00:12<00:18, cached=1, failed=0]``.
 
     Parameters
     ----------
@@ -31,11 +39,12 @@ class Progress:
         Draw at all (it is still off when ``stream`` is not a terminal).
     stream : file, optional
         Default ``sys.stderr``.
-    """
 
-    WIDTH = 24
-    #: Redraw at most this often (seconds), except for the last job.
-    INTERVAL = 0.2
+    Attributes
+    ----------
+    done, cached, failed : int
+        Jobs counted so far: all of them, those answered from the cache, those that failed.
+    """
 
     def __init__(self, total: int, label: str = "", *, enabled: bool = True, stream=None):
         self.stream = sys.stderr if stream is None else stream
@@ -43,36 +52,28 @@ class Progress:
         self.total = total
         self.label = label
         self.done = self.cached = self.failed = 0
-        self.started = time.monotonic()
-        self._drawn = 0.0
+        self._bar = tqdm(total=total, desc=label, file=self.stream, disable=not self.enabled, unit="job",
+                         dynamic_ncols=True, postfix=self._counts())
+        self._logging = contextlib.ExitStack()
+        if self.enabled:
+            self._logging.enter_context(logging_redirect_tqdm(_console_loggers()))
+
+    def _counts(self) -> dict:
+        return {"cached": self.cached, "failed": self.failed}
 
     def update(self, *, cached: bool = False, failed: bool = False) -> None:
         """Count one finished job."""
         self.done += 1
         self.cached += bool(cached)
         self.failed += bool(failed)
-        now = time.monotonic()
-        if self.enabled and (now - self._drawn >= self.INTERVAL or self.done >= self.total):
-            self._drawn = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        fraction = self.done / self.total if self.total else 1.0
-        filled = int(self.WIDTH * fraction)
-        elapsed = now - self.started
-        measured = self.done - self.cached
-        remaining = self.total - self.done
-        eta = f"  ~{_clock(elapsed / measured * remaining)} left" if measured and remaining else ""
-        line = (f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total}"
-                f"  cached {self.cached}  failed {self.failed}  {_clock(elapsed)}{eta}")
-        self.stream.write("\r" + line + "\033[K")
-        self.stream.flush()
+        if self.enabled:
+            self._bar.set_postfix(self._counts(), refresh=False)
+            self._bar.update(1)
 
     def close(self) -> None:
-        """End the line."""
-        if self.enabled and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the bar (its last state stays on the terminal)."""
+        self._logging.close()
+        self._bar.close()
 
     def __enter__(self):
         return self
