@@ -153,6 +153,24 @@ class HwConfig:
     def param_lines(self) -> int:
         return self.param_entries * self.param_lines_per_entry
 
+    # Double buffering: the compiler splits the weight, parameter and accumulator scratchpads
+    # into two slots, one filled or drained while the other is in use.
+
+    @property
+    def weight_slot_blocks(self) -> int:
+        """Weight blocks of one of the two weight slots."""
+        return self.weight_blocks // 2
+
+    @property
+    def param_slot_entries(self) -> int:
+        """Parameter entries of one of the two parameter slots."""
+        return self.param_entries // 2
+
+    @property
+    def acc_slot_entries(self) -> int:
+        """Accumulator entries of one of the two accumulator slots."""
+        return self.acc_entries // 2
+
     @property
     def macs_per_cycle(self) -> int:
         """Peak MACs per cycle of one core."""

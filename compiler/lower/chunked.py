@@ -49,7 +49,7 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
     chunks = [(c0, min(cin_blocks, c0 + chunk)) for c0 in range(0, cin_blocks, chunk)]
     row0, row1 = rows
     block0, block1 = blocks
-    half_weights = hw.weight_blocks // 2
+    half_weights = hw.weight_slot_blocks
     lpe = hw.param_lines_per_entry
     tiles_per_block = ceil_div(row1 - row0, tiling.rows)
     tiles = [(j, t) for j in range(block0, block1) for t in range(tiles_per_block)]

@@ -327,9 +327,9 @@ class FusedGroup:
                                f"param_entries = {hw.param_entries} (short by {params - hw.param_entries})")
         for node in self.nodes:
             ow = self.graph.tensors[node.output].shape[2]
-            if node.op in _PE_OPS and ow > hw.acc_entries // 2:
+            if node.op in _PE_OPS and ow > hw.acc_slot_entries:
                 raise CompileError(f"{self.label} does not fit on chip: {node.name} has {ow}-pixel rows, an "
-                                   f"accumulator slot holds {hw.acc_entries // 2} (acc_entries = {hw.acc_entries})")
+                                   f"accumulator slot holds {hw.acc_slot_entries} (acc_entries = {hw.acc_entries})")
             if ow > FIELD_MAX_COUNT:
                 raise CompileError(f"{self.label}: rows of {ow} pixels exceed the {FIELD_MAX_COUNT}-iteration loops")
         out_rows = self.graph.tensors[self.final.output].shape[1]
@@ -364,6 +364,17 @@ class FusedGroup:
         return {"band_rows": layout.rows, "bands": len(layout.schedules[0].bands), "act_lines": layout.act_lines}
 
 
+@dataclass
+class _Record:
+    """One instruction of a band, kept until the band's semaphore flags are settled."""
+    unit: Unit
+    opcode: Opcode
+    wait: int = 0
+    signal: int = 0
+    fields: dict = field(default_factory=dict)
+    writes_output: bool = False     # a PPU instruction writing the group's output region
+
+
 class _CoreEmitter:
     def __init__(self, group: FusedGroup, layout: _Layout, sched: _Schedule, stream: StreamBuilder, address,
                  constants):
@@ -392,7 +403,6 @@ class _CoreEmitter:
         region, _, _ = self._where(tensor, band)
         return region.run_end(row, stride, count)
 
-    # instruction records: (unit, opcode, wait, signal, fields, writes_output)
     def run(self) -> None:
         hw, stream = self.hw, self.stream
         lanes = hw.lanes
@@ -460,7 +470,7 @@ class _CoreEmitter:
                          n2=region.blocks, n1=b - a, n0=w)
 
     def _compute_band(self, band: int, last: bool) -> None:
-        records: list[list] = []     # [unit, opcode, wait, signal, fields, writes_output]
+        records: list[_Record] = []
         out_root = self.g.final.output
         for node in self.g.nodes:
             first, end = self.sched.new_rows(node.output, band)
@@ -476,26 +486,26 @@ class _CoreEmitter:
             self.dirty.add(self.g.root(node.output)[0])
         # Flags: the band's first PE instruction waits for its input rows (and, in the first band,
         # the weights); its last PPU instruction frees the input rows; output slot hand-over.
-        pe = [r for r in records if r[0] is Unit.PE]
-        ppu = [r for r in records if r[0] is Unit.PPU]
-        pe[0][2] |= IN_FULL | (W_FULL if self.first_pe_of_group else 0)
+        pe = [r for r in records if r.unit is Unit.PE]
+        ppu = [r for r in records if r.unit is Unit.PPU]
+        pe[0].wait |= IN_FULL | (W_FULL if self.first_pe_of_group else 0)
         self.first_pe_of_group = False
-        ppu[-1][3] |= IN_FREE | (W_FREE if last else 0)
-        writers = [r for r in ppu if r[5]]
-        writers[0][2] |= OUT_FREE
-        writers[-1][3] |= OUT_FULL
-        for unit, opcode, wait, signal, fields, _ in records:
-            if opcode is Opcode.SYNC:
-                self.stream.sync(unit, wait=wait, signal=signal)
+        ppu[-1].signal |= IN_FREE | (W_FREE if last else 0)
+        writers = [r for r in ppu if r.writes_output]
+        writers[0].wait |= OUT_FREE
+        writers[-1].signal |= OUT_FULL
+        for record in records:
+            if record.opcode is Opcode.SYNC:
+                self.stream.sync(record.unit, wait=record.wait, signal=record.signal)
             else:
-                self.stream.emit(opcode, wait=wait, signal=signal, **fields)
+                self.stream.emit(record.opcode, wait=record.wait, signal=record.signal, **record.fields)
         if last:
             self.stream.sync(Unit.PPU, signal=W_FREE)
 
     def _drain(self, records) -> None:
-        records.append([Unit.PE, Opcode.SYNC, ACC_FREE, 0, {}, False])
-        records.append([Unit.PE, Opcode.SYNC, ACC_FREE, ACC_FREE, {}, False])
-        records.append([Unit.PE, Opcode.SYNC, 0, ACC_FREE, {}, False])
+        records.append(_Record(Unit.PE, Opcode.SYNC, wait=ACC_FREE))
+        records.append(_Record(Unit.PE, Opcode.SYNC, wait=ACC_FREE, signal=ACC_FREE))
+        records.append(_Record(Unit.PE, Opcode.SYNC, signal=ACC_FREE))
         self.dirty.clear()
 
     def _add(self, node: Node, band: int, first: int, end: int, records, writes_out: bool) -> None:
@@ -510,13 +520,13 @@ class _CoreEmitter:
             for name in (a_name, b_name, node.output):
                 n = self._run(name, row, 1, n, band)
             planes = [self._where(name, band)[0].plane for name in (a_name, b_name, node.output)]
-            records.append([Unit.PE, Opcode.SYNC, ACC_FREE, ACC_FULL, {}, False])
-            records.append([Unit.PPU, Opcode.ADD, ACC_FULL, ACC_FREE, dict(
+            records.append(_Record(Unit.PE, Opcode.SYNC, wait=ACC_FREE, signal=ACC_FULL))
+            records.append(_Record(Unit.PPU, Opcode.ADD, ACC_FULL, ACC_FREE, dict(
                 a_addr=self._line(a_name, row, 0, band), a_s1=planes[0], a_s0=1,
                 b_addr=self._line(b_name, row, 0, band), b_s1=planes[1], b_s0=1,
                 out_addr=self._line(node.output, row, 0, band), out_s1=planes[2], out_s0=1,
                 n1=blocks, n0=n * w, param_addr=self.layout.param_base[node.name], in_signed=int(out.signed),
-                out_signed=int(out.signed), out_zp=0, clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out])
+                out_signed=int(out.signed), out_zp=0, clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out))
             row += n
 
     def _windowed(self, node: Node, band: int, first: int, end: int, records, writes_out: bool) -> None:
@@ -535,7 +545,7 @@ class _CoreEmitter:
         full = self.g._full_tap(node)
         taps = [full] + [(ky, kx) for ky in range(k) for kx in range(k) if (ky, kx) != full]
         x_plane = self._where(x_name, band)[0].plane
-        chunk = max(1, (hw.acc_entries // 2) // ow)
+        chunk = max(1, hw.acc_slot_entries // ow)
         wbase = self.layout.weight_base[node.name]
         pbase = self.layout.param_base[node.name]
         lo, hi = node.attrs["clamp"]
@@ -543,7 +553,7 @@ class _CoreEmitter:
             y1 = min(end, y0 + chunk)
             single = (y1 - y0) * ow == 1
             for j in range(cout_blocks):
-                acc = (self.acc_count % 2) * (hw.acc_entries // 2)
+                acc = (self.acc_count % 2) * hw.acc_slot_entries
                 self.acc_count += 1
                 instructions = []   # (fields, overwrite)
                 if single and layer.kind is LayerKind.CONV:
@@ -592,9 +602,9 @@ class _CoreEmitter:
                 for index, (fields, overwrite) in enumerate(instructions):
                     wait = ACC_FREE if index == 0 else 0
                     signal = ACC_FULL if index == len(instructions) - 1 else 0
-                    records.append([Unit.PE, Opcode.MATMUL, wait, signal, dict(
+                    records.append(_Record(Unit.PE, Opcode.MATMUL, wait, signal, dict(
                         mode=mode, accumulate=int(not overwrite), in_signed=int(x.signed),
-                        in_zp=to_byte(x.zero_point), **fields), False])
+                        in_zp=to_byte(x.zero_point), **fields)))
                 # requantize the tile into the output region, split where the region wraps
                 row = y0
                 pieces = []
@@ -605,11 +615,11 @@ class _CoreEmitter:
                 for index, (row, n) in enumerate(pieces):
                     wait = ACC_FULL if index == 0 else 0
                     signal = ACC_FREE if index == len(pieces) - 1 else 0
-                    records.append([Unit.PPU, Opcode.REQUANT, wait, signal, dict(
+                    records.append(_Record(Unit.PPU, Opcode.REQUANT, wait, signal, dict(
                         acc_addr=acc + (row - y0) * ow, acc_s1=ow, acc_s0=1,
                         out_addr=self._line(node.output, row, j, band), out_s1=ow, out_s0=1, n1=n, n0=ow,
                         param_addr=pbase + 2 * j, out_signed=int(y.signed), out_zp=to_byte(y.zero_point),
-                        clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out])
+                        clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out))
 
     def _contiguous(self, tensor: str, row: int, k: int, h: int, band: int) -> bool:
         first, last = max(0, row), min(h, row + k)

@@ -40,7 +40,7 @@ def chunk_blocks(hw: HwConfig, layer: WindowedLayer) -> int | None:
     Such a layer is lowered one output block at a time, its input channels in chunks whose
     partial sums accumulate in the accumulators (see :func:`lower_windowed`)."""
     per_block = weight_blocks_for(layer, hw.lanes)
-    half_weights = hw.weight_blocks // 2
+    half_weights = hw.weight_slot_blocks
     if per_block <= half_weights:
         return None
     taps = layer.kernel * layer.kernel
@@ -53,8 +53,8 @@ def chunk_blocks(hw: HwConfig, layer: WindowedLayer) -> int | None:
 
 def chunked_block_ranges(hw: HwConfig, block0: int, block1: int) -> list[tuple[int, int]]:
     """The output-block ranges a chunked convolution's part is lowered in, one after the other:
-    each keeps its blocks' parameters on chip (``param_entries // 2`` blocks at most)."""
-    most = max(1, hw.param_entries // 2)
+    each keeps its blocks' parameters on chip (``param_slot_entries`` blocks at most)."""
+    most = max(1, hw.param_slot_entries)
     return [(b, min(block1, b + most)) for b in range(block0, block1, most)]
 
 
@@ -68,13 +68,13 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer, out_rows: int | None = None,
     cout_blocks = out_blocks if out_blocks is not None else ceil_div(layer.out_channels, lanes)
     out_rows = out_rows if out_rows is not None else layer.out_height
     per_block = weight_blocks_for(layer, lanes)
-    half_weights = hw.weight_blocks // 2
+    half_weights = hw.weight_slot_blocks
     if chunk_blocks(hw, layer) is not None:
         group = 1     # one output block at a time, its weights in input-channel chunks
     else:
         group = cout_blocks if per_block == 0 else min(cout_blocks, half_weights // per_block)
     # Parameters (bias + multiplier entries per block) are double-buffered per group too.
-    group = min(group, hw.param_entries // 4)
+    group = min(group, hw.param_slot_entries // 2)
     in_width = (layer.out_width - 1) * s + k
     ow = layer.out_width
     if ow > FIELD_MAX_COUNT or in_width > FIELD_MAX_COUNT:

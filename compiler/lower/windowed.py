@@ -81,7 +81,7 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     groups = ceil_div(cout_blocks, group)
     tiles_per_group = ceil_div(row1 - row0, tiling.rows)
 
-    half_weights = hw.weight_blocks // 2
+    half_weights = hw.weight_slot_blocks
     in_slots = [0, tiling.in_slot]
     out_slots = [2 * tiling.in_slot, 2 * tiling.in_slot + tiling.out_slot]
     acc_tile = tiling.rows * OW
@@ -92,7 +92,7 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
         pad_value = -128 if layer.in_signed else 0
     mode = MATMUL_MODES[layer.kind]
     has_weights = per_block > 0
-    half_params = hw.param_entries // 2
+    half_params = hw.param_slot_entries
     lines_per_entry = hw.param_lines_per_entry
 
     if credits:
