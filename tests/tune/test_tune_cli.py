@@ -117,7 +117,8 @@ def _bad(capsys, argv, match, root, common):
 
 def test_bad_input(setup, capsys, tmp_path):
     root, common = setup
-    _bad(capsys, ["lenet"], "unknown model 'lenet'", root, common)
+    # --strategy none: without the rtl fixture's run there is no cost model yet, and dlfusion needs one.
+    _bad(capsys, ["lenet", "--strategy", "none"], "unknown model 'lenet'", root, common)
     _bad(capsys, ["tiny_cnn", "--strategy", "greedy"], "unknown strategy 'greedy'; accepted: none, cores-only",
          root, common)
     _bad(capsys, ["resnet18", "--input-size", "16", "--strategy", "none"], "resnet18: input size 16 is below the "
