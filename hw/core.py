@@ -1,16 +1,18 @@
 """One accelerator core: fetch, dispatch, semaphores, scratchpads and three units.
 
-The fetch unit prefetches instruction lines through the shared DRAM port into
-a line FIFO and assembles 256-bit instructions. The dispatcher decodes each
-instruction, rejects bad opcodes and reserved field values, and appends it to
-the queue of its unit (DMA, PE, PPU), stalling while that queue is full. END
-and BARRIER wait for every queue and unit to drain. The semaphore block lets
-at most one unit acquire per cycle (fixed priority DMA, PE, PPU) and applies
-all completions of the cycle.
+:class:`InstructionFetch` prefetches instruction lines through the shared DRAM
+port into a line FIFO. The :class:`Dispatcher` assembles them into 256-bit
+instructions, decodes each, rejects bad opcodes and reserved field values, and
+appends it to the queue of its unit (DMA, PE, PPU), stalling while that queue
+is full; END and BARRIER wait for every queue and unit to drain.
+:class:`Semaphores` checks the heads of the queues: it lets at most one unit
+acquire per cycle (fixed priority DMA, PE, PPU) and applies all completions of
+the cycle. :class:`Core` joins them with the scratchpads and the
+units and keeps the first error and the counters.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import fifo, memory, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -20,12 +22,301 @@ from .isa import INSTRUCTION, NUM_SEMAPHORES, SEMAPHORE_MAX, Buffer, ErrorCode, 
 from .memsys import RequestSignature, ResponseSignature
 from .pe_array import PeArray
 from .ppu import Ppu
-from .unit import queue_entry
+from .unit import queue_slot
 
-__all__ = ["Core", "COUNTER_NAMES", "COUNTER_BITS"]
+__all__ = ["Core", "InstructionFetch", "Dispatcher", "Semaphores", "SemaphoreClientSignature", "UNITS",
+           "COUNTER_NAMES", "COUNTER_BITS", "COUNTERS"]
 
 COUNTER_NAMES = ("instructions", "dma_busy", "dma_stall", "pe_busy", "ppu_busy", "sem_wait", "barrier_wait")
 COUNTER_BITS = 48
+#: The counters of one core, in ``COUNTER_NAMES`` order (the first in the low bits).
+COUNTERS = data.StructLayout({name: COUNTER_BITS for name in COUNTER_NAMES})
+
+#: The units of a core, in the order of their semaphore priority (and of their queues).
+UNITS = (Unit.DMA, Unit.PE, Unit.PPU)
+_UNIT_CLASSES = {Unit.DMA: DmaUnit, Unit.PE: PeArray, Unit.PPU: Ppu}
+
+
+class InstructionFetch(wiring.Component):
+    """Instruction prefetch: DRAM lines from ``prog_addr`` on, into a line FIFO.
+
+    Lines are requested while the core runs and has not finished, as long as the FIFO has
+    room for every line in flight (the response port is always ready).
+
+    Parameters
+    ----------
+    hw : HwConfig
+
+    Members
+    -------
+    start : In(1), a pulse: fetch from ``prog_addr``.
+    running, finished : In(1), the core's status (lines are fetched while running and not finished).
+    halt : In(1), stop requesting.
+    fetch, fetch_resp : the untagged port on the shared DRAM system.
+    lines : Out(stream.Signature(8 * line_bytes)), the fetched lines in order.
+    drained : Out(1), nothing is in flight and the next line would be beyond the DRAM.
+    progress : Out(1), a line was requested or arrived this cycle.
+    """
+
+    def __init__(self, hw: HwConfig):
+        self.hw = hw
+        super().__init__({
+            "start": In(1), "prog_addr": In(32), "running": In(1), "finished": In(1), "halt": In(1),
+            "fetch": Out(RequestSignature(hw, 0)), "fetch_resp": In(ResponseSignature(hw, 0)),
+            "lines": Out(stream.Signature(8 * hw.line_bytes)),
+            "drained": Out(1), "progress": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self.hw
+        m.submodules.lines = lines = fifo.SyncFIFO(width=8 * hw.line_bytes, depth=hw.fetch_lines)
+        wiring.connect(m, lines.r_stream, wiring.flipped(self.lines))
+
+        fetch_addr = Signal(33)
+        outstanding = Signal(range(hw.fetch_lines + 1))
+        requested = self.fetch.valid & self.fetch.ready
+        m.d.comb += [
+            self.fetch.valid.eq(self.running & ~self.finished & ~self.halt & (fetch_addr < hw.dram_lines)
+                                & (outstanding + lines.level < hw.fetch_lines)),
+            self.fetch.payload.addr.eq(fetch_addr),
+            self.fetch.payload.write.eq(0),
+            # The always-ready response port has no ready to join to the FIFO's: the request
+            # condition above keeps room in the FIFO for every line in flight.
+            lines.w_stream.payload.eq(self.fetch_resp.payload.data),
+            lines.w_stream.valid.eq(self.fetch_resp.valid),
+        ]
+        with m.If(self.start):
+            m.d.sync += fetch_addr.eq(self.prog_addr)
+        with m.Elif(requested):
+            m.d.sync += fetch_addr.eq(fetch_addr + 1)
+        m.d.sync += outstanding.eq(outstanding + requested - self.fetch_resp.valid)
+        m.d.comb += [
+            self.drained.eq((outstanding == 0) & (fetch_addr >= hw.dram_lines)),
+            self.progress.eq(self.fetch_resp.valid | requested),
+        ]
+        return m
+
+
+class Dispatcher(wiring.Component):
+    """Assembly, decode and dispatch: each instruction goes to its unit's queue, END and BARRIER
+    wait for the core to drain.
+
+    ``instr_lines`` fetched lines make one instruction, the first in its low bits. A malformed
+    instruction (a bad opcode, a reserved field value, a barrier that does not name this core
+    or names a core that does not exist) is reported, not dispatched, as is a stream that runs
+    past the end of DRAM.
+
+    Parameters
+    ----------
+    hw : HwConfig
+    index : int
+        The core's number.
+    payloads : dict of Unit to data.Layout
+        Each unit's view of the instruction payload (its queue carries ``queue_slot(payload)``).
+
+    Members
+    -------
+    start, enable : In(1), a start pulse and whether this core runs a stream.
+    halt : In(1), stop dispatching (an error somewhere).
+    idle : In(1), every queue is empty and no unit is busy.
+    lines : In(stream.Signature(8 * line_bytes)), fetched lines; fetch_drained : In(1), no more will come.
+    dma_queue, pe_queue, ppu_queue : Out(stream.Signature(queue_slot(payload))), to the queues.
+    running, finished : Out(1), started; reached END (or not enabled).
+    pc : Out(32), the index of the instruction at the head.
+    dispatched : Out(1), the head instruction left this cycle.
+    error : Out(1), the head is malformed or cannot be fetched (this cycle); error_code : Out(ErrorCode).
+    barrier_arrive, barrier_mask, barrier_go : the barrier handshake.
+    barrier_waiting : Out(1), waiting at a barrier this cycle.
+    """
+
+    def __init__(self, hw: HwConfig, index: int, payloads: dict):
+        if 8 * hw.line_bytes > INSTRUCTION.size:
+            raise ValueError(f"lines wider than an instruction ({INSTRUCTION.size} bits) are not supported, "
+                             f"not {8 * hw.line_bytes} bits")
+        if not 0 <= index < hw.cores:
+            raise ValueError(f"core index must be between 0 and {hw.cores - 1}, not {index!r}")
+        if set(payloads) != set(UNITS):
+            raise ValueError(f"payloads must name the units {', '.join(u.name for u in UNITS)}, "
+                             f"not {', '.join(str(u) for u in payloads)}")
+        self.hw = hw
+        self.index = index
+        self.payloads = dict(payloads)
+        super().__init__({
+            "start": In(1), "enable": In(1), "halt": In(1), "idle": In(1),
+            "lines": In(stream.Signature(8 * hw.line_bytes)), "fetch_drained": In(1),
+            **{f"{unit.name.lower()}_queue": Out(stream.Signature(queue_slot(payloads[unit]))) for unit in UNITS},
+            "running": Out(1), "finished": Out(1), "pc": Out(32), "dispatched": Out(1),
+            "error": Out(1), "error_code": Out(ErrorCode),
+            "barrier_arrive": Out(1), "barrier_mask": Out(hw.cores), "barrier_go": In(1),
+            "barrier_waiting": Out(1),
+        })
+
+    def queue(self, unit: Unit):
+        return getattr(self, f"{unit.name.lower()}_queue")
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self.hw
+        line_bits = 8 * hw.line_bytes
+        instr_lines = hw.instr_lines
+        running, finished, pc = self.running, self.finished, self.pc
+
+        # -- assembly ------------------------------------------------------------------------
+        word = Signal(INSTRUCTION.size)
+        have = Signal(range(instr_lines + 1))
+        line = self.lines
+        m.d.comb += line.ready.eq((have < instr_lines) & running)
+        with m.If(self.dispatched):
+            m.d.sync += have.eq(0)
+        with m.Elif(line.valid & line.ready):
+            m.d.sync += [have.eq(have + 1),
+                         word.eq(Cat(word[line_bits:], line.payload) if instr_lines > 1 else line.payload)]
+
+        # -- decode --------------------------------------------------------------------------
+        instr = INSTRUCTION(word)
+        opcode = instr.opcode
+        for unit in UNITS:
+            slot = self.queue(unit).payload
+            m.d.comb += [
+                slot.wait.eq(instr.wait),
+                slot.entry.opcode.eq(opcode), slot.entry.signal.eq(instr.signal),
+                slot.entry.payload.eq(instr.payload.as_value()[:self.payloads[unit].size]),
+                slot.entry.pc.eq(pc),
+            ]
+
+        target = Signal(Unit)
+        dispatchable = Signal()
+        bad_opcode = Signal()
+        bad_field = Signal()
+        with m.Switch(opcode):
+            with m.Case(Opcode.LOAD):
+                m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
+                             bad_field.eq(instr.payload.dma.buffer.as_value() == 3)]
+            with m.Case(Opcode.STORE):
+                m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
+                             bad_field.eq(instr.payload.dma.buffer != Buffer.ACT)]
+            with m.Case(Opcode.MATMUL):
+                m.d.comb += [target.eq(Unit.PE), dispatchable.eq(1),
+                             bad_field.eq(instr.payload.matmul.mode.as_value() == 3)]
+            with m.Case(Opcode.REQUANT, Opcode.ADD):
+                m.d.comb += [target.eq(Unit.PPU), dispatchable.eq(1)]
+            with m.Case(Opcode.SYNC):
+                m.d.comb += [target.eq(instr.payload.sync.unit), dispatchable.eq(1),
+                             bad_field.eq(instr.payload.sync.unit.as_value() == 3)]
+            with m.Case(Opcode.BARRIER):
+                mask = instr.payload.barrier.core_mask
+                m.d.comb += bad_field.eq(~mask[self.index] | (mask >> hw.cores).any())
+            with m.Case(Opcode.END):
+                pass
+            with m.Default():
+                m.d.comb += bad_opcode.eq(1)
+
+        # -- dispatch ------------------------------------------------------------------------
+        ready = (have == instr_lines) & running & ~self.halt & ~finished
+        with m.If(ready & (bad_opcode | bad_field)):
+            m.d.comb += [self.error.eq(1),
+                         self.error_code.eq(Mux(bad_opcode, ErrorCode.BAD_OPCODE, ErrorCode.BAD_FIELD))]
+        with m.Elif(ready & dispatchable):
+            with m.Switch(target):
+                for unit in UNITS:
+                    with m.Case(unit):
+                        queue = self.queue(unit)
+                        m.d.comb += [queue.valid.eq(1), self.dispatched.eq(queue.ready)]
+        with m.Elif(ready & (opcode == Opcode.END) & self.idle):
+            m.d.comb += self.dispatched.eq(1)
+            m.d.sync += finished.eq(1)
+        with m.Elif(ready & (opcode == Opcode.BARRIER) & self.idle):
+            m.d.comb += [self.barrier_waiting.eq(1), self.barrier_arrive.eq(1),
+                         # Bits of cores that do not exist are zero here (a BAD_FIELD error otherwise).
+                         self.barrier_mask.eq(instr.payload.barrier.core_mask[:hw.cores]),
+                         self.dispatched.eq(self.barrier_go)]
+        with m.If(self.dispatched):
+            m.d.sync += pc.eq(pc + 1)
+
+        # FETCH_RANGE: an instruction is needed but nothing more can arrive.
+        with m.If(running & ~finished & (have < instr_lines) & ~line.valid & self.fetch_drained):
+            m.d.comb += [self.error.eq(1), self.error_code.eq(ErrorCode.FETCH_RANGE)]
+
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), finished.eq(~self.enable), pc.eq(0)]
+        return m
+
+
+#: A unit and the head of its queue as the semaphore block sees them (members as seen from the block).
+SemaphoreClientSignature = wiring.Signature({
+    "head": In(1),                  # the unit's queue has a head
+    "wait": In(NUM_SEMAPHORES),     # the head's wait mask
+    "take": In(1),                  # the unit takes the head this cycle
+    "can_start": In(1),             # the unit would take the head this cycle if sem_ok
+    "sem_ok": Out(1),               # the head's semaphores are available to this unit
+    "stalled": Out(1),              # the unit could start but waits for a semaphore
+    "done": In(1), "done_signal": In(NUM_SEMAPHORES), "done_pc": In(32),
+})
+
+
+class Semaphores(wiring.Component):
+    """``NUM_SEMAPHORES`` counting semaphores of 0 to ``SEMAPHORE_MAX``.
+
+    A unit may take the head of its queue when every semaphore of the head's wait mask is
+    non-zero (``sem_ok``); taking it decrements them. At most one unit with a non-empty wait
+    mask acquires per cycle, in client order (fixed priority). Every completion of the cycle
+    increments the semaphores of its signal mask; a semaphore that would pass
+    ``SEMAPHORE_MAX`` is not updated and raises ``overflow`` with the signalling
+    instruction's pc.
+
+    Parameters
+    ----------
+    clients : int
+        Number of units, in priority order.
+
+    Members
+    -------
+    client0, client1, ... : Out(SemaphoreClientSignature), one per unit.
+    overflow : Out(1), overflow_pc : Out(32)
+    stalled : Out(1), some unit waits for a semaphore this cycle.
+    """
+
+    def __init__(self, clients: int):
+        if clients < 1:
+            raise ValueError(f"a semaphore block needs at least one client, not {clients!r}")
+        self.clients = clients
+        super().__init__({
+            **{f"client{k}": Out(SemaphoreClientSignature) for k in range(clients)},
+            "overflow": Out(1), "overflow_pc": Out(32), "stalled": Out(1),
+        })
+
+    def client(self, index: int):
+        return getattr(self, f"client{index}")
+
+    def elaborate(self, platform):
+        m = Module()
+        clients = [self.client(k) for k in range(self.clients)]
+        semaphores = [Signal(8, name=f"sem{i}") for i in range(NUM_SEMAPHORES)]
+
+        higher_wants = Const(0)
+        for client in clients:
+            wait = client.wait
+            available = Cat((~wait[i]) | (semaphores[i] != 0) for i in range(NUM_SEMAPHORES)).all()
+            uses = wait.any()
+            m.d.comb += [client.sem_ok.eq(available & ~(uses & higher_wants)),
+                         client.stalled.eq(client.head & client.can_start & ~client.sem_ok)]
+            higher_wants = higher_wants | (client.head & client.can_start & available & uses)
+        m.d.comb += self.stalled.eq(Cat(c.stalled for c in clients).any())
+
+        for i, semaphore in enumerate(semaphores):
+            taken = Cat(c.take & c.wait[i] for c in clients).any()
+            given = [c.done & c.done_signal[i] for c in clients]
+            total = Signal(range(2 * SEMAPHORE_MAX + 4), name=f"sem{i}_next")
+            m.d.comb += total.eq(semaphore - taken + sum(given))
+            with m.If(total > SEMAPHORE_MAX):
+                m.d.comb += self.overflow.eq(1)
+                for c in reversed(clients):
+                    with m.If(c.done & c.done_signal[i]):
+                        m.d.comb += self.overflow_pc.eq(c.done_pc)
+            with m.Else():
+                m.d.sync += semaphore.eq(total)
+        return m
 
 
 class Core(wiring.Component):
@@ -45,12 +336,12 @@ class Core(wiring.Component):
     fetch, fetch_resp : untagged ports on the shared DRAM system (responses come in request order).
     dma, dma_resp : tagged ports on the shared DRAM system.
     finished : Out(1), the stream reached END (or the core is not enabled).
-    error, error_code, error_pc : the first error of this core.
+    error, error_code, error_pc : the first error of this core (``error_code`` an ``ErrorCode``).
     pc : Out(32), the instruction index the dispatcher holds.
     progress : Out(1), something moved this cycle (for the watchdog).
     barrier_arrive, barrier_mask, barrier_go : the barrier handshake (``barrier_mask`` has a
         bit per core; an instruction naming a core that does not exist is a BAD_FIELD error).
-    counters : Out(48 * 7), in ``COUNTER_NAMES`` order.
+    counters : Out(COUNTERS), cycle and event counts since the last start.
     """
 
     def __init__(self, hw: HwConfig, index: int):
@@ -60,228 +351,91 @@ class Core(wiring.Component):
             "start": In(1), "enable": In(1), "prog_addr": In(32), "halt": In(1),
             "fetch": Out(RequestSignature(hw, 0)), "fetch_resp": In(ResponseSignature(hw, 0)),
             "dma": Out(RequestSignature(hw)), "dma_resp": In(ResponseSignature(hw)),
-            "finished": Out(1), "error": Out(1), "error_code": Out(4), "error_pc": Out(32),
+            "finished": Out(1), "error": Out(1), "error_code": Out(ErrorCode), "error_pc": Out(32),
             "pc": Out(32), "progress": Out(1),
             "barrier_arrive": Out(1), "barrier_mask": Out(hw.cores), "barrier_go": In(1),
-            "counters": Out(COUNTER_BITS * len(COUNTER_NAMES)),
+            "counters": Out(COUNTERS),
         })
 
     def elaborate(self, platform):
         m = Module()
         hw = self.hw
-        lanes = hw.lanes
-        line_bits = 8 * lanes
-        running = Signal()
-        finished = Signal()
-
-        # -- scratchpads ---------------------------------------------------------------------
-        m.submodules.act = act = memory.Memory(shape=line_bits, depth=hw.act_lines, init=[])
-        m.submodules.weight = weight = memory.Memory(shape=line_bits * lanes, depth=hw.weight_blocks, init=[])
-        m.submodules.acc = acc = memory.Memory(shape=32 * lanes, depth=hw.acc_entries, init=[])
-        m.submodules.param = param = memory.Memory(shape=32 * lanes, depth=hw.param_entries, init=[])
 
         m.submodules.dma = dma = DmaUnit(hw)
         m.submodules.pe = pe = PeArray(hw)
         m.submodules.ppu = ppu = Ppu(hw)
-        units = [dma, pe, ppu]
-
-        act_dma_w = act.write_port()
-        act_ppu_w = act.write_port()
-        act_pe_r = act.read_port()
-        act_ppu_a = act.read_port()
-        act_ppu_b = act.read_port()
-        act_dma_r = act.read_port()
-        weight_w = weight.write_port(granularity=line_bits)
-        weight_r = weight.read_port()
-        acc_w = acc.write_port()
-        acc_pe_r = acc.read_port(transparent_for=(acc_w,))
-        acc_ppu_r = acc.read_port()
-        param_w = param.write_port(granularity=line_bits)
-        param_r = param.read_port()
-
-        # DMA line writes decoded to the three DMA-writable scratchpads.
-        row_bits = exact_log2(lanes)
-        chunk_bits = exact_log2(hw.param_lines_per_entry)
-        m.d.comb += [
-            act_dma_w.addr.eq(dma.line_addr), act_dma_w.data.eq(dma.line_data),
-            act_dma_w.en.eq(dma.line_we & (dma.line_buffer == Buffer.ACT)),
-            weight_w.addr.eq(dma.line_addr >> row_bits),
-            weight_w.data.eq(Cat([dma.line_data] * lanes)),
-            weight_w.en.eq(Mux(dma.line_we & (dma.line_buffer == Buffer.WEIGHT),
-                               Const(1, lanes) << dma.line_addr[:row_bits], 0)),
-            param_w.addr.eq(dma.line_addr >> chunk_bits),
-            param_w.data.eq(Cat([dma.line_data] * hw.param_lines_per_entry)),
-            param_w.en.eq(Mux(dma.line_we & (dma.line_buffer == Buffer.PARAM),
-                              Const(1, hw.param_lines_per_entry) << dma.line_addr[:chunk_bits], 0)),
-            act_dma_r.addr.eq(dma.act_raddr), act_dma_r.en.eq(dma.act_ren), dma.act_rdata.eq(act_dma_r.data),
-            act_pe_r.addr.eq(pe.act_raddr), act_pe_r.en.eq(pe.act_ren), pe.act_rdata.eq(act_pe_r.data),
-            weight_r.addr.eq(pe.w_raddr), weight_r.en.eq(pe.w_ren), pe.w_rdata.eq(weight_r.data),
-            acc_pe_r.addr.eq(pe.acc_raddr), acc_pe_r.en.eq(pe.acc_ren), pe.acc_rdata.eq(acc_pe_r.data),
-            acc_w.addr.eq(pe.acc_waddr), acc_w.en.eq(pe.acc_we), acc_w.data.eq(pe.acc_wdata),
-            acc_ppu_r.addr.eq(ppu.acc_raddr), acc_ppu_r.en.eq(ppu.acc_ren), ppu.acc_rdata.eq(acc_ppu_r.data),
-            act_ppu_a.addr.eq(ppu.a_raddr), act_ppu_a.en.eq(ppu.a_ren), ppu.a_rdata.eq(act_ppu_a.data),
-            act_ppu_b.addr.eq(ppu.b_raddr), act_ppu_b.en.eq(ppu.b_ren), ppu.b_rdata.eq(act_ppu_b.data),
-            param_r.addr.eq(ppu.param_raddr), param_r.en.eq(ppu.param_ren), ppu.param_rdata.eq(param_r.data),
-            act_ppu_w.addr.eq(ppu.act_waddr), act_ppu_w.en.eq(ppu.act_we), act_ppu_w.data.eq(ppu.act_wdata),
-        ]
+        units = dict(zip(UNITS, (dma, pe, ppu), strict=True))
+        self._scratchpads(m, dma, pe, ppu)
         wiring.connect(m, wiring.flipped(self.dma), dma.req)
         wiring.connect(m, wiring.flipped(self.dma_resp), dma.resp)
 
-        # -- fetch ---------------------------------------------------------------------------
-        instr_lines = hw.instr_lines
-        m.submodules.fetch_fifo = lines = fifo.SyncFIFO(width=line_bits, depth=hw.fetch_lines)
-        fetch_addr = Signal(33)
-        outstanding = Signal(range(hw.fetch_lines + 1))
-        fetching = Signal()
-        requested = self.fetch.valid & self.fetch.ready
+        m.submodules.fetch = fetch = InstructionFetch(hw)
+        m.submodules.dispatch = dispatch = Dispatcher(hw, self.index, {u: units[u].PAYLOAD for u in UNITS})
+        m.submodules.semaphores = semaphores = Semaphores(len(UNITS))
+        wiring.connect(m, wiring.flipped(self.fetch), fetch.fetch)
+        wiring.connect(m, wiring.flipped(self.fetch_resp), fetch.fetch_resp)
+        wiring.connect(m, fetch.lines, dispatch.lines)
         m.d.comb += [
-            self.fetch.valid.eq(fetching & ~self.halt & (fetch_addr < hw.dram_lines)
-                                & (outstanding + lines.level < hw.fetch_lines)),
-            self.fetch.payload.addr.eq(fetch_addr),
-            self.fetch.payload.write.eq(0),
-            lines.w_data.eq(self.fetch_resp.payload.data),
-            lines.w_en.eq(self.fetch_resp.valid),
+            fetch.start.eq(self.start), fetch.prog_addr.eq(self.prog_addr), fetch.halt.eq(self.halt),
+            fetch.running.eq(dispatch.running), fetch.finished.eq(dispatch.finished),
+            dispatch.fetch_drained.eq(fetch.drained),
+            dispatch.start.eq(self.start), dispatch.enable.eq(self.enable), dispatch.halt.eq(self.halt),
+            self.finished.eq(dispatch.finished), self.pc.eq(dispatch.pc),
+            self.barrier_arrive.eq(dispatch.barrier_arrive), self.barrier_mask.eq(dispatch.barrier_mask),
+            dispatch.barrier_go.eq(self.barrier_go),
         ]
-        with m.If(requested):
-            m.d.sync += fetch_addr.eq(fetch_addr + 1)
-        m.d.sync += outstanding.eq(outstanding + requested - self.fetch_resp.valid)
 
-        word = Signal(INSTRUCTION.size)
-        have = Signal(range(instr_lines + 1))
-        consumed = Signal()
-        m.d.comb += lines.r_en.eq((have < instr_lines) & running)
-        with m.If(consumed):
-            m.d.sync += have.eq(0)
-        with m.Elif(lines.r_en & lines.r_rdy):
-            m.d.sync += [have.eq(have + 1),
-                         word.eq(Cat(word[line_bits:], lines.r_data) if instr_lines > 1 else lines.r_data)]
-        if line_bits > INSTRUCTION.size:
-            raise ValueError("lines wider than an instruction are not supported")
-
-        # -- dispatch ------------------------------------------------------------------------
-        instr = INSTRUCTION(word)
-        pc = Signal(32)
-        m.d.comb += self.pc.eq(pc)
-        # A unit's queue holds the head's semaphore wait mask (checked here, see below) and the
-        # unit's entry: the header fields, the unit's view of the payload and the pc.
+        # A queue per unit between the dispatcher and the unit; the head's wait mask goes to the
+        # semaphore block, the rest to the unit (so the FIFO's read stream is split by hand).
         queues = []
-        for index, unit in enumerate(units):
-            entry = Signal(queue_entry(unit.PAYLOAD), name=f"entry_{index}")
-            queue = fifo.SyncFIFO(width=NUM_SEMAPHORES + len(entry.as_value()), depth=hw.queue_depth)
-            m.submodules[f"queue_{index}"] = queue
+        for k, (kind, unit) in enumerate(units.items()):
+            queue = fifo.SyncFIFO(width=queue_slot(unit.PAYLOAD).size, depth=hw.queue_depth)
+            m.submodules[f"{kind.name.lower()}_queue"] = queue
             queues.append(queue)
+            wiring.connect(m, dispatch.queue(kind), queue.w_stream)
+            head = queue.r_stream
+            slot = queue_slot(unit.PAYLOAD)(head.payload)
+            client = semaphores.client(k)
             m.d.comb += [
-                entry.opcode.eq(instr.opcode), entry.signal.eq(instr.signal),
-                entry.payload.eq(instr.payload.as_value()[:unit.PAYLOAD.size]), entry.pc.eq(pc),
-                queue.w_data.eq(Cat(instr.wait, entry)),
-                unit.queue.valid.eq(queue.r_rdy), unit.queue.payload.eq(queue.r_data[NUM_SEMAPHORES:]),
-                queue.r_en.eq(unit.queue.ready), unit.halt.eq(self.halt),
+                unit.queue.valid.eq(head.valid), unit.queue.payload.eq(slot.entry),
+                head.ready.eq(unit.queue.ready),
+                client.head.eq(head.valid), client.wait.eq(slot.wait), client.take.eq(head.valid & head.ready),
+                client.can_start.eq(unit.can_start), unit.sem_ok.eq(client.sem_ok),
+                client.done.eq(unit.done), client.done_signal.eq(unit.done_signal),
+                client.done_pc.eq(unit.done_pc),
+                unit.halt.eq(self.halt),
             ]
+        m.d.comb += dispatch.idle.eq(Cat(~q.r_rdy for q in queues).all()
+                                     & ~Cat(u.busy for u in units.values()).any())
 
-        idle = Signal()
-        m.d.comb += idle.eq(Cat(~q.r_rdy for q in queues).all() & ~Cat(u.busy for u in units).any())
+        self._errors(m, dispatch, semaphores, list(units.values()))
+        m.d.comb += self.progress.eq(dispatch.dispatched | fetch.progress
+                                     | Cat(u.progress for u in units.values()).any())
+        increments = {
+            "instructions": dispatch.dispatched, "dma_busy": dma.busy, "dma_stall": dma.stall,
+            "pe_busy": pe.busy, "ppu_busy": ppu.busy, "sem_wait": semaphores.stalled,
+            "barrier_wait": dispatch.barrier_waiting,
+        }
+        counting = dispatch.running & ~dispatch.finished & ~self.halt
+        for name in COUNTER_NAMES:
+            counter = self.counters[name]
+            with m.If(self.start):
+                m.d.sync += counter.eq(0)
+            with m.Elif(counting & increments[name]):
+                m.d.sync += counter.eq(counter + 1)
+        return m
 
-        opcode = instr.opcode
-        ready = (have == instr_lines) & running & ~self.halt & ~finished
-        target = Signal(range(3))
-        dispatchable = Signal()
-        bad_opcode = Signal()
-        bad_field = Signal()
-        with m.Switch(opcode):
-            with m.Case(Opcode.LOAD):
-                m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.dma.buffer.as_value() == 3)]
-            with m.Case(Opcode.STORE):
-                m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.dma.buffer != Buffer.ACT)]
-            with m.Case(Opcode.MATMUL):
-                m.d.comb += [target.eq(Unit.PE), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.matmul.mode.as_value() == 3)]
-            with m.Case(Opcode.REQUANT, Opcode.ADD):
-                m.d.comb += [target.eq(Unit.PPU), dispatchable.eq(1)]
-            with m.Case(Opcode.SYNC):
-                m.d.comb += [target.eq(instr.payload.sync.unit.as_value()), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.sync.unit.as_value() == 3)]
-            with m.Case(Opcode.BARRIER):
-                mask = instr.payload.barrier.core_mask
-                m.d.comb += bad_field.eq(~mask[self.index] | (mask >> hw.cores).any())
-            with m.Case(Opcode.END):
-                pass
-            with m.Default():
-                m.d.comb += bad_opcode.eq(1)
-
-        dispatched = Signal()
-        dispatch_error = Signal()
-        barrier_waiting = Signal()
-        with m.If(ready & (bad_opcode | bad_field)):
-            m.d.comb += dispatch_error.eq(1)
-        with m.Elif(ready & dispatchable):
-            with m.Switch(target):
-                for index, queue in enumerate(queues):
-                    with m.Case(index):
-                        m.d.comb += [queue.w_en.eq(queue.w_rdy), dispatched.eq(queue.w_rdy)]
-        with m.Elif(ready & (opcode == Opcode.END) & idle):
-            m.d.comb += dispatched.eq(1)
-            m.d.sync += [finished.eq(1), fetching.eq(0)]
-        with m.Elif(ready & (opcode == Opcode.BARRIER) & idle):
-            m.d.comb += [barrier_waiting.eq(1), self.barrier_arrive.eq(1),
-                         # Bits of cores that do not exist are zero here (a BAD_FIELD error otherwise).
-                         self.barrier_mask.eq(instr.payload.barrier.core_mask[:hw.cores]),
-                         dispatched.eq(self.barrier_go)]
-        m.d.comb += consumed.eq(dispatched)
-        with m.If(dispatched):
-            m.d.sync += pc.eq(pc + 1)
-
-        # FETCH_RANGE: an instruction is needed but nothing more can arrive.
-        fetch_exhausted = Signal()
-        m.d.comb += fetch_exhausted.eq(running & ~finished & (have < instr_lines) & ~lines.r_rdy
-                                       & (outstanding == 0) & (fetch_addr >= hw.dram_lines))
-
-        # -- semaphores ----------------------------------------------------------------------
-        semaphores = [Signal(8, name=f"sem{i}") for i in range(NUM_SEMAPHORES)]
-        sem_error = Signal()
-        sem_error_pc = Signal(32)
-        higher_wants = Const(0)
-        waiting = []
-        for unit, queue in zip(units, queues, strict=True):
-            wait = queue.r_data[:NUM_SEMAPHORES]
-            available = Cat((~wait[i]) | (semaphores[i] != 0) for i in range(NUM_SEMAPHORES)).all()
-            uses = wait.any()
-            m.d.comb += unit.sem_ok.eq(available & ~(uses & higher_wants))
-            wants = queue.r_rdy & unit.can_start & available & uses
-            higher_wants = higher_wants | wants
-            waiting.append(queue.r_rdy & unit.can_start & ~unit.sem_ok)
-        for i, semaphore in enumerate(semaphores):
-            taken = Cat((q.r_rdy & u.queue.ready & q.r_data[i])
-                        for u, q in zip(units, queues, strict=True)).any()
-            given = [u.done & u.done_signal[i] for u in units]
-            total = Signal(range(2 * SEMAPHORE_MAX + 4), name=f"sem{i}_next")
-            m.d.comb += total.eq(semaphore - taken + sum(given))
-            with m.If(total > SEMAPHORE_MAX):
-                m.d.comb += sem_error.eq(1)
-                for u in reversed(units):
-                    with m.If(u.done & u.done_signal[i]):
-                        m.d.comb += sem_error_pc.eq(u.done_pc)
-            with m.Else():
-                m.d.sync += semaphore.eq(total)
-
-        # -- status --------------------------------------------------------------------------
-        with m.If(self.start):
-            m.d.sync += [running.eq(1), finished.eq(~self.enable), fetching.eq(self.enable),
-                         fetch_addr.eq(self.prog_addr), pc.eq(0)]
-        m.d.comb += self.finished.eq(finished)
-
+    def _errors(self, m, dispatch, semaphores, units):
+        """The first error of the core's own blocks, held; a unit's error shows through until then."""
         error = Signal()
-        error_code = Signal(4)
+        error_code = Signal(ErrorCode)
         error_pc = Signal(32)
         with m.If(~error):
-            with m.If(dispatch_error):
-                m.d.sync += [error.eq(1), error_pc.eq(pc),
-                             error_code.eq(Mux(bad_opcode, ErrorCode.BAD_OPCODE, ErrorCode.BAD_FIELD))]
-            with m.Elif(fetch_exhausted):
-                m.d.sync += [error.eq(1), error_pc.eq(pc), error_code.eq(ErrorCode.FETCH_RANGE)]
-            with m.Elif(sem_error):
-                m.d.sync += [error.eq(1), error_pc.eq(sem_error_pc), error_code.eq(ErrorCode.SEM_OVERFLOW)]
+            with m.If(dispatch.error):
+                m.d.sync += [error.eq(1), error_pc.eq(dispatch.pc), error_code.eq(dispatch.error_code)]
+            with m.Elif(semaphores.overflow):
+                m.d.sync += [error.eq(1), error_pc.eq(semaphores.overflow_pc),
+                             error_code.eq(ErrorCode.SEM_OVERFLOW)]
         unit_error = Cat(u.error for u in units).any()
         m.d.comb += [self.error.eq(error | unit_error), self.error_code.eq(error_code),
                      self.error_pc.eq(error_pc)]
@@ -290,16 +444,47 @@ class Core(wiring.Component):
                 with m.If(u.error):
                     m.d.comb += [self.error_code.eq(u.error_code), self.error_pc.eq(u.error_pc)]
 
-        m.d.comb += self.progress.eq(dispatched | self.fetch_resp.valid | requested
-                                     | Cat(u.progress for u in units).any())
+    def _scratchpads(self, m, dma, pe, ppu):
+        """The act, weight, accumulator and parameter scratchpads and the units' ports on them."""
+        hw = self.hw
+        lanes = hw.lanes
+        line_bits = 8 * lanes
+        m.submodules.act = act = memory.Memory(shape=line_bits, depth=hw.act_lines, init=[])
+        m.submodules.weight = weight = memory.Memory(shape=line_bits * lanes, depth=hw.weight_blocks, init=[])
+        m.submodules.acc = acc = memory.Memory(shape=32 * lanes, depth=hw.acc_entries, init=[])
+        m.submodules.param = param = memory.Memory(shape=32 * lanes, depth=hw.param_entries, init=[])
 
-        counting = running & ~finished & ~self.halt
-        increments = [dispatched, dma.busy, dma.stall, pe.busy, ppu.busy, Cat(waiting).any(), barrier_waiting]
-        for k, increment in enumerate(increments):
-            counter = Signal(COUNTER_BITS, name=f"count_{COUNTER_NAMES[k]}")
-            with m.If(self.start):
-                m.d.sync += counter.eq(0)
-            with m.Elif(counting & increment):
-                m.d.sync += counter.eq(counter + 1)
-            m.d.comb += self.counters[COUNTER_BITS * k:COUNTER_BITS * (k + 1)].eq(counter)
-        return m
+        # The ports of each memory in the order the design has always created them (the order of
+        # write ports is their priority); the units' ports joined through their signatures.
+        act_dma_w = act.write_port()
+        act_ppu_w = act.write_port()
+        wiring.connect(m, ppu.act_write, act_ppu_w)
+        wiring.connect(m, pe.act_read, act.read_port())
+        wiring.connect(m, ppu.a_read, act.read_port())
+        wiring.connect(m, ppu.b_read, act.read_port())
+        wiring.connect(m, dma.act_read, act.read_port())
+        weight_w = weight.write_port(granularity=line_bits)
+        wiring.connect(m, pe.weight_read, weight.read_port())
+        acc_w = acc.write_port()
+        wiring.connect(m, pe.acc_write, acc_w)
+        wiring.connect(m, pe.acc_read, acc.read_port(transparent_for=(acc_w,)))
+        wiring.connect(m, ppu.acc_read, acc.read_port())
+        param_w = param.write_port(granularity=line_bits)
+        wiring.connect(m, ppu.param_read, param.read_port())
+
+        # DMA line writes decoded to the three DMA-writable scratchpads.
+        line = dma.line_write
+        row_bits = exact_log2(lanes)
+        chunk_bits = exact_log2(hw.param_lines_per_entry)
+        m.d.comb += [
+            act_dma_w.addr.eq(line.payload.addr), act_dma_w.data.eq(line.payload.data),
+            act_dma_w.en.eq(line.valid & (line.payload.buffer == Buffer.ACT)),
+            weight_w.addr.eq(line.payload.addr >> row_bits),
+            weight_w.data.eq(Cat([line.payload.data] * lanes)),
+            weight_w.en.eq(Mux(line.valid & (line.payload.buffer == Buffer.WEIGHT),
+                               Const(1, lanes) << line.payload.addr[:row_bits], 0)),
+            param_w.addr.eq(line.payload.addr >> chunk_bits),
+            param_w.data.eq(Cat([line.payload.data] * hw.param_lines_per_entry)),
+            param_w.en.eq(Mux(line.valid & (line.payload.buffer == Buffer.PARAM),
+                              Const(1, hw.param_lines_per_entry) << line.payload.addr[:chunk_bits], 0)),
+        ]

@@ -11,7 +11,7 @@ a LOAD, the last granted write for a STORE.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -20,7 +20,93 @@ from .isa import DMA_PAYLOAD, Buffer, ErrorCode, Opcode
 from .memsys import RequestSignature, ResponseSignature
 from .unit import unit_members
 
-__all__ = ["DmaUnit"]
+__all__ = ["DmaUnit", "TransferLoops", "LOOP_FIELDS", "line_write_layout"]
+
+
+def line_write_layout(hw: HwConfig) -> data.StructLayout:
+    """One scratchpad line written by the DMA: the buffer, its line address and the line."""
+    return data.StructLayout({"buffer": Buffer, "addr": 18, "data": 8 * hw.line_bytes})
+
+
+#: The fields of a DMA instruction that shape its loops.
+LOOP_FIELDS = data.StructLayout({name: DMA_PAYLOAD[name].shape for name in (
+    "n0", "n1", "n2", "sram_s1", "sram_s2", "dram_s1", "dram_s2", "pad_top", "pad_bottom", "pad_left", "pad_right")})
+
+
+class TransferLoops(wiring.Component):
+    """The three nested loops of a transfer: the scratchpad and DRAM line of each iteration.
+
+    ``start`` sets the loops to their first iteration at ``sram_addr`` / ``dram_addr``; each
+    ``advance`` moves to the next one. The innermost loop steps one line, the outer two by
+    their strides. Padding lines (the first ``pad_top`` and last ``pad_bottom`` rows, the first
+    ``pad_left`` and last ``pad_right`` lines of a row) have no DRAM line and do not move the
+    DRAM address: the data rows and lines are contiguous in DRAM.
+
+    Members
+    -------
+    fields : In(LOOP_FIELDS), the loop fields of the transfer (held while it runs).
+    start : In(1), sram_addr : In(16), dram_addr : In(32).
+    advance : In(1).
+    sram : Out(32), dram : Out(48), the lines of this iteration.
+    pad : Out(1), this iteration is a padding line.
+    last : Out(1), this is the last iteration.
+    """
+
+    fields: In(LOOP_FIELDS)
+    start: In(1)
+    sram_addr: In(16)
+    dram_addr: In(32)
+    advance: In(1)
+    sram: Out(32)
+    dram: Out(48)
+    pad: Out(1)
+    last: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        f = self.fields
+        i0, i1, i2 = Signal(12), Signal(12), Signal(12)
+        sram, sram_row, sram_plane = self.sram, Signal(32), Signal(32)
+        dram, dram_row, dram_plane = self.dram, Signal(48), Signal(48)
+
+        row_pad = Signal()
+        col_pad = Signal()
+        m.d.comb += [
+            row_pad.eq((i1 < f.pad_top) | (i1 >= f.n1 - f.pad_bottom)),
+            col_pad.eq((i0 < f.pad_left) | (i0 >= f.n0 - f.pad_right)),
+            self.pad.eq(row_pad | col_pad),
+        ]
+        last0 = Signal()
+        last1 = Signal()
+        last2 = Signal()
+        m.d.comb += [last0.eq(i0 == f.n0 - 1), last1.eq(i1 == f.n1 - 1), last2.eq(i2 == f.n2 - 1),
+                     self.last.eq(last0 & last1 & last2)]
+
+        with m.If(self.start):
+            m.d.sync += [
+                i0.eq(0), i1.eq(0), i2.eq(0),
+                sram.eq(self.sram_addr), sram_row.eq(self.sram_addr), sram_plane.eq(self.sram_addr),
+                dram.eq(self.dram_addr), dram_row.eq(self.dram_addr), dram_plane.eq(self.dram_addr),
+            ]
+        with m.Elif(self.advance):
+            with m.If(~last0):
+                m.d.sync += [i0.eq(i0 + 1), sram.eq(sram + 1)]
+                with m.If(~self.pad):
+                    m.d.sync += dram.eq(dram + 1)
+            with m.Elif(~last1):
+                next_row = dram_row + Mux(row_pad, 0, f.dram_s1)
+                m.d.sync += [i0.eq(0), i1.eq(i1 + 1),
+                             sram_row.eq(sram_row + f.sram_s1), sram.eq(sram_row + f.sram_s1),
+                             dram_row.eq(next_row), dram.eq(next_row)]
+            with m.Elif(~last2):
+                m.d.sync += [i0.eq(0), i1.eq(0), i2.eq(i2 + 1),
+                             sram_plane.eq(sram_plane + f.sram_s2),
+                             sram_row.eq(sram_plane + f.sram_s2),
+                             sram.eq(sram_plane + f.sram_s2),
+                             dram_plane.eq(dram_plane + f.dram_s2),
+                             dram_row.eq(dram_plane + f.dram_s2),
+                             dram.eq(dram_plane + f.dram_s2)]
+        return m
 
 
 class DmaUnit(wiring.Component):
@@ -29,10 +115,11 @@ class DmaUnit(wiring.Component):
     Members
     -------
     req, resp : the core's port on the shared DRAM system.
-    line_we, line_buffer, line_addr, line_data : one scratchpad line write per cycle
-        (the core decodes the buffer into the act / weight / param write ports).
-    act_raddr, act_ren, act_rdata : act read port for STORE.
-    stall : a request is waiting for the DRAM port this cycle.
+    line_write : Out(stream.Signature(line_write_layout(hw), always_ready=True)), at most one
+        scratchpad line per cycle (the core decodes the buffer into the act / weight / param
+        write ports).
+    act_read : In(ReadPort.Signature), an activation read port for STORE.
+    stall : Out(1), a request is waiting for the DRAM port this cycle.
     """
 
     #: The unit's view of the instruction payload (LOAD, STORE; SYNC reads it as an empty transfer).
@@ -45,8 +132,8 @@ class DmaUnit(wiring.Component):
             **unit_members(self.PAYLOAD),
             "req": Out(RequestSignature(hw)),
             "resp": In(ResponseSignature(hw)),
-            "line_we": Out(1), "line_buffer": Out(2), "line_addr": Out(18), "line_data": Out(line_bits),
-            "act_raddr": Out(exact_log2(hw.act_lines)), "act_ren": Out(1), "act_rdata": In(line_bits),
+            "line_write": Out(stream.Signature(line_write_layout(hw), always_ready=True)),
+            "act_read": In(memory.ReadPort.Signature(addr_width=exact_log2(hw.act_lines), shape=line_bits)),
             "stall": Out(1),
         })
 
@@ -59,9 +146,6 @@ class DmaUnit(wiring.Component):
         signal_mask = Signal(8)
         pc = Signal(32)
 
-        i0, i1, i2 = Signal(12), Signal(12), Signal(12)
-        sram, sram_row, sram_plane = Signal(32), Signal(32), Signal(32)
-        dram, dram_row, dram_plane = Signal(48), Signal(48), Signal(48)
         outstanding = Signal(range(hw.dram_latency + 4))
         store_valid = Signal()      # a store line is held waiting for the port
         store_addr = Signal(48)
@@ -75,20 +159,11 @@ class DmaUnit(wiring.Component):
             with m.Default():
                 m.d.comb += depth.eq(hw.param_lines)
 
-        row_pad = Signal()
-        col_pad = Signal()
-        pad = Signal()
-        m.d.comb += [
-            row_pad.eq((i1 < instr.pad_top) | (i1 >= instr.n1 - instr.pad_bottom)),
-            col_pad.eq((i0 < instr.pad_left) | (i0 >= instr.n0 - instr.pad_right)),
-            pad.eq(row_pad | col_pad),
-        ]
-        last0 = Signal()
-        last1 = Signal()
-        last2 = Signal()
-        m.d.comb += [last0.eq(i0 == instr.n0 - 1), last1.eq(i1 == instr.n1 - 1), last2.eq(i2 == instr.n2 - 1)]
+        m.submodules.loops = loops = TransferLoops()
+        sram, dram, pad = loops.sram, loops.dram, loops.pad
+        m.d.comb += [getattr(loops.fields, name).eq(getattr(instr, name)) for name, _ in LOOP_FIELDS]
 
-        advance = Signal()          # the current line is handled this cycle
+        advance = loops.advance     # the current line is handled this cycle
         response_write = Signal()
         m.d.comb += response_write.eq(self.resp.valid)
 
@@ -96,12 +171,13 @@ class DmaUnit(wiring.Component):
         tag_buffer = self.resp.payload.tag[18:20]
         tag_addr = self.resp.payload.tag[0:18]
         pad_line = Cat([instr.pad_value] * hw.line_bytes)
+        line = self.line_write
         with m.If(response_write):
-            m.d.comb += [self.line_we.eq(1), self.line_buffer.eq(tag_buffer), self.line_addr.eq(tag_addr),
-                         self.line_data.eq(self.resp.payload.data)]
+            m.d.comb += [line.valid.eq(1), line.payload.buffer.eq(tag_buffer), line.payload.addr.eq(tag_addr),
+                         line.payload.data.eq(self.resp.payload.data)]
         with m.Elif(advance & pad & ~is_store):
-            m.d.comb += [self.line_we.eq(1), self.line_buffer.eq(instr.buffer), self.line_addr.eq(sram),
-                         self.line_data.eq(pad_line)]
+            m.d.comb += [line.valid.eq(1), line.payload.buffer.eq(instr.buffer), line.payload.addr.eq(sram),
+                         line.payload.data.eq(pad_line)]
 
         with m.If(self.req.valid & self.req.ready & ~self.req.payload.write):
             with m.If(~response_write):
@@ -117,12 +193,15 @@ class DmaUnit(wiring.Component):
         ]
 
         # Store pipeline: the held line goes out when the port grants it.
+        act_raddr = Signal.like(self.act_read.addr)
+        act_ren = Signal()
+        m.d.comb += [self.act_read.addr.eq(act_raddr), self.act_read.en.eq(act_ren)]
         with m.If(store_valid):
             m.d.comb += [
                 self.req.valid.eq(1),
                 self.req.payload.addr.eq(store_addr),
                 self.req.payload.write.eq(1),
-                self.req.payload.wdata.eq(self.act_rdata),
+                self.req.payload.wdata.eq(self.act_read.data),
             ]
 
         opcode = head.opcode
@@ -137,12 +216,9 @@ class DmaUnit(wiring.Component):
                         is_store.eq(opcode == Opcode.STORE),
                         signal_mask.eq(head.signal),
                         pc.eq(head.pc),
-                        i0.eq(0), i1.eq(0), i2.eq(0),
-                        sram.eq(payload.sram_addr), sram_row.eq(payload.sram_addr),
-                        sram_plane.eq(payload.sram_addr),
-                        dram.eq(payload.dram_addr), dram_row.eq(payload.dram_addr),
-                        dram_plane.eq(payload.dram_addr),
                     ]
+                    m.d.comb += [loops.start.eq(1), loops.sram_addr.eq(payload.sram_addr),
+                                 loops.dram_addr.eq(payload.dram_addr)]
                     empty = (payload.n0 == 0) | (payload.n1 == 0) | (payload.n2 == 0)
                     with m.If((opcode == Opcode.SYNC) | empty):
                         m.next = "DONE"
@@ -163,7 +239,7 @@ class DmaUnit(wiring.Component):
                     with m.If(can_issue):
                         m.d.comb += advance.eq(1)
                         with m.If(~pad):
-                            m.d.comb += [self.act_ren.eq(1), self.act_raddr.eq(sram)]
+                            m.d.comb += [act_ren.eq(1), act_raddr.eq(sram)]
                             m.d.sync += [store_valid.eq(1), store_addr.eq(dram)]
                         with m.Else():
                             m.d.sync += store_valid.eq(0)
@@ -178,26 +254,8 @@ class DmaUnit(wiring.Component):
                             self.req.payload.tag.eq(Cat(sram[:18], instr.buffer)),
                             advance.eq(self.req.ready),
                         ]
-                with m.If(advance):
-                    with m.If(~last0):
-                        m.d.sync += [i0.eq(i0 + 1), sram.eq(sram + 1)]
-                        with m.If(~pad):
-                            m.d.sync += dram.eq(dram + 1)
-                    with m.Elif(~last1):
-                        next_row = dram_row + Mux(row_pad, 0, instr.dram_s1)
-                        m.d.sync += [i0.eq(0), i1.eq(i1 + 1),
-                                     sram_row.eq(sram_row + instr.sram_s1), sram.eq(sram_row + instr.sram_s1),
-                                     dram_row.eq(next_row), dram.eq(next_row)]
-                    with m.Elif(~last2):
-                        m.d.sync += [i0.eq(0), i1.eq(0), i2.eq(i2 + 1),
-                                     sram_plane.eq(sram_plane + instr.sram_s2),
-                                     sram_row.eq(sram_plane + instr.sram_s2),
-                                     sram.eq(sram_plane + instr.sram_s2),
-                                     dram_plane.eq(dram_plane + instr.dram_s2),
-                                     dram_row.eq(dram_plane + instr.dram_s2),
-                                     dram.eq(dram_plane + instr.dram_s2)]
-                    with m.Else():
-                        m.next = "DRAIN"
+                with m.If(advance & loops.last):
+                    m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(self.halt):

@@ -17,8 +17,8 @@ the previous one, so a stream of instructions keeps the array busy.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In
 from amaranth.utils import exact_log2
 
 from .config import HwConfig
@@ -41,13 +41,13 @@ class PeArray(wiring.Component):
 
     Members
     -------
-    act_raddr, act_ren, act_rdata : activation scratchpad read port.
-    w_raddr, w_ren, w_rdata : weight scratchpad read port (a whole ``L x L`` block).
-    acc_raddr, acc_ren, acc_rdata : accumulator read port (transparent for the write port).
-    acc_waddr, acc_we, acc_wdata : accumulator write port.
+    act_read : In(ReadPort.Signature), an activation scratchpad read port.
+    weight_read : In(ReadPort.Signature), a weight scratchpad read port (a whole ``L x L`` block).
+    acc_read : In(ReadPort.Signature), an accumulator read port (transparent for ``acc_write``).
+    acc_write : In(WritePort.Signature), the accumulator write port.
 
-    The addresses are as wide as the scratchpad's address: the issue stage checks the
-    full-width address against the depth before it reads or writes.
+    The issue stage computes addresses wider than the scratchpads' and checks them against the
+    depth before it reads or writes.
     """
 
     #: The unit's view of the instruction payload (MATMUL; SYNC reads it as an empty loop).
@@ -60,10 +60,10 @@ class PeArray(wiring.Component):
                                       (hw.act_lines, hw.weight_blocks, hw.acc_entries))
         super().__init__({
             **unit_members(self.PAYLOAD),
-            "act_raddr": Out(act_bits), "act_ren": Out(1), "act_rdata": In(8 * lanes),
-            "w_raddr": Out(w_bits), "w_ren": Out(1), "w_rdata": In(8 * lanes * lanes),
-            "acc_raddr": Out(acc_bits), "acc_ren": Out(1), "acc_rdata": In(32 * lanes),
-            "acc_waddr": Out(acc_bits), "acc_we": Out(1), "acc_wdata": Out(32 * lanes),
+            "act_read": In(memory.ReadPort.Signature(addr_width=act_bits, shape=8 * lanes)),
+            "weight_read": In(memory.ReadPort.Signature(addr_width=w_bits, shape=8 * lanes * lanes)),
+            "acc_read": In(memory.ReadPort.Signature(addr_width=acc_bits, shape=32 * lanes)),
+            "acc_write": In(memory.WritePort.Signature(addr_width=acc_bits, shape=32 * lanes)),
         })
 
     def elaborate(self, platform):
@@ -100,9 +100,9 @@ class PeArray(wiring.Component):
                          stopped.eq(1)]
 
         m.d.comb += [
-            self.act_raddr.eq(act), self.act_ren.eq(issue & ~is_sync),
-            self.w_raddr.eq(weight), self.w_ren.eq(issue & ~is_sync),
-            self.acc_raddr.eq(acc), self.acc_ren.eq(issue & ~is_sync),
+            self.act_read.addr.eq(act), self.act_read.en.eq(issue & ~is_sync),
+            self.weight_read.addr.eq(weight), self.weight_read.en.eq(issue & ~is_sync),
+            self.acc_read.addr.eq(acc), self.acc_read.en.eq(issue & ~is_sync),
         ]
 
         with m.If(issue):
@@ -161,15 +161,15 @@ class PeArray(wiring.Component):
         x = []
         for r in range(lanes):
             value = Signal(signed(10), name=f"x{r}")
-            m.d.comb += value.eq(widen(self.act_rdata[8 * r:8 * r + 8], stage1.in_signed) - zero_point)
+            m.d.comb += value.eq(widen(self.act_read.data[8 * r:8 * r + 8], stage1.in_signed) - zero_point)
             x.append(value)
-        w = [[self.w_rdata[8 * (r * lanes + c):8 * (r * lanes + c) + 8].as_signed() for c in range(lanes)]
+        w = [[self.weight_read.data[8 * (r * lanes + c):8 * (r * lanes + c) + 8].as_signed() for c in range(lanes)]
              for r in range(lanes)]
         selected_row = Signal(8 * lanes)
         with m.Switch(stage1.w_row):
             for r in range(lanes):
                 with m.Case(r):
-                    m.d.comb += selected_row.eq(self.w_rdata[8 * lanes * r:8 * lanes * (r + 1)])
+                    m.d.comb += selected_row.eq(self.weight_read.data[8 * lanes * r:8 * lanes * (r + 1)])
 
         product = [Signal(signed(32), name=f"v{c}") for c in range(lanes)]
         for c in range(lanes):
@@ -184,7 +184,7 @@ class PeArray(wiring.Component):
         stage2 = Signal(control)
         stage2_values = Signal(32 * lanes)
         stage2_old = Signal(32 * lanes)
-        m.d.sync += [stage2.eq(control1), stage2_values.eq(Cat(product)), stage2_old.eq(self.acc_rdata)]
+        m.d.sync += [stage2.eq(control1), stage2_values.eq(Cat(product)), stage2_old.eq(self.acc_read.data)]
 
         # -- accumulate stage ----------------------------------------------------------------
         forward_valid = Signal()
@@ -205,7 +205,8 @@ class PeArray(wiring.Component):
                 m.d.comb += lane.eq(v + o)
             result.append(lane)
         write = stage2.valid & stage2.write
-        m.d.comb += [self.acc_waddr.eq(stage2.acc), self.acc_we.eq(write), self.acc_wdata.eq(Cat(result))]
+        m.d.comb += [self.acc_write.addr.eq(stage2.acc), self.acc_write.en.eq(write),
+                     self.acc_write.data.eq(Cat(result))]
         m.d.sync += [forward_valid.eq(write), forward_addr.eq(stage2.acc), forward_data.eq(Cat(result))]
         with m.If(stage2.valid & stage2.last):
             m.d.comb += [self.done.eq(1), self.done_signal.eq(stage2.signal), self.done_pc.eq(stage2.pc)]

@@ -16,7 +16,7 @@ previous one wrote (a residual add after a requantization).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -25,7 +25,7 @@ from .fp import FloatToInt, FusedMultiplyAdd, IntToFloat
 from .isa import ADD_PAYLOAD, REQUANT_PAYLOAD, ErrorCode, Opcode
 from .unit import unit_members
 
-__all__ = ["Ppu"]
+__all__ = ["Ppu", "PpuLane"]
 
 
 class Ppu(wiring.Component):
@@ -33,13 +33,13 @@ class Ppu(wiring.Component):
 
     Members
     -------
-    acc_raddr, acc_ren, acc_rdata : accumulator read port.
-    a_raddr, a_ren, a_rdata, b_raddr, b_ren, b_rdata : two activation read ports (ADD).
-    param_raddr, param_ren, param_rdata : parameter scratchpad read port.
-    act_waddr, act_we, act_wdata : activation write port.
+    acc_read : In(ReadPort.Signature), an accumulator read port (REQUANT).
+    a_read, b_read : In(ReadPort.Signature), two activation read ports (ADD).
+    param_read : In(ReadPort.Signature), a parameter scratchpad read port.
+    act_write : In(WritePort.Signature), an activation write port.
 
-    The addresses are as wide as the scratchpad's address: the unit checks the full-width
-    address against the depth before it reads or writes.
+    The unit computes addresses wider than the scratchpads' and checks them against the depth
+    before it reads or writes.
     """
 
     #: The unit's view of the instruction payload (REQUANT or ADD; SYNC reads it as an empty loop).
@@ -50,13 +50,16 @@ class Ppu(wiring.Component):
         lanes = hw.lanes
         act_bits, acc_bits, param_bits = (exact_log2(depth) for depth in
                                           (hw.act_lines, hw.acc_entries, hw.param_entries))
+        def read(addr_width, shape):
+            return In(memory.ReadPort.Signature(addr_width=addr_width, shape=shape))
+
         super().__init__({
             **unit_members(self.PAYLOAD),
-            "acc_raddr": Out(acc_bits), "acc_ren": Out(1), "acc_rdata": In(32 * lanes),
-            "a_raddr": Out(act_bits), "a_ren": Out(1), "a_rdata": In(8 * lanes),
-            "b_raddr": Out(act_bits), "b_ren": Out(1), "b_rdata": In(8 * lanes),
-            "param_raddr": Out(param_bits), "param_ren": Out(1), "param_rdata": In(32 * lanes),
-            "act_waddr": Out(act_bits), "act_we": Out(1), "act_wdata": Out(8 * lanes),
+            "acc_read": read(acc_bits, 32 * lanes),
+            "a_read": read(act_bits, 8 * lanes),
+            "b_read": read(act_bits, 8 * lanes),
+            "param_read": read(param_bits, 32 * lanes),
+            "act_write": In(memory.WritePort.Signature(addr_width=act_bits, shape=8 * lanes)),
         })
 
     def elaborate(self, platform):
@@ -83,11 +86,13 @@ class Ppu(wiring.Component):
         last0 = i0 == n0 - 1
         last1 = i1 == n1 - 1
 
-        control = data.StructLayout({"valid": 1, "write": 1, "last": 1, "out": len(self.act_waddr)})
+        control = data.StructLayout({"valid": 1, "write": 1, "last": 1, "out": len(self.act_write.addr)})
         stage = [Signal(control, name=f"stage{k}") for k in range(1, 6)]
         pipeline_busy = Cat(s.valid for s in stage).any()
 
         issue = Signal()
+        param_raddr = Signal.like(self.param_read.addr)
+        param_ren = Signal()
         with m.FSM(name="ppu"):
             with m.State("IDLE"):
                 free = ~self.halt & ~pipeline_busy
@@ -139,11 +144,11 @@ class Ppu(wiring.Component):
                                  self.error_pc.eq(pc)]
                     m.next = "HALT"
                 with m.Else():
-                    m.d.comb += [self.param_raddr.eq(param_addr + param_step), self.param_ren.eq(1)]
+                    m.d.comb += [param_raddr.eq(param_addr + param_step), param_ren.eq(1)]
                     m.d.sync += param_step.eq(param_step + 1)
                     for k in range(3):
                         with m.If(param_step == k + 1):
-                            m.d.sync += params[k].eq(self.param_rdata)
+                            m.d.sync += params[k].eq(self.param_read.data)
                     with m.If(param_step == count):
                         m.next = "RUN"
             with m.State("RUN"):
@@ -184,9 +189,10 @@ class Ppu(wiring.Component):
                 m.d.comb += self.busy.eq(1)
 
         m.d.comb += [
-            self.acc_raddr.eq(src), self.acc_ren.eq(issue & ~is_add),
-            self.a_raddr.eq(src), self.a_ren.eq(issue & is_add),
-            self.b_raddr.eq(srcb), self.b_ren.eq(issue & is_add),
+            self.param_read.addr.eq(param_raddr), self.param_read.en.eq(param_ren),
+            self.acc_read.addr.eq(src), self.acc_read.en.eq(issue & ~is_add),
+            self.a_read.addr.eq(src), self.a_read.en.eq(issue & is_add),
+            self.b_read.addr.eq(srcb), self.b_read.en.eq(issue & is_add),
         ]
 
         # Control travels beside the data; stage k is valid in the cycle that computes stage k.
@@ -197,63 +203,101 @@ class Ppu(wiring.Component):
         for k in range(1, 5):
             m.d.sync += stage[k].eq(stage[k - 1])
 
-        def widen(byte, is_signed):
-            return Mux(is_signed, byte.as_signed(), Cat(byte, 0).as_signed())
-
-        lo = widen(clamp_lo, out_signed)
-        hi = widen(clamp_hi, out_signed)
-        zero_point = widen(out_zp, out_signed)
         out_bytes = []
         for lane in range(lanes):
             word = slice(32 * lane, 32 * lane + 32)
             byte = slice(8 * lane, 8 * lane + 8)
-            # stage 1 (data from the scratchpads): to float
-            to_float_x = IntToFloat(32)
-            to_float_a = IntToFloat(32)
-            m.submodules[f"to_float_x{lane}"] = to_float_x
-            m.submodules[f"to_float_a{lane}"] = to_float_a
-            acc_plus_bias = Signal(signed(32), name=f"acc_plus_bias{lane}")
-            m.d.comb += acc_plus_bias.eq(self.acc_rdata[word].as_signed() + params[0][word].as_signed())
+            datapath = PpuLane()
+            m.submodules[f"lane{lane}"] = datapath
             m.d.comb += [
-                to_float_x.value.eq(Mux(is_add, widen(self.b_rdata[byte], in_signed), acc_plus_bias)),
-                to_float_a.value.eq(widen(self.a_rdata[byte], in_signed)),
+                datapath.acc.eq(self.acc_read.data[word]), datapath.a.eq(self.a_read.data[byte]),
+                datapath.b.eq(self.b_read.data[byte]),
+                datapath.param0.eq(params[0][word]), datapath.param1.eq(params[1][word]),
+                datapath.param2.eq(params[2][word]),
+                datapath.is_add.eq(is_add), datapath.in_signed.eq(in_signed),
+                datapath.out_signed.eq(out_signed), datapath.out_zp.eq(out_zp),
+                datapath.clamp_lo.eq(clamp_lo), datapath.clamp_hi.eq(clamp_hi),
             ]
-            x_float, a_float = Signal(32, name=f"x_float{lane}"), Signal(32, name=f"a_float{lane}")
-            m.d.sync += [x_float.eq(to_float_x.result), a_float.eq(to_float_a.result)]
-            # stage 2: t = fma(x, mult, 0) | fma(b, rb, fixed)
-            fma1 = FusedMultiplyAdd()
-            m.submodules[f"fma1_{lane}"] = fma1
-            m.d.comb += [fma1.a.eq(x_float), fma1.b.eq(Mux(is_add, params[1][word], params[1][word])),
-                         fma1.c.eq(Mux(is_add, params[2][word], 0))]
-            t, a_float2 = Signal(32, name=f"t{lane}"), Signal(32, name=f"a_float2_{lane}")
-            m.d.sync += [t.eq(fma1.result), a_float2.eq(a_float)]
-            # stage 3: r = fma(a, ra, t) | t
-            fma2 = FusedMultiplyAdd()
-            m.submodules[f"fma2_{lane}"] = fma2
-            m.d.comb += [fma2.a.eq(a_float2), fma2.b.eq(params[0][word]), fma2.c.eq(t)]
-            r = Signal(32, name=f"r{lane}")
-            m.d.sync += r.eq(Mux(is_add, fma2.result, t))
-            # stage 4: round, zero point, clamp
-            to_int = FloatToInt()
-            m.submodules[f"to_int{lane}"] = to_int
-            m.d.comb += to_int.value.eq(r)
-            shifted = Signal(signed(34), name=f"shifted{lane}")
-            m.d.comb += shifted.eq(to_int.result + zero_point)
-            # min(max(shifted, lo), hi): the comparisons are wide, only the low byte of the result
-            # is kept (the low byte of lo / hi is clamp_lo / clamp_hi whatever the signedness).
-            at_least_lo = Mux(shifted < lo, lo, shifted)
-            clamped = Signal(8, name=f"clamped{lane}")
-            m.d.comb += clamped.eq(Mux(at_least_lo > hi, clamp_hi, Mux(shifted < lo, clamp_lo, shifted[:8])))
-            y = Signal(8, name=f"y{lane}")
-            m.d.sync += y.eq(clamped)
-            out_bytes.append(y)
+            out_bytes.append(datapath.y)
 
         write_stage = stage[4]
         m.d.comb += [
-            self.act_waddr.eq(write_stage.out), self.act_we.eq(write_stage.valid & write_stage.write),
-            self.act_wdata.eq(Cat(out_bytes)),
+            self.act_write.addr.eq(write_stage.out), self.act_write.en.eq(write_stage.valid & write_stage.write),
+            self.act_write.data.eq(Cat(out_bytes)),
         ]
         with m.If(write_stage.valid & write_stage.last):
             m.d.comb += [self.done.eq(1), self.done_signal.eq(signal_mask), self.done_pc.eq(pc)]
         m.d.comb += self.progress.eq(issue | pipeline_busy | self.done)
+        return m
+
+
+def _widen(byte, is_signed):
+    """An int8 (``is_signed``) or uint8 byte as a 9-bit signed value."""
+    return Mux(is_signed, byte.as_signed(), Cat(byte, 0).as_signed())
+
+
+class PpuLane(wiring.Component):
+    """One lane of the PPU datapath: four pipeline stages from scratchpad data to an output byte.
+
+    1. int32 to float32: ``acc + param0`` (REQUANT: the bias) or ``b`` (ADD), and ``a``;
+    2. ``t = fma(x, param1, 0)`` (REQUANT: the multiplier) or ``fma(b, param1, param2)``
+       (ADD: ``rb``, ``fixed``);
+    3. ``r = t`` or ``fma(a, param0, t)`` (ADD: ``ra``);
+    4. round half to even, add the zero point, clamp: the byte ``y``.
+
+    The inputs of stage 1 are those of the cycle after the read; the instruction fields
+    (``is_add``, signedness, zero point, clamps) and the parameters hold during an instruction.
+    """
+
+    acc: In(32)
+    a: In(8)
+    b: In(8)
+    param0: In(32)
+    param1: In(32)
+    param2: In(32)
+    is_add: In(1)
+    in_signed: In(1)
+    out_signed: In(1)
+    out_zp: In(8)
+    clamp_lo: In(8)
+    clamp_hi: In(8)
+    y: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        is_add = self.is_add
+        # stage 1 (data from the scratchpads): to float
+        m.submodules.to_float_x = to_float_x = IntToFloat(32)
+        m.submodules.to_float_a = to_float_a = IntToFloat(32)
+        acc_plus_bias = Signal(signed(32))
+        m.d.comb += [
+            acc_plus_bias.eq(self.acc.as_signed() + self.param0.as_signed()),
+            to_float_x.value.eq(Mux(is_add, _widen(self.b, self.in_signed), acc_plus_bias)),
+            to_float_a.value.eq(_widen(self.a, self.in_signed)),
+        ]
+        x_float, a_float = Signal(32), Signal(32)
+        m.d.sync += [x_float.eq(to_float_x.result), a_float.eq(to_float_a.result)]
+        # stage 2: t = fma(x, mult, 0) | fma(b, rb, fixed)
+        m.submodules.fma1 = fma1 = FusedMultiplyAdd()
+        m.d.comb += [fma1.a.eq(x_float), fma1.b.eq(self.param1), fma1.c.eq(Mux(is_add, self.param2, 0))]
+        t, a_float2 = Signal(32), Signal(32)
+        m.d.sync += [t.eq(fma1.result), a_float2.eq(a_float)]
+        # stage 3: r = fma(a, ra, t) | t
+        m.submodules.fma2 = fma2 = FusedMultiplyAdd()
+        m.d.comb += [fma2.a.eq(a_float2), fma2.b.eq(self.param0), fma2.c.eq(t)]
+        r = Signal(32)
+        m.d.sync += r.eq(Mux(is_add, fma2.result, t))
+        # stage 4: round, zero point, clamp
+        m.submodules.to_int = to_int = FloatToInt()
+        m.d.comb += to_int.value.eq(r)
+        lo = _widen(self.clamp_lo, self.out_signed)
+        hi = _widen(self.clamp_hi, self.out_signed)
+        shifted = Signal(signed(34))
+        m.d.comb += shifted.eq(to_int.result + _widen(self.out_zp, self.out_signed))
+        # min(max(shifted, lo), hi): the comparisons are wide, only the low byte of the result
+        # is kept (the low byte of lo / hi is clamp_lo / clamp_hi whatever the signedness).
+        at_least_lo = Mux(shifted < lo, lo, shifted)
+        clamped = Signal(8)
+        m.d.comb += clamped.eq(Mux(at_least_lo > hi, self.clamp_hi, Mux(shifted < lo, self.clamp_lo, shifted[:8])))
+        m.d.sync += self.y.eq(clamped)
         return m

@@ -9,11 +9,11 @@ core), the backing-store port ``mem__addr/re/we/wdata/rdata``, and the status
 
 from amaranth.back import rtlil, verilog
 from amaranth.hdl import Cat, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
-from .core import COUNTER_BITS, COUNTER_NAMES, Core
+from .core import COUNTERS, Core
 from .isa import ErrorCode
 from .memsys import TAG_BITS, BackingStoreSignature, MemorySystem
 from .netnames import strip_unused_aliases
@@ -33,9 +33,9 @@ class Accelerator(wiring.Component):
     prog_addr : In(32 * cores), each core's first instruction line.
     mem : Out(BackingStoreSignature), the DRAM backing store.
     done : Out(1), all enabled cores reached END, or an error stopped the run.
-    error_code, error_core, error_pc : the first error.
+    error_code, error_core, error_pc : the first error (``error_code`` an ``ErrorCode``).
     cycles : Out(48), cycles from start to done.
-    counters : Out(48 * 7 * cores), per-core counters.
+    counters : Out(ArrayLayout(COUNTERS, cores)), per-core counters (48 bits x 7 per core).
     barrier_go : Out(cores), bit ``i`` is high in the one cycle core ``i`` passes a barrier
         (all cores of a barrier's mask pass in the same cycle); lets a testbench time
         fusion groups without probing the cores.
@@ -46,8 +46,8 @@ class Accelerator(wiring.Component):
         super().__init__({
             "start": In(1), "core_mask": In(hw.cores), "prog_addr": In(32 * hw.cores),
             "mem": Out(BackingStoreSignature(hw)),
-            "done": Out(1), "error_code": Out(4), "error_core": Out(4), "error_pc": Out(32),
-            "cycles": Out(48), "counters": Out(COUNTER_BITS * len(COUNTER_NAMES) * hw.cores),
+            "done": Out(1), "error_code": Out(ErrorCode), "error_core": Out(4), "error_pc": Out(32),
+            "cycles": Out(48), "counters": Out(data.ArrayLayout(COUNTERS, hw.cores)),
             "barrier_go": Out(hw.cores),
         })
 
@@ -71,11 +71,10 @@ class Accelerator(wiring.Component):
             wiring.connect(m, core.fetch_resp, getattr(memsys, f"resp{2 * index}"))
             wiring.connect(m, core.dma, getattr(memsys, f"req{2 * index + 1}"))
             wiring.connect(m, core.dma_resp, getattr(memsys, f"resp{2 * index + 1}"))
-            width = COUNTER_BITS * len(COUNTER_NAMES)
             m.d.comb += [
                 core.start.eq(self.start), core.enable.eq(self.core_mask[index]),
                 core.prog_addr.eq(self.prog_addr[32 * index:32 * index + 32]), core.halt.eq(halt),
-                self.counters[width * index:width * (index + 1)].eq(core.counters),
+                self.counters[index].eq(core.counters),
             ]
 
         # Barrier: a core passes when every core in its mask waits with the same mask.

@@ -2,8 +2,8 @@
 
 A unit receives instructions in program order from its queue (a stream of
 :func:`queue_entry` of its payload layout). It pops the head when it
-``can_start`` and the core says the head's semaphores are available
-(``sem_ok``). When an instruction has completed it pulses ``done`` with the
+``can_start`` and the core's semaphore block says the head's semaphores are
+available (``sem_ok``). When an instruction has completed it pulses ``done`` with the
 instruction's ``signal`` mask; an error stops it with a code and the
 instruction index.
 """
@@ -11,18 +11,18 @@ instruction index.
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .isa import INSTRUCTION, NUM_SEMAPHORES
+from .isa import INSTRUCTION, NUM_SEMAPHORES, ErrorCode
 
-__all__ = ["queue_entry", "UnitSignature", "unit_members"]
+__all__ = ["queue_entry", "queue_slot", "UnitSignature", "unit_members"]
 
 
 def queue_entry(payload: data.Layout) -> data.StructLayout:
     """What a unit receives for one instruction: the header fields it acts on, its view of the payload
     and the instruction's index in the core's stream.
 
-    The semaphore ``wait`` mask is not part of it: the core checks it before the unit pops the head.
-    ``payload`` is the unit's view of the instruction payload (its low ``payload.size`` bits), so a
-    unit's queue stores and the unit receives only the bits it reads.
+    The semaphore ``wait`` mask is not part of it: the core checks it before the unit pops the head
+    (see :func:`queue_slot`). ``payload`` is the unit's view of the instruction payload (its low
+    ``payload.size`` bits), so a unit's queue stores and the unit receives only the bits it reads.
     """
     return data.StructLayout({
         "opcode": INSTRUCTION["opcode"].shape,
@@ -30,6 +30,12 @@ def queue_entry(payload: data.Layout) -> data.StructLayout:
         "payload": payload,
         "pc": 32,
     })
+
+
+def queue_slot(payload: data.Layout) -> data.StructLayout:
+    """What a unit's queue holds for one instruction: the semaphore ``wait`` mask of the instruction
+    and the unit's :func:`queue_entry`."""
+    return data.StructLayout({"wait": NUM_SEMAPHORES, "entry": queue_entry(payload)})
 
 
 def unit_members(payload: data.Layout) -> dict:
@@ -43,7 +49,7 @@ def unit_members(payload: data.Layout) -> dict:
         "done_signal": Out(NUM_SEMAPHORES),
         "done_pc": Out(32),
         "error": Out(1),
-        "error_code": Out(4),
+        "error_code": Out(ErrorCode),
         "error_pc": Out(32),
         "busy": Out(1),         # executing an instruction (for idle detection and counters)
         "progress": Out(1),     # did useful work this cycle (for the watchdog)

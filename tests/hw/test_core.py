@@ -14,7 +14,7 @@ from amaranth.hdl import Elaboratable, Module, Value
 from amaranth.lib import wiring
 from unit_bench import TINY, backing_store, pack, simulate, unpack
 
-from dlfusion.hw.core import COUNTER_BITS, COUNTER_NAMES, Core
+from dlfusion.hw.core import COUNTER_BITS, COUNTER_NAMES, Core, Semaphores
 from dlfusion.hw.isa import _PAYLOAD_FIELDS, Buffer, ErrorCode, MatmulMode, Opcode, Unit, encode, encode_program
 from dlfusion.hw.memsys import TAG_BITS, MemorySystem
 from dlfusion.hw.numerics import requantize
@@ -183,3 +183,78 @@ def test_stream_running_off_the_end_of_dram_is_a_fetch_range_error():
     at = HW.dram_lines - len(encode_program(words)) // HW.line_bytes
     run = run_core(words, at=at)
     assert run["error"] == (ErrorCode.FETCH_RANGE, 2)
+
+
+# -- the semaphore block alone ------------------------------------------------------------------------
+
+def run_semaphores(bench):
+    semaphores = Semaphores(3)
+
+    async def testbench(ctx):
+        await bench(ctx, semaphores, [semaphores.client(k) for k in range(3)])
+
+    simulate(semaphores, testbench)
+
+
+async def give(ctx, client, mask, *, pc=0, cycles=1):
+    ctx.set(client.done, 1)
+    ctx.set(client.done_signal, mask)
+    ctx.set(client.done_pc, pc)
+    for _ in range(cycles):
+        await ctx.tick()
+    ctx.set(client.done, 0)
+
+
+def test_semaphores_grant_one_acquirer_per_cycle_in_priority_order():
+    async def bench(ctx, semaphores, clients):
+        await give(ctx, clients[2], 0b1)                 # semaphore 0 = 1
+        for client in clients[:2]:
+            ctx.set(client.head, 1)
+            ctx.set(client.wait, 0b1)
+            ctx.set(client.can_start, 1)
+        assert ctx.get(clients[0].sem_ok) and not ctx.get(clients[1].sem_ok)
+        assert ctx.get(clients[1].stalled) and ctx.get(semaphores.stalled)
+        # A unit that cannot start does not hold the others back.
+        ctx.set(clients[0].can_start, 0)
+        assert ctx.get(clients[1].sem_ok)
+        ctx.set(clients[0].can_start, 1)
+        ctx.set(clients[0].take, 1)
+        await ctx.tick()                                 # semaphore 0 = 0
+        ctx.set(clients[0].take, 0)
+        ctx.set(clients[0].head, 0)
+        assert not ctx.get(clients[1].sem_ok) and ctx.get(clients[1].stalled)
+        # A head without waits is never held; taken and given in one cycle cancel out.
+        ctx.set(clients[2].head, 1)
+        ctx.set(clients[2].can_start, 1)
+        assert ctx.get(clients[2].sem_ok)
+        await give(ctx, clients[2], 0b1)
+        assert ctx.get(clients[1].sem_ok)
+        ctx.set(clients[1].take, 1)
+        await give(ctx, clients[0], 0b1)
+        ctx.set(clients[1].take, 0)
+        assert ctx.get(clients[1].sem_ok)                # 1 - 1 + 1
+
+    run_semaphores(bench)
+
+
+def test_semaphore_overflow_reports_the_signalling_instruction():
+    async def bench(ctx, semaphores, clients):
+        await give(ctx, clients[1], 0b1000, pc=7, cycles=255)   # semaphore 3 = 255
+        assert not ctx.get(semaphores.overflow)
+        for client, pc in zip(clients, (40, 41, 42), strict=True):
+            ctx.set(client.done, 1)
+            ctx.set(client.done_signal, 0b1000 if pc != 41 else 0b1)
+            ctx.set(client.done_pc, pc)
+        assert ctx.get(semaphores.overflow) and ctx.get(semaphores.overflow_pc) == 40   # the first unit's
+        ctx.set(clients[0].done, 0)
+        assert ctx.get(semaphores.overflow) and ctx.get(semaphores.overflow_pc) == 42
+        await ctx.tick()
+        ctx.set(clients[2].done, 0)
+        ctx.set(clients[1].done, 0)
+        assert not ctx.get(semaphores.overflow)
+        # Not updated by the overflowing cycle: still 255, one more overflows again.
+        ctx.set(clients[1].done, 1)
+        ctx.set(clients[1].done_signal, 0b1000)
+        assert ctx.get(semaphores.overflow)
+
+    run_semaphores(bench)

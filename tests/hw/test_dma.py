@@ -38,8 +38,7 @@ class DmaBench(Elaboratable):
         wiring.connect(m, dma.req, memsys.req0)
         wiring.connect(m, memsys.resp0, dma.resp)
         self.dram = backing_store(m, memsys.mem, self.dram_init)
-        act_r = self.act.read_port()
-        m.d.comb += [act_r.addr.eq(dma.act_raddr), act_r.en.eq(dma.act_ren), dma.act_rdata.eq(act_r.data)]
+        wiring.connect(m, dma.act_read, self.act.read_port())
         return m
 
 
@@ -60,8 +59,9 @@ def run_dma(instructions, dram, act):
 
     async def monitor(ctx):
         dma, mem = bench.dma, bench.memsys.mem
+        line = dma.line_write
         async for _, _, we, buffer, addr, data, re, mem_we in ctx.tick().sample(
-                dma.line_we, dma.line_buffer, dma.line_addr, dma.line_data, mem.re, mem.we):
+                line.valid, line.payload.buffer, line.payload.addr, line.payload.data, mem.re, mem.we):
             if we:
                 writes.append((Buffer(buffer), addr, tuple(unpack(data, LANES, 8))))
             traffic["reads"] += re

@@ -8,7 +8,7 @@ plain numpy loop over the instruction's iterations, in program order.
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import memory
+from amaranth.lib import memory, wiring
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_bench import TINY, drive, entry, pack, simulate, unpack
@@ -41,16 +41,11 @@ class PeBench(Elaboratable):
 
 
 def connect_pe(m, pe, act, weight, acc):
-    act_r = act.read_port()
-    weight_r = weight.read_port()
     acc_w = acc.write_port()
-    acc_r = acc.read_port(transparent_for=(acc_w,))
-    m.d.comb += [
-        act_r.addr.eq(pe.act_raddr), act_r.en.eq(pe.act_ren), pe.act_rdata.eq(act_r.data),
-        weight_r.addr.eq(pe.w_raddr), weight_r.en.eq(pe.w_ren), pe.w_rdata.eq(weight_r.data),
-        acc_r.addr.eq(pe.acc_raddr), acc_r.en.eq(pe.acc_ren), pe.acc_rdata.eq(acc_r.data),
-        acc_w.addr.eq(pe.acc_waddr), acc_w.en.eq(pe.acc_we), acc_w.data.eq(pe.acc_wdata),
-    ]
+    wiring.connect(m, pe.act_read, act.read_port())
+    wiring.connect(m, pe.weight_read, weight.read_port())
+    wiring.connect(m, pe.acc_write, acc_w)
+    wiring.connect(m, pe.acc_read, acc.read_port(transparent_for=(acc_w,)))
 
 
 def wrap32(values):

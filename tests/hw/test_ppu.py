@@ -10,7 +10,7 @@ simulator's :func:`requantize`; ADD with the golden :func:`qlinear_add` on param
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import memory
+from amaranth.lib import memory, wiring
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_bench import TINY, drive, entry, pack, simulate, unpack
@@ -42,15 +42,11 @@ class PpuBench(Elaboratable):
 
 
 def connect_ppu(m, ppu, acc, act, param):
-    acc_r, param_r = acc.read_port(), param.read_port()
-    a_r, b_r, act_w = act.read_port(), act.read_port(), act.write_port()
-    m.d.comb += [
-        acc_r.addr.eq(ppu.acc_raddr), acc_r.en.eq(ppu.acc_ren), ppu.acc_rdata.eq(acc_r.data),
-        a_r.addr.eq(ppu.a_raddr), a_r.en.eq(ppu.a_ren), ppu.a_rdata.eq(a_r.data),
-        b_r.addr.eq(ppu.b_raddr), b_r.en.eq(ppu.b_ren), ppu.b_rdata.eq(b_r.data),
-        param_r.addr.eq(ppu.param_raddr), param_r.en.eq(ppu.param_ren), ppu.param_rdata.eq(param_r.data),
-        act_w.addr.eq(ppu.act_waddr), act_w.en.eq(ppu.act_we), act_w.data.eq(ppu.act_wdata),
-    ]
+    wiring.connect(m, ppu.act_write, act.write_port())
+    wiring.connect(m, ppu.a_read, act.read_port())
+    wiring.connect(m, ppu.b_read, act.read_port())
+    wiring.connect(m, ppu.acc_read, acc.read_port())
+    wiring.connect(m, ppu.param_read, param.read_port())
 
 
 def run_ppu(instructions, acc, act, params):
