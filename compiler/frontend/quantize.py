@@ -62,14 +62,14 @@ def _input_spec(proto: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
     init_names = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init_names]
     if len(inputs) != 1:
-        raise ValueError(f"expected a model with one input, got {[i.name for i in inputs]}")
+        raise CalibrationError(f"expected a model with one input, got {[i.name for i in inputs]}")
     inp = inputs[0]
     ttype = inp.type.tensor_type
     if ttype.elem_type != onnx.TensorProto.FLOAT:
-        raise ValueError(f"input {inp.name!r} must be float32")
+        raise CalibrationError(f"input {inp.name!r} must be float32")
     dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim)
     if any(d <= 0 for d in dims):
-        raise ValueError(f"input {inp.name!r} must have a static shape, got {dims}")
+        raise CalibrationError(f"input {inp.name!r} must have a static shape, got {dims}")
     return inp.name, dims
 
 
@@ -151,7 +151,7 @@ def calibration_reader(calibration: str | os.PathLike, input_name: str, shape: t
                        num_calibration: int = 8, seed: int = 0) -> _Reader:
     """The reader for ``calibration`` (``"random"`` or a .npy directory), loaded and checked now."""
     if isinstance(num_calibration, bool) or not isinstance(num_calibration, int) or num_calibration < 1:
-        raise ValueError(f"num_calibration must be a positive int, got {num_calibration!r}")
+        raise CalibrationError(f"num_calibration must be a positive int, got {num_calibration!r}")
     if isinstance(calibration, str) and calibration == "random":
         return RandomCalibrationReader(input_name, shape, num_calibration, seed)
     if isinstance(calibration, (str, os.PathLike)):
@@ -166,7 +166,7 @@ def _quant_type(activation_type):
         return activation_type
     table = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     if activation_type not in table:
-        raise ValueError(f"activation_type must be one of {ACTIVATION_TYPES}, got {activation_type!r}")
+        raise CalibrationError(f"activation_type must be one of {ACTIVATION_TYPES}, got {activation_type!r}")
     return table[activation_type]
 
 

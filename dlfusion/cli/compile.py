@@ -71,18 +71,12 @@ def cmd_compile(args) -> int:
     from ..compiler.plan import Plan, make_plan
     hw = load_hw(args)
     source = Path(args.model)
-    try:
-        if source.suffix == ".onnx":
-            graph = _load_onnx_any(source, args.calibration)
-        elif args.model in zoo.MODELS:
-            graph = _load_zoo_model(args.model, args.input_size)
-        else:
-            raise UsageError(f"{args.model!r}: give a quantized .onnx file or a zoo model "
-                             f"({', '.join(zoo.MODELS)})")
-    except ValueError as error:
-        # The zoo and the quantizer check their input with plain ValueErrors (an input size below a
-        # model's minimum, a float model with several inputs): bad input all the same.
-        raise UsageError(str(error)) from None
+    if source.suffix == ".onnx":
+        graph = _load_onnx_any(source, args.calibration)
+    elif args.model in zoo.MODELS:
+        graph = _load_zoo_model(args.model, args.input_size)
+    else:
+        raise UsageError(f"{args.model!r}: give a quantized .onnx file or a zoo model ({', '.join(zoo.MODELS)})")
     started = time.perf_counter()
     if args.plan:
         plan = Plan.read(args.plan)

@@ -68,8 +68,8 @@ def cmd_tune(args) -> int:
     check_max_group(args)
     hw = load_hw(args)
     check_inputs(hw, strategies, args.rule_dir)
-    graph, source = load_model(args.model, args.input_size)
-    with make_executor(args) as executor:
+    with make_executor(args) as executor:      # its options are checked before the model is exported
+        graph, source = load_model(args.model, args.input_size)
         report = tune(graph, hw, strategies, executor=executor, cache=measurement_cache(args), source=source,
                       rule_dir=args.rule_dir, max_group=args.max_group, progress=show_progress(args))
     paths = plan_paths(source, list(report["strategies"]) if len(strategies) > 1 else strategies, args.output,
