@@ -67,6 +67,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -90,6 +91,8 @@ from ..hw.isa import ErrorCode
 from . import verilator_tool
 from .image import build_dram_image
 from .result import COUNTER_NAMES, ErrorInfo, RunResult
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["RtlBuildError", "RtlSimulationError", "RtlSimulator", "DEFAULT_MAX_CYCLES",
            "default_build_root", "read_barrier_log", "read_region_hex", "write_image_hex"]
@@ -366,7 +369,8 @@ class RtlSimulator:
     build_dir : path, optional
         Build root holding ``<hw.hash>[-waves]/`` (default :func:`default_build_root`).
     verbose : bool
-        Print build and run progress and logs; otherwise print nothing.
+        Log build and run progress (and the simulator's log) at INFO, and let the cocotb
+        runner print; otherwise log progress at DEBUG only.
     max_cycles : int, optional
         Default harness watchdog of :meth:`run` (simulated cycles from start).
     verilog : str, optional
@@ -399,6 +403,7 @@ class RtlSimulator:
         self.hw = hw
         self.waves = bool(waves)
         self.verbose = bool(verbose)
+        self._level = logging.INFO if self.verbose else logging.DEBUG    # of this simulator's messages
         self.max_cycles = max_cycles
         self.jobs = max(1, int(jobs))
         self.keep_runs = keep_runs
@@ -501,8 +506,7 @@ class RtlSimulator:
         self.compiled = False
         self.build_seconds = None
         self.build_warnings = stamp.get("warnings", [])
-        if self.verbose:
-            print(f"[rtl] reusing {self.model_dir} (built {stamp.get('built_at', '?')})")
+        _log.log(self._level, "reusing %s (built %s)", self.model_dir, stamp.get("built_at", "?"))
 
     def _write_stamp(self, stamp: dict) -> None:
         tmp = self._stamp_path.with_name(f".build.json.{os.getpid()}.tmp")
@@ -525,8 +529,7 @@ class RtlSimulator:
         if self.waves:
             args += ["--trace-fst", "--trace-structs"] + _fst_flags(model / "lz4shim")
         log = model / "build.log"
-        if self.verbose:
-            print(f"[rtl] building {model} (log: {log})")
+        _log.log(self._level, "building %s (log: %s)", model, log)
         runner = _runner(self.jobs, self.verbose)
         start = time.perf_counter()
         try:
@@ -552,8 +555,7 @@ class RtlSimulator:
         self.compiled = True
         self.build_seconds = seconds
         self.build_warnings = stamp["warnings"]
-        if self.verbose:
-            print(f"[rtl] built in {seconds:.1f} s, {len(warnings)} Verilator warning(s)")
+        _log.log(self._level, "built in %.1f s, %d Verilator warning(s)", seconds, len(warnings))
 
     # -- run --------------------------------------------------------------------------------
 
@@ -657,10 +659,9 @@ class RtlSimulator:
                            dram_write_lines=int(raw["dram_write_lines"]))
         for name, value in info.items():
             setattr(result, name, value)
-        if self.verbose:
-            print(f"[rtl] {status}: {result.cycles} cycles, error {error}, "
-                  f"{sim_cycles} cycles in {sim_seconds:.3f} s "
-                  f"({info['cycles_per_second']:.0f} cycles/s), run {info['wall_seconds']:.2f} s")
+        _log.log(self._level, "%s: %d cycles, error %s, %d cycles in %.3f s (%.0f cycles/s), run %.2f s",
+                 status, result.cycles, error, sim_cycles, sim_seconds, info["cycles_per_second"],
+                 info["wall_seconds"])
         return result
 
     def _simulate(self, dram, ranges, prog_addr, core_mask, max_cycles, regions) -> dict:
@@ -692,7 +693,7 @@ class RtlSimulator:
             failure = error
         process_seconds = time.perf_counter() - start
         if self.verbose:
-            print(_tail(log, 200))
+            _log.info("simulator log %s:\n%s", log, _tail(log, 200))
         try:
             raw = json.loads(result_path.read_text())
         except (OSError, ValueError):
