@@ -40,14 +40,14 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
         if node.op in WINDOWED:
             layer = layer_of(graph, node)
             out_channels = graph.tensors[node.output].shape[0]
-            blocks = pack_windowed_weights(layer, node.attrs.get("weight"), lanes)
+            blocks = pack_windowed_weights(layer, node.attrs.weight, lanes)
             if node.op is Op.MAXPOOL:
                 bias, multiplier = np.zeros(out_channels, np.int32), np.ones(out_channels, np.float32)
             elif node.op is Op.AVGPOOL:
                 bias = np.zeros(out_channels, np.int32)
-                multiplier = np.full(out_channels, node.attrs["multiplier"], np.float32)
+                multiplier = np.full(out_channels, node.attrs.multiplier, np.float32)
             else:
-                bias, multiplier = node.attrs["bias"], node.attrs["multiplier"]
+                bias, multiplier = node.attrs.bias, node.attrs.multiplier
             params = params_for(bias, multiplier, out_channels, lanes)
             if len(blocks):
                 entry["weight_line"] = cursor
@@ -60,8 +60,8 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
             cursor += params.shape[0] * hw.param_lines_per_entry
         elif node.op is Op.ADD:
             out = graph.tensors[node.output]
-            ra, rb, fixed = qlinear_add_params(node.attrs["a_scale"], node.attrs["a_zp"], node.attrs["b_scale"],
-                                               node.attrs["b_zp"], out.scale, out.zero_point)
+            ra, rb, fixed = qlinear_add_params(node.attrs.a_scale, node.attrs.a_zp, node.attrs.b_scale,
+                                               node.attrs.b_zp, out.scale, out.zero_point)
             params = np.stack([np.full(lanes, v, np.float32).view(np.uint32) for v in (ra, rb, fixed)])
             entry["param_line"] = cursor
             segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..hw.errors import InputError
 
-__all__ = ["Op", "Tensor", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT"]
+__all__ = ["Op", "Tensor", "NodeAttrs", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT"]
 
 
 def out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
@@ -70,24 +70,67 @@ class Tensor:
         return (-128, 127) if self.signed else (0, 255)
 
 
+@dataclass(kw_only=True)
+class NodeAttrs:
+    """What an operator carries, by name; the fields an op does not use stay at their defaults.
+
+    Attributes
+    ----------
+    kernel, stride, pad : int
+        Windowed ops (CONV, DEPTHWISE, FC, MAXPOOL, AVGPOOL): a square window, symmetric padding.
+    ceil_mode : bool
+        MAXPOOL: ONNX ceil_mode (a last, partial window).
+    weight : numpy.ndarray or None
+        CONV/FC int8 ``(K, C, k, k)``, DEPTHWISE int8 ``(C, 1, k, k)``.
+    bias : numpy.ndarray or None
+        CONV/FC/DEPTHWISE int32 ``(K,)``.
+    multiplier : numpy.ndarray, numpy.float32 or None
+        CONV/FC/DEPTHWISE float32 ``(K,)`` requantization multipliers; AVGPOOL a float32 scalar.
+    clamp : tuple of int or None
+        Every op: ``(lo, hi)`` of its output (Relu and Clip are folded in here).
+    macs : int
+        Multiply-accumulates (the ``annotate_macs`` pass).
+    a_scale, a_zp, b_scale, b_zp : float, int
+        ADD: the inputs' quantization.
+    requantize : bool
+        CONCAT from QLinearConcat: inputs of another quantization are rescaled.
+    source : str
+        CLAMP: the ONNX op it was read from.
+    """
+    kernel: int = 1
+    stride: int = 1
+    pad: int = 0
+    ceil_mode: bool = False
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    multiplier: np.ndarray | np.float32 | None = None
+    clamp: tuple[int, int] | None = None
+    macs: int = 0
+    a_scale: float = 1.0
+    a_zp: int = 0
+    b_scale: float = 1.0
+    b_zp: int = 0
+    requantize: bool = False
+    source: str = ""
+
+
 @dataclass
 class Node:
-    """One operator. ``attrs`` by op:
-
-    windowed ops: ``kernel, stride, pad``; CONV/DEPTHWISE/FC also ``weight`` (int8,
-    (K, C, k, k) or (C, 1, k, k)), ``bias`` (int32, (K,)), ``multiplier`` (float32, (K,));
-    AVGPOOL ``multiplier`` (float32 scalar); every op ``clamp`` (lo, hi) of the output.
-    ADD: ``a_scale, a_zp, b_scale, b_zp``. CONCAT: nothing. CLAMP: ``source`` (the ONNX op).
-    """
+    """One operator: ``op`` of ``inputs`` into ``output``, with its :class:`NodeAttrs` (a dict of
+    their names is accepted and converted: an unknown name is an error)."""
     name: str
     op: Op
     inputs: list[str]
     output: str
-    attrs: dict = field(default_factory=dict)
+    attrs: NodeAttrs = field(default_factory=NodeAttrs)
+
+    def __post_init__(self):
+        if isinstance(self.attrs, dict):
+            self.attrs = NodeAttrs(**self.attrs)
 
     @property
     def macs(self) -> int:
-        return int(self.attrs.get("macs", 0))
+        return int(self.attrs.macs)
 
 
 @dataclass
@@ -141,13 +184,15 @@ def check(graph: Graph, *, legal: bool = True) -> None:
         ins = [graph.tensors[name] for name in node.inputs]
         c, h, w = ins[0].shape
         if node.op in WINDOWED:
-            k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
-            ceil = bool(node.attrs.get("ceil_mode", False))
+            k, s, p = node.attrs.kernel, node.attrs.stride, node.attrs.pad
+            ceil = bool(node.attrs.ceil_mode)
             expected_hw = (out_size(h, k, s, p, ceil), out_size(w, k, s, p, ceil))
             if out.shape[1:] != expected_hw:
                 raise IRError(f"{node.name}: output spatial shape {out.shape[1:]} != {expected_hw}")
             if node.op in (Op.CONV, Op.FC):
-                weight = node.attrs["weight"]
+                weight = node.attrs.weight
+                if weight is None:
+                    raise IRError(f"{node.name}: a {node.op.value} needs int8 weights {(out.shape[0], c, k, k)}")
                 if weight.shape != (out.shape[0], c, k, k) or weight.dtype != np.int8:
                     raise IRError(f"{node.name}: weight {weight.shape} {weight.dtype} does not match "
                                   f"{(out.shape[0], c, k, k)} int8")
@@ -155,8 +200,8 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                 raise IRError(f"{node.name}: {node.op.value} changes the channel count {c} -> {out.shape[0]}")
             if node.op in (Op.CONV, Op.FC, Op.DEPTHWISE):
                 for key, dtype in (("bias", np.int32), ("multiplier", np.float32)):
-                    value = node.attrs[key]
-                    if value.shape != (out.shape[0],) or value.dtype != dtype:
+                    value = getattr(node.attrs, key)
+                    if value is None or value.shape != (out.shape[0],) or value.dtype != dtype:
                         raise IRError(f"{node.name}: {key} must be ({out.shape[0]},) {np.dtype(dtype).name}")
             if node.op is Op.MAXPOOL and (out.scale != ins[0].scale or out.zero_point != ins[0].zero_point
                                           or out.dtype != ins[0].dtype):

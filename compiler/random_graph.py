@@ -92,7 +92,7 @@ class _Builder:
             self.tensors[p] = Tensor(p, t.shape, first.dtype, first.scale, first.zero_point)
             producer = next(n for n in self.nodes if n.output == p)
             if producer.op in (Op.CONV, Op.DEPTHWISE, Op.FC):
-                producer.attrs["clamp"] = self.tensors[p].qrange
+                producer.attrs.clamp = self.tensors[p].qrange
         self.nodes.append(Node(f"n{len(self.nodes)}_concat", Op.CONCAT, parts, y, {}))
         return y
 

@@ -146,31 +146,31 @@ def run_graph(graph, x: np.ndarray) -> np.ndarray:
         source = graph.tensors[node.inputs[0]]
         dtype = np.int8 if out.signed else np.uint8
         if node.op in (Op.CONV, Op.FC):
-            y = conv2d(ins[0], source.zero_point, a["weight"], a["bias"], a["stride"], a["pad"], a["multiplier"],
-                       out.zero_point, dtype, a["clamp"])
+            y = conv2d(ins[0], source.zero_point, a.weight, a.bias, a.stride, a.pad, a.multiplier,
+                       out.zero_point, dtype, a.clamp)
         elif node.op is Op.DEPTHWISE:
-            y = depthwise_conv2d(ins[0], source.zero_point, a["weight"], a["bias"], a["stride"], a["pad"],
-                                 a["multiplier"], out.zero_point, dtype, a["clamp"])
+            y = depthwise_conv2d(ins[0], source.zero_point, a.weight, a.bias, a.stride, a.pad,
+                                 a.multiplier, out.zero_point, dtype, a.clamp)
         elif node.op is Op.MAXPOOL:
             value = ins[0]
-            if a.get("ceil_mode"):
+            if a.ceil_mode:
                 # The extra bottom/right windows see padding (the lowest value), like ONNX.
                 _, h, w = value.shape
                 oh, ow = out.shape[1:]
-                extra_h = max(0, (oh - 1) * a["stride"] + a["kernel"] - (h + 2 * a["pad"]))
-                extra_w = max(0, (ow - 1) * a["stride"] + a["kernel"] - (w + 2 * a["pad"]))
+                extra_h = max(0, (oh - 1) * a.stride + a.kernel - (h + 2 * a.pad))
+                extra_w = max(0, (ow - 1) * a.stride + a.kernel - (w + 2 * a.pad))
                 value = np.pad(value, ((0, 0), (0, extra_h), (0, extra_w)), constant_values=qrange(value.dtype)[0])
-            y = max_pool(value, a["kernel"], a["stride"], a["pad"])[:, :out.shape[1], :out.shape[2]]
-            y = np.clip(y, *a["clamp"]).astype(value.dtype)
+            y = max_pool(value, a.kernel, a.stride, a.pad)[:, :out.shape[1], :out.shape[2]]
+            y = np.clip(y, *a.clamp).astype(value.dtype)
         elif node.op is Op.AVGPOOL:
-            if a.get("ceil_mode"):
+            if a.ceil_mode:
                 raise ValueError(f"{node.name}: average pooling with ceil_mode has no reference")
-            y = avg_pool(ins[0], source.zero_point, a["kernel"], a["stride"], a["pad"], a["multiplier"],
+            y = avg_pool(ins[0], source.zero_point, a.kernel, a.stride, a.pad, a.multiplier,
                          out.zero_point, dtype)
-            y = np.clip(y, *a["clamp"]).astype(dtype)
+            y = np.clip(y, *a.clamp).astype(dtype)
         elif node.op is Op.ADD:
-            y = qlinear_add(ins[0], a["a_scale"], a["a_zp"], ins[1], a["b_scale"], a["b_zp"], out.scale,
-                            out.zero_point, dtype, a["clamp"])
+            y = qlinear_add(ins[0], a.a_scale, a.a_zp, ins[1], a.b_scale, a.b_zp, out.scale,
+                            out.zero_point, dtype, a.clamp)
         elif node.op is Op.CONCAT:
             y = np.concatenate(ins, axis=0)
         else:

@@ -136,7 +136,8 @@ class Context:
     def emit(self, node: Node, shape, scale, zero_point) -> Tensor:
         """Append ``node`` with an output tensor of ``shape`` and quantization (its clamp: the whole range)."""
         out = self.add_tensor(node.output, shape, scale, zero_point)
-        node.attrs.setdefault("clamp", out.qrange)
+        if node.attrs.clamp is None:
+            node.attrs.clamp = out.qrange
         self.ir.nodes.append(node)
         return out
 

@@ -234,7 +234,7 @@ class AddLayer:
 def layer_of(graph: Graph, node: Node) -> WindowedLayer:
     """The windowed layer a CONV/FC/DEPTHWISE/MAXPOOL/AVGPOOL node of ``graph`` computes."""
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
-    lo, hi = node.attrs["clamp"]
+    lo, hi = node.attrs.clamp
     return WindowedLayer(WINDOWED_KINDS[node.op], x.shape[0], x.shape[1], x.shape[2], y.shape[0],
-                         node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"], x.signed, x.zero_point,
-                         y.signed, y.zero_point, lo, hi, bool(node.attrs.get("ceil_mode", False)))
+                         node.attrs.kernel, node.attrs.stride, node.attrs.pad, x.signed, x.zero_point,
+                         y.signed, y.zero_point, lo, hi, bool(node.attrs.ceil_mode))

@@ -208,7 +208,7 @@ class FusedGroup:
     def _full_tap(self, node: Node) -> tuple[int, int] | None:
         _, h, w = self.graph.tensors[node.inputs[0]].shape
         _, oh, ow = self.graph.tensors[node.output].shape
-        k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
+        k, s, p = node.attrs.kernel, node.attrs.stride, node.attrs.pad
         rows = [ky for ky in range(k) if _valid_range(0, oh, ky - p, s, h) == (0, oh)]
         cols = [kx for kx in range(k) if _valid_range(0, ow, kx - p, s, w) == (0, ow)]
         if not rows or not cols:
@@ -229,7 +229,7 @@ class FusedGroup:
         """Input rows ``node`` reads for its output rows ``[first, last)`` (clipped to the image)."""
         if node.op in (Op.ADD, Op.CONCAT):
             return first, last
-        k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
+        k, s, p = node.attrs.kernel, node.attrs.stride, node.attrs.pad
         return max(0, first * s - p), min(size, (last - 1) * s - p + k)
 
     def schedule(self, rows: tuple[int, int], band_rows: int) -> _Schedule:
@@ -513,7 +513,7 @@ class _CoreEmitter:
         blocks = ceil_div(c, self.hw.lanes)
         a_name, b_name = node.inputs
         out = self.graph.tensors[node.output]
-        lo, hi = node.attrs["clamp"]
+        lo, hi = node.attrs.clamp
         row = first
         while row < end:
             n = min(end - row, FIELD_MAX_COUNT // w)
@@ -538,7 +538,7 @@ class _CoreEmitter:
         cout_blocks = ceil_div(y.shape[0], lanes)
         _, h, w = x.shape
         _, _, ow = y.shape
-        k, s, p = node.attrs["kernel"], node.attrs["stride"], node.attrs["pad"]
+        k, s, p = node.attrs.kernel, node.attrs.stride, node.attrs.pad
         layer = layer_of(self.graph, node)
         per_block = weight_blocks_for(layer, lanes)
         mode = MATMUL_MODES[layer.kind]
@@ -548,7 +548,7 @@ class _CoreEmitter:
         chunk = max(1, hw.acc_slot_entries // ow)
         wbase = self.layout.weight_base[node.name]
         pbase = self.layout.param_base[node.name]
-        lo, hi = node.attrs["clamp"]
+        lo, hi = node.attrs.clamp
         for y0 in range(first, end, chunk):
             y1 = min(end, y0 + chunk)
             single = (y1 - y0) * ow == 1

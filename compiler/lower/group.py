@@ -84,7 +84,7 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
     x = graph.tensors[node.inputs[0]]
     tiles = []
     if node.op is Op.ADD:
-        layer = AddLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, *node.attrs["clamp"])
+        layer = AddLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, *node.attrs.clamp)
         for core, (rows, blocks) in enumerate(core_parts(split, cores, x.shape[1], ceil_div(x.shape[0], lanes))):
             report = lower_add(hw, layer, streams[core], a_line=address(node.inputs[0]),
                                b_line=address(node.inputs[1]), out_line=out,

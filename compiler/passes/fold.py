@@ -20,12 +20,12 @@ def fold_clamps(graph: Graph) -> None:
         source = node.inputs[0]
         producer = graph.producer(source)
         if producer is None or len(graph.consumers(source)) != 1 or source == graph.output:
-            raise IRError(f"node {node.name!r} ({node.attrs.get('source', 'Clamp')}): a "
-                          f"{node.attrs.get('source', 'clamp')} must directly follow the op producing {source!r} "
-                          "and be its only consumer")
-        lo, hi = producer.attrs["clamp"]
-        clamp_lo, clamp_hi = node.attrs["clamp"]
-        producer.attrs["clamp"] = (max(lo, clamp_lo), min(hi, clamp_hi))
+            what = node.attrs.source or "clamp"
+            raise IRError(f"node {node.name!r} ({what}): a {what} must directly follow the op producing "
+                          f"{source!r} and be its only consumer")
+        lo, hi = producer.attrs.clamp
+        clamp_lo, clamp_hi = node.attrs.clamp
+        producer.attrs.clamp = (max(lo, clamp_lo), min(hi, clamp_hi))
         graph.nodes.remove(node)
         del graph.tensors[node.output]
         for reader in graph.consumers(node.output):

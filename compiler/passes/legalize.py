@@ -30,11 +30,11 @@ def table_multiplier(part: Tensor, y_scale: np.float32, y_zero: int, dtype, wher
 
 
 def rescale_concat_inputs(graph: Graph) -> None:
-    """Before every requantizing concat (QLinearConcat: ``attrs["requantize"]``), an identity 1x1
+    """Before every requantizing concat (QLinearConcat: ``attrs.requantize``), an identity 1x1
     depthwise layer for each input quantized otherwise than the concat's output (named
     ``<concat>:rescale<i>``, output ``<input>:rescaled``). A plain Concat joins the integers as
     they are, so its inputs must share a quantization (the IR check says so)."""
-    for concat in [n for n in graph.nodes if n.op is Op.CONCAT and n.attrs.get("requantize")]:
+    for concat in [n for n in graph.nodes if n.op is Op.CONCAT and n.attrs.requantize]:
         out = graph.tensors[concat.output]
         dtype = np.int8 if out.signed else np.uint8
         where = f"node {concat.name!r} (QLinearConcat)"

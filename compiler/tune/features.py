@@ -200,5 +200,5 @@ class Workload:
             x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
             rows = schedule.end[node.output][-1] - schedule.start[node.output]
             sources = ceil_div(x.shape[0], lanes) if node.op in (Op.CONV, Op.FC) else 1
-            cycles += ceil_div(y.shape[0], lanes) * node.attrs["kernel"] ** 2 * sources * rows * y.shape[2]
+            cycles += ceil_div(y.shape[0], lanes) * node.attrs.kernel ** 2 * sources * rows * y.shape[2]
         return cycles

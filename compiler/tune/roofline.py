@@ -24,7 +24,7 @@ def min_dram_bytes(graph: Graph) -> int:
     constants = 0
     for node in graph.nodes:
         for key in ("weight", "bias", "multiplier"):     # int8 weights; int32 bias and float32 multipliers
-            value = node.attrs.get(key)
+            value = getattr(node.attrs, key)
             if isinstance(value, np.ndarray):
                 constants += int(value.nbytes)
     io_bytes = int(np.prod(graph.tensors[graph.input].shape)) + int(np.prod(graph.tensors[graph.output].shape))

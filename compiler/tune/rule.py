@@ -83,8 +83,8 @@ def features_of(graph, node) -> dict:
     cin, h, w = graph.tensors[node.inputs[0]].shape
     cout, oh, ow = graph.tensors[node.output].shape
     kind = node.op.value
-    kernel = int(node.attrs.get("kernel", 1))
-    stride = int(node.attrs.get("stride", 1))
+    kernel = int(node.attrs.kernel)
+    stride = int(node.attrs.stride)
     if kind == "fc":  # a classifier on a (C, H, W) input is a C*H*W -> K product
         cin, h, w, kernel = cin * h * w, 1, 1, 1
     return layer_features(kind, kernel=kernel, stride=stride, in_channels=cin, out_channels=cout, in_height=h,

@@ -74,7 +74,7 @@ def test_more_cores_divide_the_work_and_multiply_the_weights():
     rows = workload.features((conv.name,), 4, "rows")
     channels = workload.features((conv.name,), 4, "channels")
     assert rows.pe_cycles < one.pe_cycles and rows.cores > 1
-    weight_lines = conv.attrs["weight"].size // QUAD.lanes
+    weight_lines = conv.attrs.weight.size // QUAD.lanes
     # Split by rows every core loads all the weights; by channels every core loads all the input.
     assert rows.load_lines - one.load_lines >= (rows.cores - 1) * weight_lines * 0.9
     assert channels.store_lines == one.store_lines

@@ -23,10 +23,10 @@ def test_min_dram_bytes_counts_weights_parameters_and_io():
     graph = random_graph(3, lanes=HW.lanes)
     expected = np.prod(graph.tensors[graph.input].shape) + np.prod(graph.tensors[graph.output].shape)
     for node in graph.nodes:
-        if "weight" in node.attrs:   # int8 weights, int32 bias and float32 multiplier per output channel
-            expected += node.attrs["weight"].size + 8 * graph.tensors[node.output].shape[0]
-        elif isinstance(node.attrs.get("multiplier"), np.ndarray):
-            expected += node.attrs["multiplier"].nbytes
+        if node.attrs.weight is not None:   # int8 weights, int32 bias and float32 multiplier per output channel
+            expected += node.attrs.weight.size + 8 * graph.tensors[node.output].shape[0]
+        elif isinstance(node.attrs.multiplier, np.ndarray):
+            expected += node.attrs.multiplier.nbytes
     assert min_dram_bytes(graph) == expected
     bound = roofline(graph, HW, cores=1)
     assert bound["compute_cycles"] == -(-graph.macs // HW.macs_per_cycle)

@@ -66,11 +66,11 @@ def test_conv_then_relu_folds_into_the_conv_clamp(tmp_path):
     graph = load_onnx(m.save(tmp_path / "m.onnx", relu, "conv_scale", "conv_zero"))
     assert [node.op for node in graph.nodes] == [Op.CONV]
     node = graph.nodes[0]
-    assert node.attrs["clamp"] == (120, 255)          # Relu: the zero point up
+    assert node.attrs.clamp == (120, 255)          # Relu: the zero point up
     assert graph.output == node.output == "conv" and "relu" not in graph.tensors
-    assert node.attrs["macs"] == 8 * 6 * 6 * 9 * 4
-    assert node.attrs["multiplier"].dtype == np.float32
-    np.testing.assert_array_equal(node.attrs["multiplier"], np.float32(np.float32(0.05) * np.float32(0.01))
+    assert node.attrs.macs == 8 * 6 * 6 * 9 * 4
+    assert node.attrs.multiplier.dtype == np.float32
+    np.testing.assert_array_equal(node.attrs.multiplier, np.float32(np.float32(0.05) * np.float32(0.01))
                                   / np.float32(0.1))
 
 
@@ -82,7 +82,7 @@ def test_two_clips_narrow_the_clamp_in_turn(tmp_path):
     graph = load_onnx(m.save(tmp_path / "m.onnx", second, "conv_scale", "conv_zero"))
     # -1.0 / 0.1 + 100 = 90, 6.0 / 0.1 + 100 = 160; then 0.0 -> 100
     assert [node.op for node in graph.nodes] == [Op.CONV]
-    assert graph.nodes[0].attrs["clamp"] == (100, 160)
+    assert graph.nodes[0].attrs.clamp == (100, 160)
 
 
 def test_a_relu_of_a_tensor_read_elsewhere_is_refused(tmp_path):
@@ -108,10 +108,10 @@ def test_qlinear_concat_rescales_the_input_of_another_quantization(tmp_path):
     assert rescale.op is Op.DEPTHWISE and rescale.inputs == ["b"] and graph.nodes[3].inputs == ["a", "b:rescaled"]
     # the multiplier reproduces onnxruntime's table: x -> rne((x - 110) * 0.2 / 0.1) + 120, saturated
     x = np.arange(256)
-    ours = np.clip(np.rint((x - 110).astype(np.float32) * rescale.attrs["multiplier"][0]) + 120, 0, 255)
+    ours = np.clip(np.rint((x - 110).astype(np.float32) * rescale.attrs.multiplier[0]) + 120, 0, 255)
     table = np.clip(np.rint((x - 110).astype(np.float32) * np.float32(0.2) / np.float32(0.1)) + 120, 0, 255)
     np.testing.assert_array_equal(ours, table)
-    assert rescale.attrs["macs"] == 4 * 6 * 6
+    assert rescale.attrs.macs == 4 * 6 * 6
 
 
 def test_a_plain_concat_of_two_quantizations_is_refused(tmp_path):
@@ -132,9 +132,9 @@ def test_flatten_before_a_classifier_is_an_alias(tmp_path):
     m.nodes.append(helper.make_node("QLinearMatMul", inputs, ["fc"], name="fc"))
     graph = load_onnx(m.save(tmp_path / "m.onnx", "fc", "fc_scale", "fc_zero"))
     (node,) = graph.nodes
-    assert node.op is Op.FC and node.inputs == ["x"] and node.attrs["kernel"] == 2
-    assert node.attrs["weight"].shape == (10, 4, 2, 2) and node.attrs["macs"] == 10 * 16
-    np.testing.assert_array_equal(node.attrs["weight"].reshape(10, 16), weight)
+    assert node.op is Op.FC and node.inputs == ["x"] and node.attrs.kernel == 2
+    assert node.attrs.weight.shape == (10, 4, 2, 2) and node.attrs.macs == 10 * 16
+    np.testing.assert_array_equal(node.attrs.weight.reshape(10, 16), weight)
 
 
 def test_an_unsupported_op_names_node_op_format_and_the_supported_ops(tmp_path):

@@ -27,8 +27,8 @@ def _graph(clamps=((0, 255),)):
 def test_frontend_passes_fold_annotate_and_leave_a_legal_graph():
     graph = run_passes(_graph([(100, 255), (0, 200)]), check_between=True)
     assert [n.op for n in graph.nodes] == [Op.CONV]
-    assert graph.nodes[0].attrs["clamp"] == (100, 200) and graph.output == "y"
-    assert graph.nodes[0].attrs["macs"] == 8 * 36 * 9 * 4
+    assert graph.nodes[0].attrs.clamp == (100, 200) and graph.output == "y"
+    assert graph.nodes[0].attrs.macs == 8 * 36 * 9 * 4
     assert [p.name for p in FRONTEND_PASSES] == ["fold_clamps", "rescale_concat_inputs", "annotate_macs"]
     check(graph)
 
@@ -78,4 +78,4 @@ def test_macs_of_depthwise_and_fully_connected():
              Node("fc", Op.FC, ["d"], "f", dict(kernel=3, stride=1, pad=0))]
     graph = Graph("g", tensors, nodes, "x", "f")
     annotate_macs(graph)
-    assert nodes[0].attrs["macs"] == 8 * 9 * 9 and nodes[1].attrs["macs"] == 10 * 8 * 9
+    assert nodes[0].attrs.macs == 8 * 9 * 9 and nodes[1].attrs.macs == 10 * 8 * 9
