@@ -260,12 +260,11 @@ def _sha(*parts) -> str:
 
 
 def _hw_sources_digest() -> str:
-    """Hash of every source file of the ``dlfusion.hw`` package (what the Verilog is made from)."""
-    from .. import hw as hw_package
-    package_dir = Path(hw_package.__file__).resolve().parent
+    """Hash of the source files the Verilog is made from (:func:`~dlfusion.hw.sources.gateware_sources`)."""
+    from ..hw.sources import gateware_sources
     parts = []
-    for path in sorted(package_dir.rglob("*.py")):
-        parts += [str(path.relative_to(package_dir)), path.read_bytes()]
+    for path in gateware_sources():
+        parts += [path.name, path.read_bytes()]
     return _sha(*parts)
 
 

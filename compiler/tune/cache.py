@@ -71,13 +71,13 @@ def _canonical(part) -> bytes:
 
 @functools.cache
 def rtl_fingerprint() -> str:
-    """sha256 of the RTL's sources (the ``dlfusion.hw`` package and the simulation testbench):
-    part of every key, so that a changed design is measured again rather than read from the cache."""
-    from ... import hw as hw_package
+    """sha256 of the RTL's sources (:func:`~dlfusion.hw.sources.gateware_sources` and the simulation
+    testbench): part of every key, so that a changed design is measured again rather than read from
+    the cache."""
+    from ...hw.sources import gateware_sources
     from ...sim import rtl
-    package = Path(hw_package.__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in [*sorted(package.rglob("*.py")), Path(rtl.TB_SOURCE)]:
+    for path in [*gateware_sources(), Path(rtl.TB_SOURCE)]:
         data = path.read_bytes()
         digest.update(f"{path.name}:{len(data)}:".encode())
         digest.update(data)
