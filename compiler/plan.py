@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.binary import atomic_write
+from ..hw.binary import atomic_write, read_json
 from ..hw.config import HwConfig
 from .errors import CompileError
 from .ir import Graph
@@ -83,13 +83,7 @@ class Plan:
 
     @classmethod
     def read(cls, path: str | Path) -> Plan:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CompileError(f"plan file {str(path)!r} does not exist") from None
-        except json.JSONDecodeError as error:
-            raise CompileError(f"{path}: not valid JSON ({error})") from None
+        data = read_json(path, "plan file", CompileError)
         return cls.from_json(data, source=str(path))
 
     def validate(self, graph: Graph, hw: HwConfig) -> None:

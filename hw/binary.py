@@ -21,7 +21,7 @@ from .config import HwConfig
 from .errors import InputError
 from .isa import INSTR_BITS
 
-__all__ = ["FORMAT_VERSION", "Binary", "BinaryError", "Segment", "Tensor", "Stream", "atomic_write"]
+__all__ = ["FORMAT_VERSION", "Binary", "BinaryError", "Segment", "Tensor", "Stream", "atomic_write", "read_json"]
 
 MAGIC = b"DLFB"
 FORMAT_VERSION = 1
@@ -227,6 +227,23 @@ class Binary:
         for stream in self.streams:
             mask |= 1 << stream.core
         return mask
+
+
+def read_json(path: str | Path, what: str, error: type[Exception]):
+    """The JSON value in the file ``path`` (a ``what``: "plan file", "cost model", ...).
+
+    Raises
+    ------
+    error
+        The file does not exist, cannot be read or is not valid JSON (the message names it).
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as problem:
+        raise error(f"{path}: not valid JSON ({problem})") from None
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...hw.binary import atomic_write
+from ...hw.binary import atomic_write, read_json
 from ...hw.config import HwConfig
 from .errors import TuneError
 from .features import GroupFeatures, Workload
@@ -229,13 +229,7 @@ class CostModel:
 
     @classmethod
     def read(cls, path: str | Path) -> CostModel:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise TuneError(f"cost model {str(path)!r} does not exist") from None
-        except ValueError as error:
-            raise TuneError(f"{path}: not valid JSON ({error})") from None
+        data = read_json(path, "cost model", TuneError)
         return cls.from_json(data, source=str(path))
 
 

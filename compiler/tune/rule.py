@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...hw.binary import atomic_write
+from ...hw.binary import atomic_write, read_json
 from ...hw.config import HwConfig
 from .cache import default_build_dir
 from .errors import TuneError
@@ -379,13 +379,7 @@ class Rule:
 
     @classmethod
     def read(cls, path: str | Path) -> Rule:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise TuneError(f"decision rule {str(path)!r} does not exist") from None
-        except ValueError as error:
-            raise TuneError(f"{path}: not valid JSON ({error})") from None
+        data = read_json(path, "decision rule", TuneError)
         return cls.from_json(data, source=str(path))
 
 
