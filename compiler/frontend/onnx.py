@@ -1,12 +1,15 @@
-"""ONNX frontend: onnxruntime QOperator models to the quantized graph IR.
+"""ONNX frontend: onnxruntime's quantized models (QOperator or QDQ format) to the quantized graph IR.
 
-Accepted: a float input quantized by QuantizeLinear, then QLinearConv
+Accepted, in QOperator format: a float input quantized by QuantizeLinear, then QLinearConv
 (groups 1 or depthwise), QGemm / QLinearMatMul, QLinearAdd,
 QLinearGlobalAveragePool, QLinearAveragePool, MaxPool on quantized tensors,
 Flatten/Reshape before a fully connected layer, Concat/QLinearConcat on
 channels, Relu/Clip on quantized tensors (folded into the producer's clamp),
-and a DequantizeLinear of the output. Each op has a converter in
-:mod:`.converters` (looked up in :mod:`.registry`); the graph then goes through
+and a DequantizeLinear of the output. In QDQ format, the same operators as float
+ops (Conv, Gemm, MatMul, Add, GlobalAveragePool, AveragePool, MaxPool, Flatten,
+Reshape, Concat, Relu, Clip) between DequantizeLinear and QuantizeLinear nodes,
+read into the same IR as their QOperator twins. Each op has a converter in
+:mod:`.converters` or :mod:`.qdq` (looked up in :mod:`.registry`); the graph then goes through
 the frontend passes (:mod:`dlfusion.compiler.passes`). Anything else is an
 :class:`~dlfusion.compiler.ir.IRError` naming the node, its op, the format and
 what is supported.
@@ -19,11 +22,13 @@ from pathlib import Path
 from ..ir import Graph, IRError
 from ..passes import run_passes
 from . import converters  # noqa: F401  (registers the converters)
+from .qdq import QdqContext
 from .registry import Context, convert, supported_ops
 
-__all__ = ["load_onnx", "SUPPORTED_OPS", "model_format"]
+__all__ = ["load_onnx", "SUPPORTED_OPS", "SUPPORTED_QDQ_OPS", "model_format"]
 
-SUPPORTED_OPS = supported_ops()
+SUPPORTED_OPS = supported_ops("QOperator")
+SUPPORTED_QDQ_OPS = supported_ops("QDQ")
 
 #: Ops whose presence makes a model QOperator.
 _QOPERATOR_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
@@ -42,7 +47,7 @@ def model_format(onnx_graph) -> str:
 
 
 def load_onnx(path: str | Path, name: str | None = None) -> Graph:
-    """Read a quantized (QOperator) ONNX model into a checked :class:`Graph`."""
+    """Read a quantized ONNX model (QOperator or QDQ) into a checked :class:`Graph`."""
     import onnx
     from onnx import numpy_helper, shape_inference
     path = Path(path)
@@ -69,15 +74,13 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
         raise IRError(f"{path}: input {model_input.name!r} must be NCHW with batch 1 and static sizes, not {dims}")
 
     model_format_name = model_format(graph)
-    if model_format_name == "QDQ":
-        raise IRError(f"{path}: a QDQ model (QuantizeLinear/DequantizeLinear pairs around float ops); dlfusion "
-                      "reads onnxruntime's QOperator format (quantize_static with quant_format=QuantFormat.QOperator)")
-    context = Context(graph, constants, model_input, dims, Graph(name or path.stem, {}, [], input="", output=""))
+    context = (QdqContext if model_format_name == "QDQ" else Context)(
+        graph, constants, model_input, dims, Graph(name or path.stem, {}, [], input="", output=""))
     for node in graph.node:
         convert(context, node, model_format_name)
     ir = context.ir
     if not ir.input:
-        raise IRError(f"{path}: the model input is not quantized by a QuantizeLinear (is it a QOperator model?)")
+        raise IRError(f"{path}: the model input is not quantized by a QuantizeLinear (is it a quantized model?)")
     if not ir.output:
         raise IRError(f"{path}: the model output is not produced by a DequantizeLinear of a quantized tensor")
     return run_passes(ir)

@@ -1,8 +1,9 @@
 """Static int8 quantization of float ONNX models with onnxruntime.
 
 :func:`quantize_model` runs onnxruntime's ``quant_pre_process`` (shape inference + basic graph
-optimization) and ``quantize_static`` in QOperator format: QLinearConv / QGemm / QLinearAdd /
-QLinearGlobalAveragePool / QLinearConcat ... with per-channel symmetric int8 weights, asymmetric uint8
+optimization) and ``quantize_static`` in QOperator format (QLinearConv / QGemm / QLinearAdd /
+QLinearGlobalAveragePool / QLinearConcat ...) or, with ``quant_format="qdq"``, in QDQ format
+(QuantizeLinear/DequantizeLinear around the float ops), with per-channel symmetric int8 weights, asymmetric uint8
 (or int8) activations, MinMax calibration on seeded random images or on ``.npy`` files.  Relu and Clip
 (ReLU6) that follow a quantized op are folded into its output range by onnxruntime.
 
@@ -22,9 +23,12 @@ import onnx
 from ...hw.errors import InputError
 
 __all__ = ["CalibrationError", "RandomCalibrationReader", "NpyCalibrationReader", "calibration_reader",
-           "quantize_model", "list_ops", "atomic_write_bytes", "ACTIVATION_TYPES", "EXTRA_OPTIONS"]
+           "quantize_model", "list_ops", "atomic_write_bytes", "ACTIVATION_TYPES", "QUANT_FORMATS", "EXTRA_OPTIONS"]
 
 ACTIVATION_TYPES = ("uint8", "int8")
+QUANT_FORMATS = ("qoperator", "qdq")
+"""onnxruntime's two formats: quantized operators (QLinearConv ...) or QuantizeLinear/DequantizeLinear pairs
+around the float operators."""
 EXTRA_OPTIONS = {
     "ActivationSymmetric": False,  # asymmetric activations: Relu/Clip fold into the producer's output range
     "WeightSymmetric": True,  # int8 weights with zero point 0, one scale per output channel
@@ -170,6 +174,17 @@ def _quant_type(activation_type):
     return table[activation_type]
 
 
+def _quant_format(quant_format):
+    from onnxruntime.quantization import QuantFormat
+
+    if isinstance(quant_format, QuantFormat):
+        return quant_format
+    table = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
+    if not isinstance(quant_format, str) or quant_format.lower() not in table:
+        raise CalibrationError(f"quant_format must be one of {QUANT_FORMATS}, got {quant_format!r}")
+    return table[quant_format.lower()]
+
+
 def _prune_opset_imports(proto: onnx.ModelProto) -> None:
     """Drop the opset imports of domains no node uses (the ORT optimizer in ``quant_pre_process`` declares
     every domain it knows: ai.onnx.ml, com.microsoft.nchwc, org.pytorch.aten, ...)."""
@@ -181,19 +196,23 @@ def _prune_opset_imports(proto: onnx.ModelProto) -> None:
 
 def quantize_model(float_path: str | os.PathLike, out_path: str | os.PathLike,
                    calibration: str | os.PathLike = "random", num_calibration: int = 8, seed: int = 0,
-                   activation_type: str = "uint8", preprocess: bool = True) -> Path:
-    """Quantize the float ONNX model ``float_path`` into ``out_path`` (QOperator format).
+                   activation_type: str = "uint8", preprocess: bool = True, quant_format: str = "qoperator") -> Path:
+    """Quantize the float ONNX model ``float_path`` into ``out_path``.
 
+    ``quant_format``: ``"qoperator"`` (default: QLinearConv, QGemm, ...) or ``"qdq"``
+    (QuantizeLinear/DequantizeLinear around the float operators); both read by the frontend into the
+    same graph IR.
     ``calibration``: ``"random"`` (``num_calibration`` N(0, 1) images from ``seed``) or a directory of
     ``.npy`` files (see :class:`NpyCalibrationReader`).  Weights: per-channel symmetric int8;
     activations: asymmetric ``activation_type`` (``"uint8"`` default, or ``"int8"``); MinMax calibration.
     ``out_path`` is written atomically and only once everything succeeded; calibration problems raise
     :class:`CalibrationError` before anything is written.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quant_pre_process, quantize_static
 
     float_path, out_path = Path(float_path), Path(out_path)
     act_type = _quant_type(activation_type)
+    fmt = _quant_format(quant_format)
     proto = onnx.load(os.fspath(float_path))
     input_name, shape = _input_spec(proto)
     reader = calibration_reader(calibration, input_name, shape, num_calibration, seed)
@@ -203,7 +222,7 @@ def quantize_model(float_path: str | os.PathLike, out_path: str | os.PathLike,
             src = Path(tmp) / "preprocessed.onnx"
             quant_pre_process(os.fspath(float_path), os.fspath(src), skip_symbolic_shape=False)
         q_path = Path(tmp) / "quantized.onnx"
-        quantize_static(os.fspath(src), os.fspath(q_path), reader, quant_format=QuantFormat.QOperator,
+        quantize_static(os.fspath(src), os.fspath(q_path), reader, quant_format=fmt,
                         per_channel=True, reduce_range=False, activation_type=act_type,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options=dict(EXTRA_OPTIONS))

@@ -2,9 +2,11 @@
 
 A converter gets the :class:`Context` of the model being read and one ONNX node,
 and appends what the node computes to the graph IR (or records that its output
-stands for another tensor, as Flatten does). An op without a converter is the
-registry's miss, reported with the node's name, the model's format and the
-supported ops.
+stands for another tensor, as Flatten does). Each model format has its table:
+:data:`CONVERTERS` for onnxruntime's QOperator ops (:mod:`.converters`),
+:data:`QDQ_CONVERTERS` for float ops between DequantizeLinear and QuantizeLinear
+(:mod:`.qdq`). An op without a converter is the registry's miss, reported with
+the node's name, the model's format and the ops supported in that format.
 """
 
 from __future__ import annotations
@@ -16,25 +18,32 @@ import numpy as np
 
 from ..ir import Graph, IRError, Node, Tensor, out_size
 
-__all__ = ["Context", "CONVERTERS", "converter", "convert", "supported_ops", "f32"]
+__all__ = ["Context", "CONVERTERS", "QDQ_CONVERTERS", "converter", "convert", "supported_ops", "f32"]
 
-#: ONNX op type -> converter.
+#: ONNX op type -> converter, for QOperator models.
 CONVERTERS: dict[str, Callable[[Context, object], None]] = {}
+#: ONNX op type -> converter, for QDQ models.
+QDQ_CONVERTERS: dict[str, Callable[[Context, object], None]] = {}
+_TABLES = {"QOperator": CONVERTERS, "QDQ": QDQ_CONVERTERS}
 
 
-def converter(*op_types: str):
-    """Register the decorated function as the converter of ``op_types``."""
+def converter(*op_types: str, table: dict | None = None):
+    """Register the decorated function as the converter of ``op_types`` in ``table``
+    (:data:`CONVERTERS` unless given)."""
+    table = CONVERTERS if table is None else table
+
     def register(function):
         for op_type in op_types:
-            if op_type in CONVERTERS:
+            if op_type in table:
                 raise ValueError(f"op {op_type!r} has two converters")
-            CONVERTERS[op_type] = function
+            table[op_type] = function
         return function
     return register
 
 
-def supported_ops() -> tuple[str, ...]:
-    return tuple(CONVERTERS)
+def supported_ops(model_format: str = "QOperator") -> tuple[str, ...]:
+    """The op types with a converter for ``model_format`` (``QOperator`` or ``QDQ``)."""
+    return tuple(_TABLES.get(model_format, CONVERTERS))
 
 
 def f32(value) -> np.float32:
@@ -153,8 +162,8 @@ def convert(context: Context, node, model_format: str) -> None:
     """
     if node.domain not in ("", "ai.onnx", "com.microsoft"):
         raise IRError(f"{context.where(node)}: domain {node.domain!r} is not supported")
-    function = CONVERTERS.get(node.op_type)
+    function = _TABLES.get(model_format, CONVERTERS).get(node.op_type)
     if function is None:
         raise IRError(f"{context.where(node)}: unsupported op in this {model_format} model; supported: "
-                      f"{', '.join(supported_ops())}")
+                      f"{', '.join(supported_ops(model_format))}")
     function(context, node)

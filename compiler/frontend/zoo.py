@@ -459,9 +459,10 @@ def export_float_onnx(name: str, input_size: int | None, path: str | os.PathLike
 
 def export_quantized(name: str, input_size: int | None, path: str | os.PathLike, seed: int = 0,
                      calibration: str | os.PathLike = "random", num_calibration: int = 8,
-                     activation_type: str = "uint8") -> Path:
+                     activation_type: str = "uint8", quant_format: str = "qoperator") -> Path:
     """Float export + :func:`.quantize.quantize_model` into ``path`` (atomic; nothing is cached).
 
+    ``quant_format``: ``"qoperator"`` (default) or ``"qdq"``, see :data:`.quantize.QUANT_FORMATS`.
     ``seed`` seeds both the weights and the random calibration images.
     """
     path = Path(path)
@@ -471,5 +472,5 @@ def export_quantized(name: str, input_size: int | None, path: str | os.PathLike,
     with tempfile.TemporaryDirectory(prefix="dlfusion-zoo-") as tmp:
         float_path = export_float_onnx(name, size, Path(tmp) / f"{name}_float.onnx", seed)
         quantize_model(float_path, path, calibration=calibration, num_calibration=num_calibration, seed=seed,
-                       activation_type=activation_type)
+                       activation_type=activation_type, quant_format=quant_format)
     return path

@@ -1,0 +1,160 @@
+"""The IR node of each op family, built from its operands: what both formats' converters emit.
+
+The QOperator converters (:mod:`.converters`) read the operands from the inputs of
+one quantized op (QLinearConv's ``x_scale``, ``w``, ``y_zero_point`` ...), the QDQ
+converters (:mod:`.qdq`) from the DequantizeLinear nodes before a float op and the
+QuantizeLinear after it; both call the builders here, so that a model and its twin
+in the other format give the same graph IR, and each piece of arithmetic is written
+once. Requantization multipliers are computed as onnxruntime's QLinear kernels
+compute them (the QDQ models run as those kernels too: onnxruntime fuses
+``DQ -> op -> Q`` into them):
+
+- convolution, fully connected: ``float32(float32(x_scale * w_scale[c]) / y_scale)``;
+- average pooling: ``float32(x_scale / (y_scale * float32(count)))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import IRError, Node, Op, Tensor
+from .registry import Context, f32
+
+__all__ = ["requant_multiplier", "conv", "fully_connected", "add", "global_average_pool", "average_pool",
+           "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
+
+
+def requant_multiplier(x_scale, w_scale, y_scale, channels: int) -> np.ndarray:
+    """``float32(x_scale * w_scale[c]) / y_scale`` for each of ``channels`` (a per-tensor scale broadcast)."""
+    w_scale = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (channels,))
+    return (np.float32(x_scale) * w_scale).astype(np.float32) / np.float32(y_scale)
+
+
+def quantization_of(x: Tensor) -> tuple[np.float32, np.ndarray]:
+    """``(scale, zero_point)`` of ``x`` as ONNX would hold them (float32, int8/uint8)."""
+    return np.float32(x.scale), np.asarray(x.zero_point, np.int8 if x.signed else np.uint8)
+
+
+def conv(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, w: np.ndarray, w_scale, w_zero,
+         bias: np.ndarray | None, y_scale, y_zero) -> Tensor:
+    """A CONV (group 1) or DEPTHWISE node of the ONNX convolution ``node`` (its attributes)."""
+    where, a = ctx.where(node), ctx.attrs(node)
+    if np.any(w_zero != 0):
+        raise IRError(f"{where}: weight zero points must be 0 (symmetric int8 weights)")
+    if w.dtype != np.int8:
+        raise IRError(f"{where}: weights must be int8, not {w.dtype}")
+    k, s, p = ctx.window(node, a, list(w.shape[2:]))
+    group = int(a.get("group", 1))
+    c, h, wd = x.shape
+    out_channels = w.shape[0]
+    bias = bias.astype(np.int32) if bias is not None else np.zeros(out_channels, np.int32)
+    multiplier = requant_multiplier(f32(x_scale), w_scale, f32(y_scale), out_channels)
+    if group == 1:
+        op = Op.CONV
+    elif group == c == out_channels and w.shape[1] == 1:
+        op = Op.DEPTHWISE
+    else:
+        raise IRError(f"{where}: grouped convolution with group={group} is not supported "
+                      f"(only 1 and depthwise, group = channels = {c})")
+    return ctx.emit(Node(name, op, [x.name], output,
+                         dict(kernel=k, stride=s, pad=p, weight=w.astype(np.int8), bias=bias, multiplier=multiplier)),
+                    (out_channels, *ctx.out_hw(h, wd, k, s, p)), y_scale, y_zero)
+
+
+def fully_connected(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, weight: np.ndarray, w_scale,
+                    w_zero, bias: np.ndarray | None, y_scale, y_zero) -> Tensor:
+    """An FC node: ``weight`` is ``(out_features, in_features)`` int8 over the flattened ``x``."""
+    where = ctx.where(node)
+    if np.any(w_zero != 0) or weight.dtype != np.int8:
+        raise IRError(f"{where}: weights must be int8 with zero points 0")
+    c, h, wd = x.shape
+    if weight.shape[1] != c * h * wd or h != wd:
+        raise IRError(f"{where}: a {weight.shape} weight does not match the flattened {x.shape} input")
+    out_channels = weight.shape[0]
+    bias = bias.astype(np.int32) if bias is not None else np.zeros(out_channels, np.int32)
+    multiplier = requant_multiplier(f32(x_scale), w_scale, f32(y_scale), out_channels)
+    return ctx.emit(Node(name, Op.FC, [x.name], output,
+                         dict(kernel=h, stride=1, pad=0, bias=bias, multiplier=multiplier,
+                              weight=weight.reshape(out_channels, c, h, wd).astype(np.int8))),
+                    (out_channels, 1, 1), y_scale, y_zero)
+
+
+def add(ctx: Context, node, name: str, output: str, x: Tensor, y: Tensor, y_scale, y_zero) -> Tensor:
+    """An ADD node (QLinearAdd: both inputs dequantized with their own parameters)."""
+    if x.shape != y.shape:
+        raise IRError(f"{ctx.where(node)}: broadcasting add ({x.shape} + {y.shape}) is not supported")
+    return ctx.emit(Node(name, Op.ADD, [x.name, y.name], output,
+                         dict(a_scale=x.scale, a_zp=x.zero_point, b_scale=y.scale, b_zp=y.zero_point)),
+                    x.shape, y_scale, y_zero)
+
+
+def global_average_pool(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, y_scale, y_zero) -> Tensor:
+    """An AVGPOOL node over the whole (square) map."""
+    c, h, wd = x.shape
+    if h != wd:
+        raise IRError(f"{ctx.where(node)}: global pooling of a non-square {h}x{wd} map is not supported")
+    x_scale, y_scale = f32(x_scale), f32(y_scale)
+    multiplier = np.float32(x_scale / (y_scale * np.float32(h * wd)))
+    return ctx.emit(Node(name, Op.AVGPOOL, [x.name], output, dict(kernel=h, stride=1, pad=0, multiplier=multiplier)),
+                    (c, 1, 1), y_scale, y_zero)
+
+
+def average_pool(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, y_scale, y_zero) -> Tensor:
+    """An AVGPOOL node of the ONNX average pool ``node`` (its window attributes)."""
+    a = ctx.attrs(node)
+    k, s, p = ctx.window(node, a)
+    if p and not a.get("count_include_pad", 0):
+        raise IRError(f"{ctx.where(node)}: padded average pooling needs count_include_pad=1")
+    c, h, wd = x.shape
+    x_scale, y_scale = f32(x_scale), f32(y_scale)
+    multiplier = np.float32(x_scale / (y_scale * np.float32(k * k)))
+    return ctx.emit(Node(name, Op.AVGPOOL, [x.name], output, dict(kernel=k, stride=s, pad=p, multiplier=multiplier)),
+                    (c, *ctx.out_hw(h, wd, k, s, p)), y_scale, y_zero)
+
+
+def max_pool(ctx: Context, node, name: str, output: str, x: Tensor) -> Tensor:
+    """A MAXPOOL node (the input's quantization kept)."""
+    a = ctx.attrs(node)
+    if len(node.output) > 1 and node.output[1]:
+        raise IRError(f"{ctx.where(node)}: MaxPool indices are not supported")
+    k, s, p = ctx.window(node, a)
+    c, h, wd = x.shape
+    ceil = bool(a.get("ceil_mode", 0))
+    return ctx.emit(Node(name, Op.MAXPOOL, [x.name], output, dict(kernel=k, stride=s, pad=p, ceil_mode=ceil)),
+                    (c, *ctx.out_hw(h, wd, k, s, p, ceil)), *quantization_of(x))
+
+
+def concat(ctx: Context, node, name: str, output: str, parts: list[Tensor], scale, zero, requantize: bool) -> Tensor:
+    """A channel CONCAT; ``requantize`` (QLinearConcat) lets the ``rescale_concat_inputs`` pass rescale
+    the inputs of another quantization."""
+    if int(ctx.attrs(node).get("axis", 1)) != 1:
+        raise IRError(f"{ctx.where(node)}: only channel concatenation (axis=1) is supported")
+    shape = (sum(t.shape[0] for t in parts), *parts[0].shape[1:])
+    attrs = {"requantize": True} if requantize else {}
+    return ctx.emit(Node(name, Op.CONCAT, [t.name for t in parts], output, attrs), shape, scale, zero)
+
+
+def clamp(ctx: Context, node, name: str, output: str, x: Tensor, low, high) -> Tensor:
+    """A CLAMP node of Relu (``low`` = the zero point, no ``high``) or Clip (``low``/``high`` in real
+    values, either ``None``): the ``fold_clamps`` pass folds it into its producer."""
+    lo, hi = x.qrange
+    if node.op_type == "Relu":
+        lo = max(lo, x.zero_point)
+    else:
+        if low is not None:
+            lo = max(lo, int(np.clip(np.rint(np.float32(low) / np.float32(x.scale)) + x.zero_point, *x.qrange)))
+        if high is not None:
+            hi = min(hi, int(np.clip(np.rint(np.float32(high) / np.float32(x.scale)) + x.zero_point, *x.qrange)))
+    return ctx.emit(Node(name, Op.CLAMP, [x.name], output, dict(clamp=(lo, hi), source=node.op_type)),
+                    x.shape, *quantization_of(x))
+
+
+def clip_bounds(ctx: Context, node) -> tuple[float | None, float | None]:
+    """The real ``(min, max)`` of a Clip (attributes before opset 11, inputs since), ``None`` where absent."""
+    a = ctx.attrs(node)
+    low, high = a.get("min", None), a.get("max", None)
+    if len(node.input) > 1 and node.input[1]:
+        low = float(ctx.const(node.input[1], node))
+    if len(node.input) > 2 and node.input[2]:
+        high = float(ctx.const(node.input[2], node))
+    return low, high
