@@ -21,6 +21,11 @@ def add_commands(sub) -> None:
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration", default="random", help="'random' or a directory of .npy inputs")
+    p.add_argument("--format", dest="quant_format", choices=("qoperator", "qdq"), default="qoperator",
+                   help="onnxruntime's quantization format: quantized operators (QLinearConv ...) or "
+                        "QuantizeLinear/DequantizeLinear around float operators; both compile to the same program")
+    p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
+                   help="the quantized activations' type")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
 
@@ -42,6 +47,8 @@ def cmd_export(args) -> int:
     if args.name not in zoo.MODELS:
         raise UsageError(f"unknown model {args.name!r}; models: {', '.join(zoo.MODELS)}")
     path = zoo.export_quantized(args.name, args.input_size, args.output, seed=args.seed,
-                                calibration=args.calibration)
-    _log.info("wrote %s: %s quantized (QOperator, per-channel int8 weights)", path, args.name)
+                                calibration=args.calibration, activation_type=args.activation_type,
+                                quant_format=args.quant_format)
+    _log.info("wrote %s: %s quantized (%s, per-channel int8 weights, %s activations)", path, args.name,
+              {"qoperator": "QOperator", "qdq": "QDQ"}[args.quant_format], args.activation_type)
     return 0
