@@ -42,9 +42,20 @@ def dequantize_linear(ctx: Context, node) -> None:
     if node.output[0] != ctx.onnx_graph.output[0].name:
         raise IRError(f"{ctx.where(node)}: only the model output may be dequantized; this model dequantizes "
                       f"{source.name!r} in the middle (a float op follows it)")
+    # The shape onnxruntime returns (batch 1): the graph's (inferred) output shape when it is static and
+    # holds the tensor's elements; else what the IR's (C, H, W) came from: (1, C) after a Flatten or a
+    # fully connected layer with H = W = 1, (1, C, H, W) otherwise.
+    channels, height, width = source.shape
+    dims = ctx.onnx_graph.output[0].type.tensor_type.shape.dim
+    shape = [1 if index == 0 and not dim.dim_value else int(dim.dim_value) for index, dim in enumerate(dims)]
+    if not (shape and all(shape) and int(np.prod(shape)) == channels * height * width):
+        from ..ir import Op
+        producer = ctx.ir.producer(source.name)
+        flat = ctx.resolve(node.input[0]) != node.input[0] or (producer is not None and producer.op == Op.FC)
+        shape = [1, channels] if flat and height == width == 1 else [1, channels, height, width]
     ctx.ir.output = source.name
     ctx.ir.output_dequant = {"name": node.output[0], "scale": float(f32(ctx.const(node.input[1], node))),
-                             "zero_point": int(ctx.const(node.input[2], node))}
+                             "zero_point": int(ctx.const(node.input[2], node)), "shape": shape}
 
 
 @converter("QLinearConv")
