@@ -1,5 +1,6 @@
 # dlfusion: every target creates .venv and installs what it needs by itself.
-# `make sim BIN=program.dlfb [HW=config.toml] [WAVES=1]` runs a binary on the RTL.
+# `make sim BIN=model.dlfb [INPUT=x.npy] [OUTPUT=y.npy] [HW=config.toml] [WAVES=1]` runs a binary on the RTL
+# (INPUT: the model's float input, or NAME=FILE.npy, several separated by spaces; OUTPUT: FILE.npy, FILE.npz or DIR).
 PYTHON ?= python3
 VENV   := .venv
 VBIN   := $(VENV)/bin
@@ -40,8 +41,9 @@ verilog: $(STAMP)
 	$(VBIN)/dlfusion verilog $(HW_ARG) -o $(OUT)
 
 sim: $(STAMP)
-	@test -n "$(BIN)" || { echo "usage: make sim BIN=program.dlfb [HW=config.toml] [WAVES=1]"; exit 2; }
-	$(VBIN)/dlfusion run $(BIN) --backend rtl $(HW_ARG) $(if $(WAVES),--waves,) --json
+	@test -n "$(BIN)" || { echo "usage: make sim BIN=model.dlfb [INPUT=x.npy] [OUTPUT=y.npy] [HW=config.toml] [WAVES=1]" >&2; exit 2; }
+	$(VBIN)/dlfusion run $(BIN) --backend rtl $(HW_ARG) $(foreach input,$(INPUT),--input $(input)) \
+		$(if $(OUTPUT),--output $(OUTPUT),) $(if $(WAVES),--waves,) --json
 
 lint: $(STAMP)
 	$(VBIN)/ruff check hw sim compiler dlfusion tests
