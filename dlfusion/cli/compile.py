@@ -1,4 +1,17 @@
-"""``dlfusion compile``: a quantized ONNX model (or a zoo model) to a ``.dlfb`` binary and its plan."""
+"""``dlfusion compile``: a quantized ONNX model (or a zoo model) to a ``.dlfb`` binary and its plan.
+
+Which plan, in this order (the JSON's ``plan_source`` says which, and why):
+
+* ``file``: ``--plan FILE``;
+* ``fusion=... cores=... split=...``: ``--fusion``, ``--cores`` or ``--split`` given,
+  the obvious plans of :func:`~dlfusion.compiler.plan.make_plan` (with a warning
+  when the roofline estimate below puts the plan above one core's);
+* ``dlfusion``: the tuner's joint strategy
+  (:func:`~dlfusion.compiler.tune.strategies.plan_dlfusion`) when the rule
+  directory (``--rule-dir``, default ``build/tune``) holds a decision rule and a
+  cost model for the HwConfig;
+* ``default``: otherwise, :func:`default_plan`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..compiler.errors import CompileError
+from ..compiler.lower.common import Split
+from ..compiler.plan import Group, Plan
+from ..compiler.tune.errors import TuneError
+from ..compiler.tune.features import Workload
 from .options import UsageError, add_command, add_hw, add_json, load_hw, print_json
 
-__all__ = ["add_commands", "cmd_compile"]
+__all__ = ["add_commands", "cmd_compile", "default_plan", "roofline_cycles", "choose_plan"]
 
 _log = logging.getLogger(__name__)
 
@@ -19,10 +37,16 @@ def add_commands(sub) -> None:
     p.add_argument("model", help="quantized QOperator .onnx file, or a zoo model name (dlfusion models)")
     p.add_argument("--input-size", type=int, default=None, help="zoo models: input resolution")
     add_hw(p)
-    p.add_argument("--cores", type=int, default=None, help="cores per group (default: all)")
-    p.add_argument("--split", choices=("rows", "channels"), default="rows")
-    p.add_argument("--fusion", choices=("none", "max"), default="none",
-                   help="none: one layer per group; max: the longest groups that fuse and fit on chip")
+    p.add_argument("--cores", type=int, default=None,
+                   help="every group on this many cores (an obvious plan, as --fusion; default: all)")
+    p.add_argument("--split", choices=("rows", "channels"), default=None,
+                   help="how a single layer is split over the cores (an obvious plan, as --fusion; default rows)")
+    p.add_argument("--fusion", choices=("none", "max"), default=None,
+                   help="an obvious plan: none: one layer per group; max: the longest groups that fuse and fit on "
+                        "chip (without --fusion, --cores, --split and --plan: the tuned plan, else the default "
+                        "plan)")
+    p.add_argument("--rule-dir", metavar="DIR",
+                   help="where the decision rule and the cost model of the tuned plan live (default: build/tune)")
     p.add_argument("--calibration", default=None,
                    help="float .onnx models: quantize first, calibrating on 'random' images or a directory "
                         "of .npy inputs")
@@ -65,10 +89,116 @@ def _load_onnx_any(path: Path, calibration: str | None):
         return load_onnx(quantized_path, name=path.stem)
 
 
+def roofline_cycles(features, hw) -> tuple[float, str]:
+    """A group's roofline estimate from its static counts, and its bound (``"compute"`` or ``"dma"``).
+
+    ``max(pe_cycles, (load_lines + store_lines) * line_bytes / dram_bytes_per_cycle)``: the busiest core's
+    PE cycles against the DMA traffic of all cores through the one DRAM port. It ignores latency, the
+    PPU, instruction fetch and the overlap the double buffering leaves out, so it ranks choices rather
+    than predicting cycles.
+    """
+    dma = (features.load_lines + features.store_lines) * hw.line_bytes / hw.dram_bytes_per_cycle
+    return (float(features.pe_cycles), "compute") if features.pe_cycles >= dma else (dma, "dma")
+
+
+def default_plan(graph, hw, cores: int | None = None, workload: Workload | None = None) -> tuple[Plan, list[dict]]:
+    """The plan without tuning: every layer its own group, on the (cores, split) among one core, ``cores``
+    cores by rows and ``cores`` cores by channels with the lowest :func:`roofline_cycles` (ties go to
+    fewer cores, then rows), so more cores are chosen only where they are estimated to pay.
+
+    Returns
+    -------
+    plan : Plan
+    layers : list of dict
+        Per layer: the choice, its bound and the estimate of every candidate (``"4 channels"``: cycles),
+        and the reason in words.
+    """
+    cores = hw.cores if cores is None else cores
+    workload = workload or Workload(graph, hw)
+    candidates = [(1, Split.ROWS)] + ([(cores, Split.ROWS), (cores, Split.CHANNELS)] if cores > 1 else [])
+    groups, layers = [], []
+    for name in workload.names:
+        estimates, bounds, refused = {}, {}, {}
+        for count, split in candidates:
+            label = f"{count} {split}"
+            try:
+                estimates[label], bounds[label] = roofline_cycles(workload.features((name,), count, split), hw)
+            except (TuneError, CompileError) as error:
+                refused[label] = str(error)
+        if not estimates:
+            raise CompileError(f"layer {name!r} cannot be lowered on {candidates}: {refused}")
+        best = min(estimates, key=estimates.get)      # the first of equal estimates: fewer cores, then rows
+        count, split = next((c, s) for c, s in candidates if f"{c} {s}" == best)
+        groups.append(Group([name], count, split))
+        others = ", ".join(f"{label} {cycles:,.0f}" for label, cycles in estimates.items() if label != best)
+        layers.append({"node": name, "cores": count, "split": str(split), "bound": bounds[best],
+                       "estimates": {label: round(cycles) for label, cycles in estimates.items()},
+                       **({"refused": refused} if refused else {}),
+                       "why": f"{best}: {estimates[best]:,.0f} cycles ({bounds[best]}-bound roofline)"
+                              + (f" vs {others}" if others else "")})
+    plan = Plan(graph.name, hw.hash, groups)
+    plan.validate(graph, hw)
+    return plan, layers
+
+
+def _plan_estimate(workload: Workload, plan: Plan) -> float:
+    return sum(roofline_cycles(workload.features(tuple(g.nodes), g.cores, g.split), workload.hw)[0]
+               for g in plan.groups)
+
+
+def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
+    """The plan ``compile`` uses (see the module docstring) and the JSON that says which and why."""
+    from ..compiler.plan import make_plan
+    from ..compiler.tune.costmodel import cost_model_path, load_cost_model
+    from ..compiler.tune.rule import load_rule, rule_path
+    from ..compiler.tune.strategies import plan_dlfusion
+    if args.plan:
+        return Plan.read(args.plan), {"plan_source": "file", "plan_file": str(args.plan)}
+    if args.fusion or args.cores or args.split:
+        fusion, cores, split = args.fusion or "none", args.cores or hw.cores, args.split or "rows"
+        _log.info("planning %s: fusion %s, %d cores, split %s...", graph.name, fusion, cores, split)
+        plan = make_plan(graph, hw, fusion=fusion, cores=cores, split=split)
+        info = {"plan_source": f"fusion={fusion} cores={cores} split={split}",
+                "why": "--fusion, --cores or --split given: every group on the given cores"}
+        if cores > 1:
+            workload = Workload(graph, hw)
+            try:
+                estimate, single = _plan_estimate(workload, plan), _plan_estimate(
+                    workload, make_plan(graph, hw, fusion="none", cores=1))
+            except (TuneError, CompileError):
+                return plan, info
+            info["roofline_cycles"], info["roofline_cycles_one_core"] = round(estimate), round(single)
+            if estimate > single:
+                info["warning"] = (f"this plan is estimated slower than one core ({estimate:,.0f} vs {single:,.0f} "
+                                   "roofline cycles); without --fusion, --cores and --split compile picks per layer")
+                _log.warning("%s", info["warning"])
+        return plan, info
+    workload = Workload(graph, hw)
+    try:
+        rule, cost_model = load_rule(hw, args.rule_dir), load_cost_model(hw, args.rule_dir)
+    except TuneError as error:
+        missing = str(error)
+        if rule_path(hw, args.rule_dir).exists() or cost_model_path(hw, args.rule_dir).exists():
+            _log.warning("not using the tuned plan: %s", missing)
+    else:
+        _log.info("planning %s with the tuned rule and cost model of HwConfig %s...", graph.name, hw.hash)
+        plan, search = plan_dlfusion(workload, rule, cost_model)
+        return plan, {"plan_source": "dlfusion", "rule": str(rule_path(hw, args.rule_dir)),
+                      "cost_model": str(cost_model_path(hw, args.rule_dir)),
+                      "predicted_cycles": round(search.predicted_cycles),
+                      "why": "a decision rule and a cost model for this HwConfig are in the rule directory"}
+    _log.info("planning %s: the default plan (per layer the cheapest of 1 or %d cores by roofline)...", graph.name,
+              hw.cores)
+    plan, layers = default_plan(graph, hw, hw.cores, workload)
+    return plan, {"plan_source": "default", "layers": layers,
+                  "roofline_cycles": round(_plan_estimate(workload, plan)),
+                  "why": f"no tuned plan ({missing}); every layer its own group on the (cores, split) with the "
+                         "lowest roofline estimate max(PE cycles, DMA bytes / DRAM bytes per cycle)"}
+
+
 def cmd_compile(args) -> int:
     from ..compiler.compile import compile_graph
     from ..compiler.frontend import zoo
-    from ..compiler.plan import Plan, make_plan
     hw = load_hw(args)
     source = Path(args.model)
     if source.suffix == ".onnx":
@@ -78,11 +208,7 @@ def cmd_compile(args) -> int:
     else:
         raise UsageError(f"{args.model!r}: give a quantized .onnx file or a zoo model ({', '.join(zoo.MODELS)})")
     started = time.perf_counter()
-    if args.plan:
-        plan = Plan.read(args.plan)
-    else:
-        _log.info("planning %s: fusion %s, %d cores...", graph.name, args.fusion, args.cores or hw.cores)
-        plan = make_plan(graph, hw, fusion=args.fusion, cores=args.cores or hw.cores, split=args.split)
+    plan, plan_info = choose_plan(graph, hw, args)
     _log.info("lowering %d layers in %d groups...", len(graph.nodes), len(plan.groups))
     binary = compile_graph(graph, hw, plan)
     output = Path(args.output)
@@ -91,10 +217,11 @@ def cmd_compile(args) -> int:
     summary = {"binary": str(output), "plan": str(output.with_suffix(".plan.json")), "model": graph.name,
                "layers": len(graph.nodes), "groups": len(plan.groups), "macs": graph.macs, "hw": hw.hash,
                "instructions": sum(s.instructions for s in binary.streams),
-               "compile_seconds": round(time.perf_counter() - started, 3)}
+               "compile_seconds": round(time.perf_counter() - started, 3), **plan_info}
     if args.json:
         print_json(summary)
     else:
         print(f"compiled {graph.name}: {summary['layers']} layers in {summary['groups']} groups, "
-              f"{summary['instructions']} instructions -> {output} (plan {summary['plan']})")
+              f"{summary['instructions']} instructions -> {output} (plan {summary['plan']}: "
+              f"{plan_info['plan_source']})")
     return 0
