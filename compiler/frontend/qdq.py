@@ -27,7 +27,7 @@ import numpy as np
 
 from ..ir import IRError, Tensor
 from . import nodes
-from .registry import QDQ_CONVERTERS, Context, converter, f32
+from .registry import CONVERTERS, QDQ_CONVERTERS, Context, converter, f32
 
 __all__ = ["QdqContext"]
 
@@ -163,9 +163,8 @@ def dequantize_linear(ctx: QdqContext, node) -> None:
     if not ctx.same_quantization(x, scale, zero):
         raise IRError(f"{ctx.where(node)}: dequantizes {x.name!r} with scale {float(f32(scale))}, zero point "
                       f"{int(zero)} instead of its own ({x.scale}, {x.zero_point})")
-    if node.output[0] == ctx.onnx_graph.output[0].name:
-        ctx.ir.output = x.name
-        ctx.ir.output_dequant = {"name": node.output[0], "scale": float(f32(scale)), "zero_point": int(zero)}
+    if node.output[0] == ctx.onnx_graph.output[0].name:   # the model output, read as in a QOperator model
+        CONVERTERS["DequantizeLinear"](ctx, node)
     else:
         ctx.alias[node.output[0]] = x.name
 
@@ -218,6 +217,13 @@ def global_average_pool(ctx: QdqContext, node) -> None:
 def average_pool(ctx: QdqContext, node) -> None:
     x, x_scale = ctx.activation(node.input[0], node)
     output, y_scale, y_zero = ctx.output_quantization(node)
+    if ctx.same_quantization(x, y_scale, y_zero):
+        # onnxruntime's QDQ quantizer writes AveragePool so (a "direct 8-bit" op); its QLinearAveragePool
+        # averages in float and rounds y / y_scale + zero_point, which one float32 multiplier does not
+        # reproduce at the exact halves that a 1 / count multiplier makes frequent
+        raise IRError(f"{ctx.where(node)}: an average pool that keeps its input's quantization (as onnxruntime's "
+                      "QDQ quantizer writes it) is not supported: its rounding at exact halves differs from "
+                      "onnxruntime's QLinearAveragePool; quantize the model in QOperator format")
     nodes.average_pool(ctx, node, _qlinear_name(node), output, x, x_scale, y_scale, y_zero)
 
 

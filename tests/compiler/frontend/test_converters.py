@@ -147,16 +147,30 @@ def test_an_unsupported_op_names_node_op_format_and_the_supported_ops(tmp_path):
         load_onnx(m.save(tmp_path / "m.onnx", "sig", "conv_scale", "conv_zero"))
 
 
-def test_a_qdq_model_is_named_as_such(tmp_path):
+def _qdq_relu_on_the_input(path, quantized_output: bool):
+    """input -> Q -> DQ -> Relu -> output, or with the Relu's output quantized: -> Q -> DQ -> output."""
     nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
-             helper.make_node("Relu", ["dq"], ["output"])]
+             helper.make_node("Relu", ["dq"], ["relu" if quantized_output else "output"])]
+    if quantized_output:
+        nodes += [helper.make_node("QuantizeLinear", ["relu", "s", "z"], ["relu_q"]),
+                  helper.make_node("DequantizeLinear", ["relu_q", "s", "z"], ["output"])]
     inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z")]
     graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
-    with pytest.raises(IRError, match="a QDQ model .* reads onnxruntime's QOperator format"):
-        load_onnx(tmp_path / "m.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_a_qdq_relu_on_the_input_alone_is_refused_by_name(tmp_path):
+    # QDQ models are read (tests/compiler/frontend/test_qdq.py); this one has no quantized op to run:
+    # its Relu's output is float, and quantized it would be a clamp of the input, which no layer produces.
+    with pytest.raises(IRError, match=r"^node 'output' \(Relu\): in a QDQ model its output must go into one "
+                                      r"QuantizeLinear \(dlfusion runs quantized ops only\); it feeds the model "
+                                      r"output$"):
+        load_onnx(_qdq_relu_on_the_input(tmp_path / "float_out.onnx", quantized_output=False))
+    with pytest.raises(IRError, match=r"node 'relu' \(Relu\): a Relu must directly follow the op producing 'q'"):
+        load_onnx(_qdq_relu_on_the_input(tmp_path / "quantized_out.onnx", quantized_output=True))
 
 
 def test_grouped_convolution_is_refused_with_the_accepted_groups(tmp_path):
