@@ -34,7 +34,6 @@ COUNTERS = data.StructLayout({name: COUNTER_BITS for name in COUNTER_NAMES})
 
 #: The units of a core, in the order of their semaphore priority (and of their queues).
 UNITS = (Unit.DMA, Unit.PE, Unit.PPU)
-_UNIT_CLASSES = {Unit.DMA: DmaUnit, Unit.PE: PeArray, Unit.PPU: Ppu}
 
 
 class InstructionFetch(wiring.Component):

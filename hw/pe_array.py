@@ -18,14 +18,14 @@ the previous one, so a stream of instructions keeps the array busy.
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from .config import HwConfig
 from .isa import MATMUL_PAYLOAD, ErrorCode, MatmulMode, Opcode
-from .unit import unit_members
+from .unit import StridedLoops, unit_members
 
-__all__ = ["PeArray"]
+__all__ = ["PeArray", "Multipliers"]
 
 
 def _tree_sum(values):
@@ -34,6 +34,66 @@ def _tree_sum(values):
         values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
                   for i in range(0, len(values), 2)]
     return values[0]
+
+
+class Multipliers(wiring.Component):
+    """The multipliers of the array and their reduction (combinational).
+
+    With ``x[r] = act[r] - zp`` (bytes and zero point read as int8 if ``in_signed``, else
+    uint8), output lane ``c`` is ``sum_r x[r] * W[r][c]`` (MATMUL), ``x[c] * W[w_row][c]``
+    (DEPTHWISE) or ``x[c]`` (MAX).
+
+    Parameters
+    ----------
+    lanes : int
+
+    Members
+    -------
+    act : In(8 * lanes), an activation line.
+    weight : In(8 * lanes * lanes), a weight block, row ``r`` in bits ``8 * lanes * r`` on.
+    mode : In(MatmulMode); in_signed : In(1); in_zp : In(8); w_row : In(5).
+    products : Out(32 * lanes), lane ``c`` in bits ``32 * c`` on (two's complement).
+    """
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        super().__init__({
+            "act": In(8 * lanes), "weight": In(8 * lanes * lanes), "mode": In(MatmulMode),
+            "in_signed": In(1), "in_zp": In(8), "w_row": In(5), "products": Out(32 * lanes),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self.lanes
+
+        def widen(byte, is_signed):
+            return Mux(is_signed, byte.as_signed(), Cat(byte, 0).as_signed())
+
+        zero_point = widen(self.in_zp, self.in_signed)
+        x = []
+        for r in range(lanes):
+            value = Signal(signed(10), name=f"x{r}")
+            m.d.comb += value.eq(widen(self.act[8 * r:8 * r + 8], self.in_signed) - zero_point)
+            x.append(value)
+        w = [[self.weight[8 * (r * lanes + c):8 * (r * lanes + c) + 8].as_signed() for c in range(lanes)]
+             for r in range(lanes)]
+        selected_row = Signal(8 * lanes)
+        with m.Switch(self.w_row):
+            for r in range(lanes):
+                with m.Case(r):
+                    m.d.comb += selected_row.eq(self.weight[8 * lanes * r:8 * lanes * (r + 1)])
+
+        product = [Signal(signed(32), name=f"v{c}") for c in range(lanes)]
+        for c in range(lanes):
+            with m.Switch(self.mode):
+                with m.Case(MatmulMode.MATMUL):
+                    m.d.comb += product[c].eq(_tree_sum(x[r] * w[r][c] for r in range(lanes)))
+                with m.Case(MatmulMode.DEPTHWISE):
+                    m.d.comb += product[c].eq(x[c] * selected_row[8 * c:8 * c + 8].as_signed())
+                with m.Default():
+                    m.d.comb += product[c].eq(x[c])
+        m.d.comb += self.products.eq(Cat(product))
+        return m
 
 
 class PeArray(wiring.Component):
@@ -78,16 +138,12 @@ class PeArray(wiring.Component):
         is_sync = Signal()
         signal_mask = Signal(8)
         pc = Signal(32)
-        i0, i1 = Signal(12), Signal(12)
-        act, act_row = Signal(32), Signal(32)
-        weight, weight_row = Signal(32), Signal(32)
-        acc, acc_row = Signal(32), Signal(32)
+        m.submodules.loops = loops = StridedLoops(("act", "weight", "acc"))
+        act, weight, acc = loops.act.value, loops.weight.value, loops.acc.value
         stopped = Signal()
 
-        last0 = i0 == instr.n0 - 1
-        last1 = i1 == instr.n1 - 1
         last = Signal()
-        m.d.comb += last.eq(is_sync | (last0 & last1))
+        m.d.comb += last.eq(is_sync | (loops.last0 & loops.last1))
 
         bad = Signal()
         m.d.comb += bad.eq(~is_sync & ((act >= hw.act_lines) | (weight >= hw.weight_blocks)
@@ -105,19 +161,9 @@ class PeArray(wiring.Component):
             self.acc_read.addr.eq(acc), self.acc_read.en.eq(issue & ~is_sync),
         ]
 
-        with m.If(issue):
-            with m.If(last):
-                m.d.sync += active.eq(0)
-            with m.Elif(~last0):
-                m.d.sync += [i0.eq(i0 + 1), act.eq(act + instr.act_s0), weight.eq(weight + instr.w_s0),
-                             acc.eq(acc + instr.acc_s0)]
-            with m.Else():
-                m.d.sync += [
-                    i0.eq(0), i1.eq(i1 + 1),
-                    act_row.eq(act_row + instr.act_s1), act.eq(act_row + instr.act_s1),
-                    weight_row.eq(weight_row + instr.w_s1), weight.eq(weight_row + instr.w_s1),
-                    acc_row.eq(acc_row + instr.acc_s1), acc.eq(acc_row + instr.acc_s1),
-                ]
+        with m.If(issue & last):
+            m.d.sync += active.eq(0)
+        m.d.comb += loops.advance.eq(issue & ~last)
 
         free = Signal()
         m.d.comb += free.eq(~stopped & ~self.halt & (~active | (issue & last)))
@@ -131,10 +177,15 @@ class PeArray(wiring.Component):
             m.d.sync += [
                 active.eq(1), is_sync.eq(sync | empty),
                 instr.eq(payload), signal_mask.eq(head.signal), pc.eq(head.pc),
-                i0.eq(0), i1.eq(0),
-                act.eq(payload.act_addr), act_row.eq(payload.act_addr),
-                weight.eq(payload.w_addr), weight_row.eq(payload.w_addr),
-                acc.eq(payload.acc_addr), acc_row.eq(payload.acc_addr),
+            ]
+            m.d.comb += [
+                loops.start.eq(1), loops.n0.eq(payload.n0), loops.n1.eq(payload.n1),
+                loops.act.base.eq(payload.act_addr), loops.act.s0.eq(payload.act_s0),
+                loops.act.s1.eq(payload.act_s1),
+                loops.weight.base.eq(payload.w_addr), loops.weight.s0.eq(payload.w_s0),
+                loops.weight.s1.eq(payload.w_s1),
+                loops.acc.base.eq(payload.acc_addr), loops.acc.s0.eq(payload.acc_s0),
+                loops.acc.s1.eq(payload.acc_s1),
             ]
 
         # -- multiply stage ------------------------------------------------------------------
@@ -154,37 +205,18 @@ class PeArray(wiring.Component):
             stage1.in_signed.eq(instr.in_signed), stage1.in_zp.eq(instr.in_zp), stage1.w_row.eq(instr.w_row),
         ]
 
-        def widen(byte, is_signed):
-            return Mux(is_signed, byte.as_signed(), Cat(byte, 0).as_signed())
-
-        zero_point = widen(stage1.in_zp, stage1.in_signed)
-        x = []
-        for r in range(lanes):
-            value = Signal(signed(10), name=f"x{r}")
-            m.d.comb += value.eq(widen(self.act_read.data[8 * r:8 * r + 8], stage1.in_signed) - zero_point)
-            x.append(value)
-        w = [[self.weight_read.data[8 * (r * lanes + c):8 * (r * lanes + c) + 8].as_signed() for c in range(lanes)]
-             for r in range(lanes)]
-        selected_row = Signal(8 * lanes)
-        with m.Switch(stage1.w_row):
-            for r in range(lanes):
-                with m.Case(r):
-                    m.d.comb += selected_row.eq(self.weight_read.data[8 * lanes * r:8 * lanes * (r + 1)])
-
-        product = [Signal(signed(32), name=f"v{c}") for c in range(lanes)]
-        for c in range(lanes):
-            with m.Switch(control1.mode):
-                with m.Case(MatmulMode.MATMUL):
-                    m.d.comb += product[c].eq(_tree_sum(x[r] * w[r][c] for r in range(lanes)))
-                with m.Case(MatmulMode.DEPTHWISE):
-                    m.d.comb += product[c].eq(x[c] * selected_row[8 * c:8 * c + 8].as_signed())
-                with m.Default():
-                    m.d.comb += product[c].eq(x[c])
+        m.submodules.multipliers = multipliers = Multipliers(lanes)
+        m.d.comb += [
+            multipliers.act.eq(self.act_read.data), multipliers.weight.eq(self.weight_read.data),
+            multipliers.mode.eq(control1.mode), multipliers.in_signed.eq(stage1.in_signed),
+            multipliers.in_zp.eq(stage1.in_zp), multipliers.w_row.eq(stage1.w_row),
+        ]
 
         stage2 = Signal(control)
         stage2_values = Signal(32 * lanes)
         stage2_old = Signal(32 * lanes)
-        m.d.sync += [stage2.eq(control1), stage2_values.eq(Cat(product)), stage2_old.eq(self.acc_read.data)]
+        m.d.sync += [stage2.eq(control1), stage2_values.eq(multipliers.products),
+                     stage2_old.eq(self.acc_read.data)]
 
         # -- accumulate stage ----------------------------------------------------------------
         forward_valid = Signal()

@@ -23,7 +23,7 @@ from amaranth.utils import exact_log2
 from .config import HwConfig
 from .fp import FloatToInt, FusedMultiplyAdd, IntToFloat
 from .isa import ADD_PAYLOAD, REQUANT_PAYLOAD, ErrorCode, Opcode
-from .unit import unit_members
+from .unit import StridedLoops, unit_members
 
 __all__ = ["Ppu", "PpuLane"]
 
@@ -71,24 +71,32 @@ class Ppu(wiring.Component):
         is_add = Signal()
         signal_mask = Signal(8)
         pc = Signal(32)
-        n0, n1 = Signal(12), Signal(12)
-        i0, i1 = Signal(12), Signal(12)
-        src, src_row, src_s0, src_s1 = Signal(32), Signal(32), Signal(16), Signal(16)
-        srcb, srcb_row, srcb_s0, srcb_s1 = Signal(32), Signal(32), Signal(16), Signal(16)
-        out, out_row, out_s0, out_s1 = Signal(32), Signal(32), Signal(16), Signal(16)
+        # src: the accumulators (REQUANT) or input A (ADD); srcb: input B (ADD only).
+        m.submodules.loops = loops = StridedLoops(("src", "srcb", "out"))
+        src, srcb, out = loops.src.value, loops.srcb.value, loops.out.value
         param_addr = Signal(12)
         in_signed, out_signed = Signal(), Signal()
         out_zp, clamp_lo, clamp_hi = Signal(8), Signal(8), Signal(8)
         params = [Signal(32 * lanes, name=f"param{k}") for k in range(3)]
         param_step = Signal(range(4))
         sync_op = Signal()
+        empty = Signal()            # a loop count is zero
 
-        last0 = i0 == n0 - 1
-        last1 = i1 == n1 - 1
+        last0, last1 = loops.last0, loops.last1
 
         control = data.StructLayout({"valid": 1, "write": 1, "last": 1, "out": len(self.act_write.addr)})
         stage = [Signal(control, name=f"stage{k}") for k in range(1, 6)]
         pipeline_busy = Cat(s.valid for s in stage).any()
+
+        def start_loops(fields, **pointers):
+            """Start the loops on the counts of ``fields`` and each pointer on the ``<prefix>_addr``,
+            ``<prefix>_s0`` and ``<prefix>_s1`` fields its keyword names."""
+            m.d.comb += [loops.start.eq(1), loops.n0.eq(fields.n0), loops.n1.eq(fields.n1)]
+            m.d.sync += empty.eq((fields.n0 == 0) | (fields.n1 == 0))
+            for pointer, prefix in pointers.items():
+                port = getattr(loops, pointer)
+                m.d.comb += [port.base.eq(getattr(fields, f"{prefix}_addr")),
+                             port.s0.eq(getattr(fields, f"{prefix}_s0")), port.s1.eq(getattr(fields, f"{prefix}_s1"))]
 
         issue = Signal()
         param_raddr = Signal.like(self.param_read.addr)
@@ -102,39 +110,27 @@ class Ppu(wiring.Component):
                     requant = head.payload.requant
                     addp = head.payload.add
                     m.d.sync += [
-                        is_add.eq(add), signal_mask.eq(head.signal), pc.eq(head.pc),
-                        i0.eq(0), i1.eq(0), param_step.eq(0),
+                        is_add.eq(add), signal_mask.eq(head.signal), pc.eq(head.pc), param_step.eq(0),
                         sync_op.eq(head.opcode == Opcode.SYNC),
                     ]
                     with m.If(add):
                         m.d.sync += [
-                            n0.eq(addp.n0), n1.eq(addp.n1),
-                            src.eq(addp.a_addr), src_row.eq(addp.a_addr), src_s0.eq(addp.a_s0),
-                            src_s1.eq(addp.a_s1),
-                            srcb.eq(addp.b_addr), srcb_row.eq(addp.b_addr), srcb_s0.eq(addp.b_s0),
-                            srcb_s1.eq(addp.b_s1),
-                            out.eq(addp.out_addr), out_row.eq(addp.out_addr), out_s0.eq(addp.out_s0),
-                            out_s1.eq(addp.out_s1),
                             param_addr.eq(addp.param_addr), in_signed.eq(addp.in_signed),
                             out_signed.eq(addp.out_signed), out_zp.eq(addp.out_zp),
                             clamp_lo.eq(addp.clamp_lo), clamp_hi.eq(addp.clamp_hi),
                         ]
+                        start_loops(addp, src="a", srcb="b", out="out")
                     with m.Else():
                         m.d.sync += [
-                            n0.eq(requant.n0), n1.eq(requant.n1),
-                            src.eq(requant.acc_addr), src_row.eq(requant.acc_addr),
-                            src_s0.eq(requant.acc_s0), src_s1.eq(requant.acc_s1),
-                            out.eq(requant.out_addr), out_row.eq(requant.out_addr),
-                            out_s0.eq(requant.out_s0), out_s1.eq(requant.out_s1),
                             param_addr.eq(requant.param_addr),
                             out_signed.eq(requant.out_signed), out_zp.eq(requant.out_zp),
                             clamp_lo.eq(requant.clamp_lo), clamp_hi.eq(requant.clamp_hi),
                         ]
+                        start_loops(requant, src="acc", out="out")
                     m.next = "PARAMS"
             with m.State("PARAMS"):
                 m.d.comb += self.busy.eq(1)
                 count = Mux(is_add, 3, 2)
-                empty = (n0 == 0) | (n1 == 0)
                 with m.If(self.halt):
                     m.next = "HALT"
                 with m.Elif(sync_op | empty):
@@ -162,18 +158,8 @@ class Ppu(wiring.Component):
                                  self.error_pc.eq(pc)]
                     m.next = "HALT"
                 with m.Else():
-                    m.d.comb += issue.eq(1)
-                    with m.If(~last0):
-                        m.d.sync += [i0.eq(i0 + 1), src.eq(src + src_s0), srcb.eq(srcb + srcb_s0),
-                                     out.eq(out + out_s0)]
-                    with m.Elif(~last1):
-                        m.d.sync += [
-                            i0.eq(0), i1.eq(i1 + 1),
-                            src_row.eq(src_row + src_s1), src.eq(src_row + src_s1),
-                            srcb_row.eq(srcb_row + srcb_s1), srcb.eq(srcb_row + srcb_s1),
-                            out_row.eq(out_row + out_s1), out.eq(out_row + out_s1),
-                        ]
-                    with m.Else():
+                    m.d.comb += [issue.eq(1), loops.advance.eq(1)]
+                    with m.If(last0 & last1):
                         m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)

@@ -8,12 +8,13 @@ instruction's ``signal`` mask; an error stops it with a code and the
 instruction index.
 """
 
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .isa import INSTRUCTION, NUM_SEMAPHORES, ErrorCode
 
-__all__ = ["queue_entry", "queue_slot", "UnitSignature", "unit_members"]
+__all__ = ["queue_entry", "queue_slot", "UnitSignature", "unit_members", "PointerSignature", "StridedLoops"]
 
 
 def queue_entry(payload: data.Layout) -> data.StructLayout:
@@ -61,3 +62,66 @@ class UnitSignature(wiring.Signature):
 
     def __init__(self, payload: data.Layout, extra: dict):
         super().__init__({**unit_members(payload), **extra})
+
+
+#: One pointer of :class:`StridedLoops` (members as seen from the loops).
+PointerSignature = wiring.Signature({
+    "base": In(16), "s0": In(16), "s1": In(16),     # latched at start
+    "value": Out(32),                               # this iteration's address
+})
+
+
+class StridedLoops(wiring.Component):
+    """Two nested loops walking scratchpad pointers, as the PE array and the PPU run them.
+
+    ``start`` latches the loop counts and, per pointer, its base and strides, and sets every
+    pointer to its base. Each ``advance`` steps every pointer by its ``s0`` within a row, or,
+    after the row's last iteration, sets it to the row's start plus ``s1``. Advancing past the
+    last iteration leaves the loops where they are.
+
+    Parameters
+    ----------
+    pointers : sequence of str
+        The pointers' names (each a member of :data:`PointerSignature`).
+
+    Members
+    -------
+    n0, n1 : In(12), the inner and outer counts (latched at ``start``).
+    start, advance : In(1).
+    last0, last1 : Out(1), this iteration is the last of its row, this row is the last.
+    <pointer> : Out(PointerSignature) for each name.
+    """
+
+    def __init__(self, pointers):
+        self.pointers = tuple(pointers)
+        if not self.pointers or len(set(self.pointers)) != len(self.pointers):
+            raise ValueError(f"pointers must be distinct names, not {pointers!r}")
+        super().__init__({
+            "n0": In(12), "n1": In(12), "start": In(1), "advance": In(1),
+            "last0": Out(1), "last1": Out(1),
+            **{name: Out(PointerSignature) for name in self.pointers},
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n0, n1 = Signal(12), Signal(12)
+        i0, i1 = Signal(12), Signal(12)
+        m.d.comb += [self.last0.eq(i0 == n0 - 1), self.last1.eq(i1 == n1 - 1)]
+        with m.If(self.start):
+            m.d.sync += [n0.eq(self.n0), n1.eq(self.n1), i0.eq(0), i1.eq(0)]
+        with m.Elif(self.advance & ~self.last0):
+            m.d.sync += i0.eq(i0 + 1)
+        with m.Elif(self.advance & ~self.last1):
+            m.d.sync += [i0.eq(0), i1.eq(i1 + 1)]
+        for name in self.pointers:
+            pointer = getattr(self, name)
+            s0, s1 = Signal(16, name=f"{name}_s0"), Signal(16, name=f"{name}_s1")
+            row = Signal(32, name=f"{name}_row")
+            with m.If(self.start):
+                m.d.sync += [s0.eq(pointer.s0), s1.eq(pointer.s1), row.eq(pointer.base),
+                             pointer.value.eq(pointer.base)]
+            with m.Elif(self.advance & ~self.last0):
+                m.d.sync += pointer.value.eq(pointer.value + s0)
+            with m.Elif(self.advance & ~self.last1):
+                m.d.sync += [row.eq(row + s1), pointer.value.eq(row + s1)]
+        return m
