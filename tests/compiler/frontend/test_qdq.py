@@ -297,3 +297,16 @@ def test_an_op_whose_output_is_not_quantized_is_named(tmp_path):
                                       r"QuantizeLinear \(dlfusion runs quantized ops only\); it feeds the model "
                                       r"output"):
         load_onnx(tmp_path / "float_out.onnx")
+
+
+def test_dlfusion_export_writes_either_format_and_activation_type(tmp_path, capsys):
+    for fmt, activation_type, expected in (("qdq", "int8", "QDQ"), ("qoperator", "uint8", "QOperator")):
+        path = tmp_path / f"{fmt}.onnx"
+        assert main(["export", "tiny_cnn", "--input-size", "16", "--format", fmt, "--activation-type",
+                     activation_type, "-o", str(path)]) == 0
+        assert model_format(onnx.load(str(path)).graph) == expected
+        assert load_onnx(path).input_quant["dtype"] == activation_type
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "tiny_cnn", "--format", "qlinear", "-o", str(tmp_path / "bad.onnx")])
+    assert exit_info.value.code == 2 and "invalid choice: 'qlinear'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.onnx").exists()
