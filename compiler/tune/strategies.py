@@ -20,12 +20,17 @@
     cent on networks whose late layers the rule splits by channels: see the README).
 
 The oracle (:mod:`.oracle`) is the fifth strategy; it measures on the RTL.
+
+Without a fitted rule and cost model, :func:`plan_default` is the plan ``dlfusion compile``
+uses: every layer alone on the choice with the lowest roofline estimate of its static counts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import CompileError
+from ..lower.common import Split
 from ..plan import Group, Plan
 from .costmodel import CostModel
 from .errors import TuneError
@@ -34,7 +39,7 @@ from .oracle import DEFAULT_MAX_GROUP, best_plan
 from .rule import Rule, features_of
 
 __all__ = ["STRATEGIES", "SEARCH_STRATEGIES", "Choice", "rule_choices", "plan_none", "plan_cores_only",
-           "plan_fusion_only", "plan_dlfusion", "fusion_search"]
+           "plan_fusion_only", "plan_dlfusion", "fusion_search", "roofline_cycles", "plan_default", "plan_estimate"]
 
 #: Every strategy ``dlfusion tune`` accepts (``all`` runs each).
 STRATEGIES = ("none", "cores-only", "fusion-only", "dlfusion", "oracle")
@@ -130,3 +135,63 @@ def plan_dlfusion(workload: Workload, rule: Rule, cost_model: CostModel, max_gro
     """The joint strategy (see the module docstring)."""
     return fusion_search(workload, cost_model, rule_choices(workload, rule), workload.core_counts(), max_group,
                          compatible_only=compatible_only)
+
+
+# -- the plan without tuning -------------------------------------------------------------------
+
+def roofline_cycles(features, hw) -> tuple[float, str]:
+    """A group's roofline estimate from its static counts, and its bound (``"compute"`` or ``"dma"``).
+
+    ``max(pe_cycles, (load_lines + store_lines) * line_bytes / dram_bytes_per_cycle)``: the busiest core's
+    PE cycles against the DMA traffic of all cores through the one DRAM port. It ignores latency, the
+    PPU, instruction fetch and the overlap the double buffering leaves out, so it ranks choices rather
+    than predicting cycles.
+    """
+    dma = (features.load_lines + features.store_lines) * hw.line_bytes / hw.dram_bytes_per_cycle
+    return (float(features.pe_cycles), "compute") if features.pe_cycles >= dma else (dma, "dma")
+
+
+def plan_default(workload: Workload, cores: int | None = None) -> tuple[Plan, list[dict]]:
+    """The plan without tuning: every layer its own group, on the (cores, split) among one core, ``cores``
+    cores by rows and ``cores`` cores by channels with the lowest :func:`roofline_cycles` (ties go to
+    fewer cores, then rows), so more cores are chosen only where they are estimated to pay.
+
+    Returns
+    -------
+    plan : Plan
+    layers : list of dict
+        Per layer: the choice, its bound and the estimate of every candidate (``"4 channels"``: cycles),
+        and the reason in words.
+    """
+    graph, hw = workload.graph, workload.hw
+    cores = hw.cores if cores is None else cores
+    candidates = [(1, Split.ROWS)] + ([(cores, Split.ROWS), (cores, Split.CHANNELS)] if cores > 1 else [])
+    groups, layers = [], []
+    for name in workload.names:
+        estimates, bounds, refused = {}, {}, {}
+        for count, split in candidates:
+            label = f"{count} {split}"
+            try:
+                estimates[label], bounds[label] = roofline_cycles(workload.features((name,), count, split), hw)
+            except (TuneError, CompileError) as error:
+                refused[label] = str(error)
+        if not estimates:
+            raise CompileError(f"layer {name!r} cannot be lowered on {candidates}: {refused}")
+        best = min(estimates, key=estimates.get)      # the first of equal estimates: fewer cores, then rows
+        count, split = next((c, s) for c, s in candidates if f"{c} {s}" == best)
+        groups.append(Group([name], count, split))
+        others = ", ".join(f"{label} {cycles:,.0f}" for label, cycles in estimates.items() if label != best)
+        layers.append({"node": name, "cores": count, "split": str(split), "bound": bounds[best],
+                       "estimates": {label: round(cycles) for label, cycles in estimates.items()},
+                       **({"refused": refused} if refused else {}),
+                       "why": f"{best}: {estimates[best]:,.0f} cycles ({bounds[best]}-bound roofline)"
+                              + (f" vs {others}" if others else "")})
+    plan = Plan(graph.name, hw.hash, groups)
+    plan.validate(graph, hw)
+    return plan, layers
+
+
+def plan_estimate(workload: Workload, plan: Plan) -> float:
+    """The sum of the groups' :func:`roofline_cycles`."""
+    return sum(roofline_cycles(workload.features(tuple(g.nodes), g.cores, g.split), workload.hw)[0]
+               for g in plan.groups)

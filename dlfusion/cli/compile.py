@@ -10,7 +10,7 @@ Which plan, in this order (the JSON's ``plan_source`` says which, and why):
   (:func:`~dlfusion.compiler.tune.strategies.plan_dlfusion`) when the rule
   directory (``--rule-dir``, default ``build/tune``) holds a decision rule and a
   cost model for the HwConfig;
-* ``default``: otherwise, :func:`default_plan`.
+* ``default``: otherwise, :func:`~dlfusion.compiler.tune.strategies.plan_default`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 from ..compiler.errors import CompileError
-from ..compiler.lower.common import Split
-from ..compiler.plan import Group, Plan
+from ..compiler.plan import Plan
 from ..compiler.tune.errors import TuneError
 from ..compiler.tune.features import Workload
 from .options import UsageError, add_command, add_hw, add_json, load_hw, print_json
 
-__all__ = ["add_commands", "cmd_compile", "default_plan", "roofline_cycles", "choose_plan"]
+__all__ = ["add_commands", "cmd_compile", "choose_plan"]
 
 _log = logging.getLogger(__name__)
 
@@ -89,69 +88,12 @@ def _load_onnx_any(path: Path, calibration: str | None):
         return load_onnx(quantized_path, name=path.stem)
 
 
-def roofline_cycles(features, hw) -> tuple[float, str]:
-    """A group's roofline estimate from its static counts, and its bound (``"compute"`` or ``"dma"``).
-
-    ``max(pe_cycles, (load_lines + store_lines) * line_bytes / dram_bytes_per_cycle)``: the busiest core's
-    PE cycles against the DMA traffic of all cores through the one DRAM port. It ignores latency, the
-    PPU, instruction fetch and the overlap the double buffering leaves out, so it ranks choices rather
-    than predicting cycles.
-    """
-    dma = (features.load_lines + features.store_lines) * hw.line_bytes / hw.dram_bytes_per_cycle
-    return (float(features.pe_cycles), "compute") if features.pe_cycles >= dma else (dma, "dma")
-
-
-def default_plan(graph, hw, cores: int | None = None, workload: Workload | None = None) -> tuple[Plan, list[dict]]:
-    """The plan without tuning: every layer its own group, on the (cores, split) among one core, ``cores``
-    cores by rows and ``cores`` cores by channels with the lowest :func:`roofline_cycles` (ties go to
-    fewer cores, then rows), so more cores are chosen only where they are estimated to pay.
-
-    Returns
-    -------
-    plan : Plan
-    layers : list of dict
-        Per layer: the choice, its bound and the estimate of every candidate (``"4 channels"``: cycles),
-        and the reason in words.
-    """
-    cores = hw.cores if cores is None else cores
-    workload = workload or Workload(graph, hw)
-    candidates = [(1, Split.ROWS)] + ([(cores, Split.ROWS), (cores, Split.CHANNELS)] if cores > 1 else [])
-    groups, layers = [], []
-    for name in workload.names:
-        estimates, bounds, refused = {}, {}, {}
-        for count, split in candidates:
-            label = f"{count} {split}"
-            try:
-                estimates[label], bounds[label] = roofline_cycles(workload.features((name,), count, split), hw)
-            except (TuneError, CompileError) as error:
-                refused[label] = str(error)
-        if not estimates:
-            raise CompileError(f"layer {name!r} cannot be lowered on {candidates}: {refused}")
-        best = min(estimates, key=estimates.get)      # the first of equal estimates: fewer cores, then rows
-        count, split = next((c, s) for c, s in candidates if f"{c} {s}" == best)
-        groups.append(Group([name], count, split))
-        others = ", ".join(f"{label} {cycles:,.0f}" for label, cycles in estimates.items() if label != best)
-        layers.append({"node": name, "cores": count, "split": str(split), "bound": bounds[best],
-                       "estimates": {label: round(cycles) for label, cycles in estimates.items()},
-                       **({"refused": refused} if refused else {}),
-                       "why": f"{best}: {estimates[best]:,.0f} cycles ({bounds[best]}-bound roofline)"
-                              + (f" vs {others}" if others else "")})
-    plan = Plan(graph.name, hw.hash, groups)
-    plan.validate(graph, hw)
-    return plan, layers
-
-
-def _plan_estimate(workload: Workload, plan: Plan) -> float:
-    return sum(roofline_cycles(workload.features(tuple(g.nodes), g.cores, g.split), workload.hw)[0]
-               for g in plan.groups)
-
-
 def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
     """The plan ``compile`` uses (see the module docstring) and the JSON that says which and why."""
     from ..compiler.plan import make_plan
     from ..compiler.tune.costmodel import cost_model_path, load_cost_model
     from ..compiler.tune.rule import load_rule, rule_path
-    from ..compiler.tune.strategies import plan_dlfusion
+    from ..compiler.tune.strategies import plan_default, plan_dlfusion, plan_estimate
     if args.plan:
         return Plan.read(args.plan), {"plan_source": "file", "plan_file": str(args.plan)}
     if args.fusion or args.cores or args.split:
@@ -163,7 +105,7 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
         if cores > 1:
             workload = Workload(graph, hw)
             try:
-                estimate, single = _plan_estimate(workload, plan), _plan_estimate(
+                estimate, single = plan_estimate(workload, plan), plan_estimate(
                     workload, make_plan(graph, hw, fusion="none", cores=1))
             except (TuneError, CompileError):
                 return plan, info
@@ -189,9 +131,9 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
                       "why": "a decision rule and a cost model for this HwConfig are in the rule directory"}
     _log.info("planning %s: the default plan (per layer the cheapest of 1 or %d cores by roofline)...", graph.name,
               hw.cores)
-    plan, layers = default_plan(graph, hw, hw.cores, workload)
+    plan, layers = plan_default(workload, hw.cores)
     return plan, {"plan_source": "default", "layers": layers,
-                  "roofline_cycles": round(_plan_estimate(workload, plan)),
+                  "roofline_cycles": round(plan_estimate(workload, plan)),
                   "why": f"no tuned plan ({missing}); every layer its own group on the (cores, split) with the "
                          "lowest roofline estimate max(PE cycles, DMA bytes / DRAM bytes per cycle)"}
 

@@ -8,12 +8,11 @@ import json
 import pytest
 
 from dlfusion.cli import main
-from dlfusion.cli.compile import default_plan, roofline_cycles
 from dlfusion.compiler.lower.common import Split
 from dlfusion.compiler.tune.costmodel import TERMS, CostModel, cost_model_path
 from dlfusion.compiler.tune.features import Workload
 from dlfusion.compiler.tune.rule import FALLBACK_KIND, Rule, rule_path
-from dlfusion.compiler.tune.strategies import plan_dlfusion
+from dlfusion.compiler.tune.strategies import plan_default, plan_dlfusion, roofline_cycles
 from dlfusion.compiler.tune.tune import load_model
 from dlfusion.hw.config import HwConfig
 
@@ -57,13 +56,13 @@ def test_without_a_rule_the_default_plan(graph, tmp_path, capsys):
 def test_default_plan_takes_the_cheapest_roofline(graph):
     hw = HwConfig()
     workload = Workload(graph, hw)
-    plan, layers = default_plan(graph, hw, 2, workload)
+    plan, layers = plan_default(workload, 2)
     for group, layer in zip(plan.groups, layers, strict=True):
         options = {(1, Split.ROWS), (2, Split.ROWS), (2, Split.CHANNELS)}
         best = min(roofline_cycles(workload.features(tuple(group.nodes), c, s), hw)[0] for c, s in options)
         assert roofline_cycles(workload.features(tuple(group.nodes), group.cores, group.split), hw)[0] == best
         assert set(layer["estimates"]) == {"1 rows", "2 rows", "2 channels"}
-    one_core, _ = default_plan(graph, hw, 1, workload)
+    one_core, _ = plan_default(workload, 1)
     assert all(group.cores == 1 for group in one_core.groups)
 
 
