@@ -132,7 +132,7 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
     _log.info("planning %s: the default plan (per layer the cheapest of 1 or %d cores by roofline)...", graph.name,
               hw.cores)
     plan, layers = plan_default(workload, hw.cores)
-    return plan, {"plan_source": "default", "layers": layers,
+    return plan, {"plan_source": "default", "layer_choices": layers,
                   "roofline_cycles": round(plan_estimate(workload, plan)),
                   "why": f"no tuned plan ({missing}); every layer its own group on the (cores, split) with the "
                          "lowest roofline estimate max(PE cycles, DMA bytes / DRAM bytes per cycle)"}

@@ -41,7 +41,8 @@ def test_without_a_rule_the_default_plan(graph, tmp_path, capsys):
     assert summary["plan_source"] == "default"
     assert "no decision rule for HwConfig" in summary["why"] and "roofline" in summary["why"]
     assert [g["nodes"] for g in plan["groups"]] == [[node.name] for node in graph.nodes]
-    layers = summary["layers"]
+    assert summary["layers"] == len(graph.nodes)
+    layers = summary["layer_choices"]
     assert [(layer["node"], layer["cores"], layer["split"]) for layer in layers] == \
         [(g["nodes"][0], g["cores"], g["split"]) for g in plan["groups"]]
     for layer in layers:
