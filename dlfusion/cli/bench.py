@@ -1,8 +1,8 @@
-"""``dlfusion bench foundation|scaling|zoo|tune``: the benchmarks measured on the RTL (``make bench``).
+"""``dlfusion bench foundation|scaling|zoo|tune|simspeed``: the benchmarks measured on the RTL (``make bench``).
 
 ``foundation``, ``scaling`` and ``zoo`` are :mod:`dlfusion.bench`; ``tune`` is
-:mod:`dlfusion.compiler.tune.bench`. Each writes its results to a directory and
-prints its table on stdout.
+:mod:`dlfusion.compiler.tune.bench`; ``simspeed`` is :mod:`dlfusion.simspeed`.
+Each writes its results to a directory and prints its table on stdout.
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ from pathlib import Path
 
 from ..hw.errors import EXIT_MISMATCH
 from .options import (
+    UsageError,
     add_command,
     add_hw,
+    add_json,
     add_simulation_options,
     load_hw,
     make_executor,
     measurement_cache,
+    print_json,
     show_progress,
 )
 from .tune import add_max_group, check_max_group
@@ -27,7 +30,7 @@ DEFAULT_OUT = "build/bench"
 
 
 def add_commands(sub) -> None:
-    parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo or tune",
+    parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo, tune or simspeed",
                             description=__doc__.split("\n\n")[0])
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
 
@@ -65,6 +68,16 @@ def add_commands(sub) -> None:
     add_simulation_options(p)
     add_max_group(p)
     p.set_defaults(func=cmd_tune_bench)
+
+    p = add_command(benchmarks, "simspeed", help="simulated cycles per second of whole programs on the RTL "
+                                                 "(dlfusion run as a process), against the bare MAC array")
+    add_hw(p)
+    _add_out(p)
+    p.add_argument("--reference-only", action="store_true", help="measure the bare MAC array only")
+    p.add_argument("--reference-cycles", type=int, default=None, metavar="N",
+                   help="cycles of the bare MAC array run (default: about 5 s of simulation)")
+    add_json(p)
+    p.set_defaults(func=cmd_simspeed)
 
 
 def _add_out(parser) -> None:
@@ -112,4 +125,18 @@ def cmd_tune_bench(args) -> int:
     print()
     print(summary_table(summary_rows({r["source"]: r for r in reports})))
     print(f"report: {Path(args.report) / 'tune-report.md'}")
+    return 0
+
+
+def cmd_simspeed(args) -> int:
+    from .. import simspeed
+    if args.reference_cycles is not None and args.reference_cycles < 1:
+        raise UsageError(f"--reference-cycles must be at least 1, not {args.reference_cycles}")
+    report = simspeed.simspeed(load_hw(args), Path(args.out) / "simspeed", args.hw,
+                               programs=() if args.reference_only else simspeed.PROGRAMS,
+                               reference_cycles=args.reference_cycles)
+    if args.json:
+        print_json(report)
+    else:
+        print(simspeed.simspeed_table(report))
     return 0
