@@ -188,6 +188,9 @@ def loads(draw):
     sram_s1 = n0 + draw(st.integers(0, 2))
     sram_s2 = n1 * sram_s1 + draw(st.integers(0, 2))
     top = depth - 1 - (n2 - 1) * sram_s2 - (n1 - 1) * sram_s1 - (n0 - 1)
+    if top < 0:     # the gaps do not fit this scratchpad: packed rows and planes (at most 24 lines) do
+        sram_s1, sram_s2 = n0, n1 * n0
+        top = depth - n2 * n1 * n0
     return dict(buffer=buffer, n0=n0, n1=n1, n2=n2, sram_s1=sram_s1, sram_s2=sram_s2,
                 sram_addr=draw(st.integers(0, max(0, top))),
                 dram_addr=draw(st.integers(0, 200)), dram_s1=draw(st.integers(0, 9)),
