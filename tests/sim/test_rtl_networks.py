@@ -98,7 +98,7 @@ def test_random_fused_graphs_rtl_equal_golden(quad_rtl, seed):
 
 
 def test_zoo_benchmark_rows_and_cache(net_rtl, tmp_path):
-    """``python -m dlfusion.bench zoo`` on tiny_cnn: the three plans on the RTL, the derived columns,
+    """``dlfusion bench zoo`` on tiny_cnn: the three plans on the RTL, the derived columns,
     and a second run served from the cache (keyed by the compiled binaries)."""
     from dlfusion.bench import zoo_bench
     rows = zoo_bench(NET, tmp_path, models=["tiny_cnn"], workers=2)["rows"]
