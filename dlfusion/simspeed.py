@@ -319,6 +319,7 @@ def simspeed_table(report: dict) -> str:
                      f"{row['wall_seconds']:.2f} | {row['cycles_per_second']:,.0f} | {row['ratio_to_reference']:.4f} |")
     build = report["build_seconds"]
     lines.append("")
-    lines.append("accelerator model build: " + (f"{build:.1f} s" if build is not None else "cached"))
+    if report["programs"]:
+        lines.append("accelerator model build: " + (f"{build:.1f} s" if build is not None else "cached"))
     lines.append("load average at start: " + ", ".join(f"{v:.2f}" for v in report["load_average"]))
     return "\n".join(lines)
