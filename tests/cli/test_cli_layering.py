@@ -41,4 +41,4 @@ def test_the_cli_parses():
     assert {"verilog", "run", "layer", "compile", "models", "export", "demo", "characterize", "tune", "bench",
             "lint"} == set(commands)
     benchmarks = commands["bench"]._subparsers._group_actions[0].choices
-    assert set(benchmarks) == {"foundation", "scaling", "zoo", "tune"}
+    assert set(benchmarks) == {"foundation", "scaling", "zoo", "tune", "simspeed"}
