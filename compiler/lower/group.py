@@ -36,13 +36,9 @@ class GroupLowering:
     tiles : list of int
         Per core (of the group's ``cores``): tiles (a layer's weight groups x row bands) or bands
         (a fusion group) it computes.
-    fused : FusedGroup or None
-    layout : the fusion group's layout (:meth:`FusedGroup.layout`), or None
     """
     report: dict = field(default_factory=dict)
     tiles: list[int] = field(default_factory=list)
-    fused: FusedGroup | None = None
-    layout: object = None
 
 
 def core_parts(split: Split, cores: int, rows: int, blocks: int) -> list[tuple]:
@@ -69,15 +65,14 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
         A fusion group's :class:`FusedGroup` and layout for ``cores``, when already made.
     """
     lanes = hw.lanes
-    by_name = {node.name: node for node in graph.nodes}
-    node = by_name[nodes[0]]
+    node = next(node for node in graph.nodes if node.name == nodes[0])
     if len(nodes) > 1:
         fused = fused or FusedGroup(graph, hw, nodes, label=label)
         layout = layout or fused.layout(cores)
         for name in fused.inputs:
             address(name)
         report = fused.emit(streams, layout, address=address, constants=constants)
-        return GroupLowering(report, [len(schedule.bands) for schedule in layout.schedules], fused, layout)
+        return GroupLowering(report, [len(schedule.bands) for schedule in layout.schedules])
     if node.op is Op.CONCAT:
         return GroupLowering()      # the producers already wrote into the concat's channel blocks
     out = address(node.output)
