@@ -11,7 +11,7 @@ the cycle. :class:`Core` joins them with the scratchpads and the
 units and keeps the first error and the counters.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -343,9 +343,10 @@ class Core(wiring.Component):
     counters : Out(COUNTERS), cycle and event counts since the last start.
     """
 
-    def __init__(self, hw: HwConfig, index: int):
+    def __init__(self, hw: HwConfig, index: int, *, clock_gating: bool = True):
         self.hw = hw
         self.index = index
+        self.clock_gating = bool(clock_gating)
         super().__init__({
             "start": In(1), "enable": In(1), "prog_addr": In(32), "halt": In(1),
             "fetch": Out(RequestSignature(hw, 0)), "fetch_resp": In(ResponseSignature(hw, 0)),
@@ -360,10 +361,22 @@ class Core(wiring.Component):
         m = Module()
         hw = self.hw
 
-        m.submodules.dma = dma = DmaUnit(hw)
-        m.submodules.pe = pe = PeArray(hw)
-        m.submodules.ppu = ppu = Ppu(hw)
+        dma, pe, ppu = DmaUnit(hw), PeArray(hw), Ppu(hw)
         units = dict(zip(UNITS, (dma, pe, ppu), strict=True))
+        if self.clock_gating:
+            # The clock gates' enables are sampled on the falling edge (see _clock_gate).
+            m.domains.gate_latch = ClockDomain(clk_edge="neg", reset_less=True, local=True)
+            m.d.comb += ClockSignal("gate_latch").eq(ClockSignal("sync"))
+        for kind, unit in units.items():
+            name = kind.name.lower()
+            if self.clock_gating:
+                m.submodules[name] = DomainRenamer(self._clock_gate(m, name, unit))(unit)
+            else:
+                # The domain names the scratchpad ports use, all on the core's clock.
+                m.submodules[name] = DomainRenamer(f"{name}_gated")(unit)
+                m.domains += ClockDomain(f"{name}_gated", local=True)
+                m.d.comb += [ClockSignal(f"{name}_gated").eq(ClockSignal("sync")),
+                             ResetSignal(f"{name}_gated").eq(ResetSignal("sync"))]
         self._scratchpads(m, dma, pe, ppu)
         wiring.connect(m, wiring.flipped(self.dma), dma.req)
         wiring.connect(m, wiring.flipped(self.dma_resp), dma.resp)
@@ -424,6 +437,25 @@ class Core(wiring.Component):
                 m.d.sync += counter.eq(counter + 1)
         return m
 
+    @staticmethod
+    def _clock_gate(m, name, unit):
+        """A clock domain for ``unit`` whose clock ticks only at the edges after the cycles the unit
+        is ``awake`` (see :mod:`dlfusion.hw.unit`); returns its name.
+
+        A clock gate as silicon has it: the enable is sampled while the clock is low (here by a
+        flip-flop on the falling edge, standing for the gate's latch), so the gated clock has no
+        glitch and rises exactly with the core's clock. The cycles do not change: a unit that is not
+        awake would have kept its state anyway. Verilator evaluates a domain's logic only when its
+        clock ticks, so an idle unit costs no simulation time.
+        """
+        domain = f"{name}_gated"
+        m.domains += ClockDomain(domain, local=True)
+        enable = Signal(name=f"{name}_clock_enable", init=1)
+        m.d.gate_latch += enable.eq(unit.awake | ResetSignal("sync"))
+        m.d.comb += [ClockSignal(domain).eq(ClockSignal("sync") & enable),
+                     ResetSignal(domain).eq(ResetSignal("sync"))]
+        return domain
+
     def _errors(self, m, dispatch, semaphores, units):
         """The first error of the core's own blocks, held; a unit's error shows through until then."""
         error = Signal()
@@ -455,21 +487,25 @@ class Core(wiring.Component):
 
         # The ports of each memory in the order the design has always created them (the order of
         # write ports is their priority); the units' ports joined through their signatures.
+        # A unit's read ports (and the PE's accumulator write port) are clocked with the unit (see
+        # _clock_gate): read data then changes only when the unit's clock ticks, so the logic behind
+        # it is evaluated only then. The act write ports stay on the core's clock, in one domain,
+        # so their priority stays defined.
         act_dma_w = act.write_port()
         act_ppu_w = act.write_port()
         wiring.connect(m, ppu.act_write, act_ppu_w)
-        wiring.connect(m, pe.act_read, act.read_port())
-        wiring.connect(m, ppu.a_read, act.read_port())
-        wiring.connect(m, ppu.b_read, act.read_port())
-        wiring.connect(m, dma.act_read, act.read_port())
+        wiring.connect(m, pe.act_read, act.read_port(domain="pe_gated"))
+        wiring.connect(m, ppu.a_read, act.read_port(domain="ppu_gated"))
+        wiring.connect(m, ppu.b_read, act.read_port(domain="ppu_gated"))
+        wiring.connect(m, dma.act_read, act.read_port(domain="dma_gated"))
         weight_w = weight.write_port(granularity=line_bits)
-        wiring.connect(m, pe.weight_read, weight.read_port())
-        acc_w = acc.write_port()
+        wiring.connect(m, pe.weight_read, weight.read_port(domain="pe_gated"))
+        acc_w = acc.write_port(domain="pe_gated")
         wiring.connect(m, pe.acc_write, acc_w)
-        wiring.connect(m, pe.acc_read, acc.read_port(transparent_for=(acc_w,)))
-        wiring.connect(m, ppu.acc_read, acc.read_port())
+        wiring.connect(m, pe.acc_read, acc.read_port(domain="pe_gated", transparent_for=(acc_w,)))
+        wiring.connect(m, ppu.acc_read, acc.read_port(domain="ppu_gated"))
         param_w = param.write_port(granularity=line_bits)
-        wiring.connect(m, ppu.param_read, param.read_port())
+        wiring.connect(m, ppu.param_read, param.read_port(domain="ppu_gated"))
 
         # DMA line writes decoded to the three DMA-writable scratchpads.
         line = dma.line_write

@@ -271,6 +271,9 @@ class DmaUnit(wiring.Component):
                 m.next = "IDLE"
             with m.State("HALT"):
                 m.d.comb += self.busy.eq(1)
+        # IDLE with no line held and no response due, only an instruction arriving changes anything.
+        m.d.comb += self.awake.eq(self.busy | self.queue.valid | store_valid | (outstanding != 0)
+                                  | self.resp.valid)
         # A store line granted in RUN while no new line replaces it.
         with m.If(store_valid & self.req.ready & ~(advance & is_store & ~pad)):
             m.d.sync += store_valid.eq(0)

@@ -246,5 +246,8 @@ class PeArray(wiring.Component):
         m.d.comb += [
             self.busy.eq(active | control1.valid | stage2.valid),
             self.progress.eq(issue | stage2.valid),
+            # Idle, the pipeline data and the forwarding data are read by nothing: what can change
+            # is an instruction starting, a stage emptying or the forwarding bit clearing.
+            self.awake.eq(self.busy | forward_valid | self.queue.valid),
         ]
         return m

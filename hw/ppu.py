@@ -213,7 +213,11 @@ class Ppu(wiring.Component):
         ]
         with m.If(write_stage.valid & write_stage.last):
             m.d.comb += [self.done.eq(1), self.done_signal.eq(signal_mask), self.done_pc.eq(pc)]
-        m.d.comb += self.progress.eq(issue | pipeline_busy | self.done)
+        m.d.comb += [
+            self.progress.eq(issue | pipeline_busy | self.done),
+            # IDLE with an empty pipeline, only an instruction arriving changes what is observed.
+            self.awake.eq(self.busy | pipeline_busy | self.queue.valid),
+        ]
         return m
 
 

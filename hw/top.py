@@ -41,8 +41,9 @@ class Accelerator(wiring.Component):
         fusion groups without probing the cores.
     """
 
-    def __init__(self, hw: HwConfig):
+    def __init__(self, hw: HwConfig, *, clock_gating: bool = True):
         self.hw = hw
+        self.clock_gating = bool(clock_gating)
         super().__init__({
             "start": In(1), "core_mask": In(hw.cores), "prog_addr": In(32 * hw.cores),
             "mem": Out(BackingStoreSignature(hw)),
@@ -64,7 +65,7 @@ class Accelerator(wiring.Component):
         m.d.comb += halt.eq(error)
         cores = []
         for index in range(hw.cores):
-            core = Core(hw, index)
+            core = Core(hw, index, clock_gating=self.clock_gating)
             m.submodules[f"core{index}"] = core
             cores.append(core)
             wiring.connect(m, core.fetch, getattr(memsys, f"req{2 * index}"))
@@ -117,7 +118,7 @@ class Accelerator(wiring.Component):
         return m
 
 
-def generate_verilog(hw: HwConfig, *, debug_names: bool = True) -> str:
+def generate_verilog(hw: HwConfig, *, debug_names: bool = True, clock_gating: bool = True) -> str:
     """Verilog of the accelerator for ``hw``, top module ``dlfusion_accel``.
 
     Parameters
@@ -132,12 +133,15 @@ def generate_verilog(hw: HwConfig, *, debug_names: bool = True) -> str:
         waveforms easier to read. ``False`` removes exactly these wires (see
         :mod:`dlfusion.hw.netnames`); the logic is the same. ``dlfusion verilog`` writes
         the Verilog without them, simulation builds keep them.
+    clock_gating : bool
+        Run each unit of a core on a clock gated by the unit's ``awake`` (the default; idle units
+        cost no simulation time), or every unit on the one clock (``False``). Same cycles.
 
     Returns
     -------
     str
     """
-    top = Accelerator(hw)
+    top = Accelerator(hw, clock_gating=clock_gating)
     if debug_names:
         return verilog.convert(top, name=TOP_NAME, emit_src=False)
     text = strip_unused_aliases(rtlil.convert(top, name=TOP_NAME, emit_src=False))

@@ -6,6 +6,13 @@ A unit receives instructions in program order from its queue (a stream of
 available (``sem_ok``). When an instruction has completed it pulses ``done`` with the
 instruction's ``signal`` mask; an error stops it with a code and the
 instruction index.
+
+A unit says when it is ``awake``: in a cycle where ``awake`` is low, the unit's next state is
+its present state in everything that can ever be observed (its outputs, the scratchpad ports
+it drives, and the state that decides them), so the core may stop its clock for that cycle
+(:class:`dlfusion.hw.core.Core` does: an idle unit then costs nothing in simulation, and would
+cost no clock power in silicon). Registers whose values are read only under a valid bit that
+is low (pipeline data behind an empty stage) may differ from an ungated run; nothing else may.
 """
 
 from amaranth.hdl import Module, Signal
@@ -54,6 +61,7 @@ def unit_members(payload: data.Layout) -> dict:
         "error_pc": Out(32),
         "busy": Out(1),         # executing an instruction (for idle detection and counters)
         "progress": Out(1),     # did useful work this cycle (for the watchdog)
+        "awake": Out(1),        # the unit's state may change at the next clock edge (see below)
     }
 
 
