@@ -120,7 +120,7 @@ def build_reference(hw: HwConfig, build_root: str | Path | None = None, jobs: in
     bench = _BENCH_SV.format(top=BENCH_TOP, module=MODULE, accumulators=hw.cores * hw.pe_rows * hw.pe_cols)
     args = [*VERILATOR_ARGS, "--binary", "--top-module", BENCH_TOP, "-o", BENCH_TOP, "--build-jobs", str(jobs)]
     key = hashlib.sha256("\0".join([verilog, bench, *args, verilator_tool.version(),
-                                    *verilator_tool.MAKE_FIXES]).encode()).hexdigest()[:16]
+                                    *verilator_tool.MAKE_VARIABLES]).encode()).hexdigest()[:16]
     root = Path(build_root) if build_root is not None else default_build_root()
     model_dir = (root / f"mac-reference-{key}").resolve()
     executable = model_dir / BENCH_TOP

@@ -434,7 +434,7 @@ class RtlSimulator:
         """Everything besides the accelerator Verilog that determines the model."""
         return [BUILD_FORMAT, TB_SOURCE.read_bytes(), _PUBLIC_VLT, self._verilator_args(),
                 sorted(self._parameters().items()), self.waves, verilator_tool.version(),
-                _version("cocotb"), sys.version_info[:2], verilator_tool.MAKE_FIXES]
+                _version("cocotb"), sys.version_info[:2], verilator_tool.MAKE_VARIABLES]
 
     def _verilator_args(self) -> list[str]:
         args = list(VERILATOR_ARGS)

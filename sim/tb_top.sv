@@ -21,6 +21,14 @@
 // Clocking: with TB_SV_CLOCK defined (the default build, needs --timing) the
 // clock is generated here, so the cocotb side is not woken per cycle; without
 // it, clk is an input driven by a cocotb Clock (kept for comparison/debug).
+//
+// Control inputs: rst, start, core_mask and prog_addr reach the accelerator through
+// registers (one cycle later than cocotb writes them). Verilator evaluates all logic
+// that depends combinationally on a top-level input at every eval() call (its "ico"
+// region: every rising and falling clock edge), and every next-state function of the
+// accelerator depends on rst: registered here, that logic is evaluated only when its
+// clock ticks. The accelerator's own cycle counts are unchanged (counted from the start
+// it sees), and so are the DRAM counters below (kept on the same start).
 
 module tb_top #(
     parameter int L = 16,
@@ -64,12 +72,23 @@ module tb_top #(
     logic [8*L-1:0] mem_rdata;
     logic [CORES-1:0] barrier_go;
 
+    logic                rst_q = 1'b1;
+    logic                start_q = 1'b0;
+    logic [CORES-1:0]    core_mask_q = '0;
+    logic [32*CORES-1:0] prog_addr_q = '0;
+    always_ff @(posedge clk) begin
+        rst_q <= rst;
+        start_q <= start;
+        core_mask_q <= core_mask;
+        prog_addr_q <= prog_addr;
+    end
+
     dlfusion_accel dut (
         .clk        (clk),
-        .rst        (rst),
-        .start      (start),
-        .core_mask  (core_mask),
-        .prog_addr  (prog_addr),
+        .rst        (rst_q),
+        .start      (start_q),
+        .core_mask  (core_mask_q),
+        .prog_addr  (prog_addr_q),
         .mem__addr  (mem_addr),
         .mem__re    (mem_re),
         .mem__we    (mem_we),
@@ -110,7 +129,7 @@ module tb_top #(
         tb_dram_writes = '0;
     end
     always_ff @(posedge clk) begin
-        if (start) begin
+        if (start_q) begin
             tb_dram_reads <= '0;
             tb_dram_writes <= '0;
         end else begin
@@ -128,7 +147,7 @@ module tb_top #(
         end
     end
     always @(posedge clk) begin
-        if (barrier_log != 0 && !rst && |barrier_go) begin
+        if (barrier_log != 0 && !rst_q && |barrier_go) begin
             $fwrite(barrier_log, "%0d %0d %0d %0d\n", cycles, barrier_go, tb_dram_reads, tb_dram_writes);
             $fflush(barrier_log);   // read by Python after the process exits, which may not close it
         end
