@@ -116,10 +116,17 @@ VERILATOR_ARGS = (
     "--no-public-flat-rw",
     "-Wno-fatal", "-Wno-lint", "-Wno-style",   # lint is verilator_tool.lint's job
 )
-_PUBLIC_VLT = """\
-`verilator_config
-public_flat_rw -module "tb_top" -var "*"
-"""
+#: What cocotb writes (made public read-write) and reads (public read-only). Nothing more: a
+#: read-write variable may change at any time for Verilator, so the logic reading it is
+#: evaluated at every eval() call (twice a cycle), as it would be for the registered control
+#: inputs of tb_top.sv if they were public.
+TB_WRITTEN = ("clk", "rst", "start", "core_mask", "prog_addr", "dump_trigger", "dump_start", "dump_count",
+              "dump_index")
+TB_READ = ("done", "error_code", "error_core", "error_pc", "cycles", "counters", "tb_cycles", "tb_oob",
+           "tb_dram_reads", "tb_dram_writes")
+_PUBLIC_VLT = "\n".join(["`verilator_config",
+                         *(f'public_flat_rw -module "tb_top" -var "{name}"' for name in TB_WRITTEN),
+                         *(f'public_flat_rd -module "tb_top" -var "{name}"' for name in TB_READ)]) + "\n"
 #: LZ4's public API, as fstcpp uses it (the system may have liblz4.so.1 but no headers).
 _LZ4_SHIM_H = """\
 #pragma once
