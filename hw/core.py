@@ -361,16 +361,20 @@ class Core(wiring.Component):
         m = Module()
         hw = self.hw
 
-        dma, pe, ppu = DmaUnit(hw), PeArray(hw), Ppu(hw)
+        # The PPU's ADD-only half has a gate of its own (ppu_add_gated; with one clock, the PPU's).
+        dma, pe = DmaUnit(hw), PeArray(hw)
+        ppu = Ppu(hw, add_domain="ppu_add_gated" if self.clock_gating else "ppu_gated")
         units = dict(zip(UNITS, (dma, pe, ppu), strict=True))
         if self.clock_gating:
             # The clock gates' enables are sampled on the falling edge (see _clock_gate).
             m.domains.gate_latch = ClockDomain(clk_edge="neg", reset_less=True, local=True)
             m.d.comb += ClockSignal("gate_latch").eq(ClockSignal("sync"))
+        if self.clock_gating:
+            self._clock_gate(m, "ppu_add", ppu.add_awake)
         for kind, unit in units.items():
             name = kind.name.lower()
             if self.clock_gating:
-                m.submodules[name] = DomainRenamer(self._clock_gate(m, name, unit))(unit)
+                m.submodules[name] = DomainRenamer(self._clock_gate(m, name, unit.awake))(unit)
             else:
                 # The domain names the scratchpad ports use, all on the core's clock.
                 m.submodules[name] = DomainRenamer(f"{name}_gated")(unit)
@@ -438,9 +442,9 @@ class Core(wiring.Component):
         return m
 
     @staticmethod
-    def _clock_gate(m, name, unit):
-        """A clock domain for ``unit`` whose clock ticks only at the edges after the cycles the unit
-        is ``awake`` (see :mod:`dlfusion.hw.unit`); returns its name.
+    def _clock_gate(m, name, awake):
+        """A clock domain ``<name>_gated`` whose clock ticks only at the edges after the cycles
+        ``awake`` is high (a unit's ``awake``, see :mod:`dlfusion.hw.unit`); returns its name.
 
         A clock gate as silicon has it: the enable is sampled while the clock is low (here by a
         flip-flop on the falling edge, standing for the gate's latch), so the gated clock has no
@@ -451,7 +455,7 @@ class Core(wiring.Component):
         domain = f"{name}_gated"
         m.domains += ClockDomain(domain, local=True)
         enable = Signal(name=f"{name}_clock_enable", init=1)
-        m.d.gate_latch += enable.eq(unit.awake | ResetSignal("sync"))
+        m.d.gate_latch += enable.eq(awake | ResetSignal("sync"))
         m.d.comb += [ClockSignal(domain).eq(ClockSignal("sync") & enable),
                      ResetSignal(domain).eq(ResetSignal("sync"))]
         return domain
@@ -495,7 +499,7 @@ class Core(wiring.Component):
         act_ppu_w = act.write_port()
         wiring.connect(m, ppu.act_write, act_ppu_w)
         wiring.connect(m, pe.act_read, act.read_port(domain="pe_gated"))
-        wiring.connect(m, ppu.a_read, act.read_port(domain="ppu_gated"))
+        wiring.connect(m, ppu.a_read, act.read_port(domain=ppu.add_domain))
         wiring.connect(m, ppu.b_read, act.read_port(domain="ppu_gated"))
         wiring.connect(m, dma.act_read, act.read_port(domain="dma_gated"))
         weight_w = weight.write_port(granularity=line_bits)

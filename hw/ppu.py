@@ -37,6 +37,11 @@ class Ppu(wiring.Component):
     a_read, b_read : In(ReadPort.Signature), two activation read ports (ADD).
     param_read : In(ReadPort.Signature), a parameter scratchpad read port.
     act_write : In(WritePort.Signature), an activation write port.
+    add_awake : Out(1), the ADD-only half of the lanes may change state at the next edge.
+
+    ``add_domain`` is the clock domain of that half (the second converter, the second FMA and
+    their operand registers; ``a_read`` belongs with it): the core clocks it with a gate on
+    ``add_awake``, so a REQUANT never ticks it (operand isolation); ``"sync"`` by default.
 
     The unit computes addresses wider than the scratchpads' and checks them against the depth
     before it reads or writes.
@@ -45,8 +50,9 @@ class Ppu(wiring.Component):
     #: The unit's view of the instruction payload (REQUANT or ADD; SYNC reads it as an empty loop).
     PAYLOAD = data.UnionLayout({"requant": REQUANT_PAYLOAD, "add": ADD_PAYLOAD})
 
-    def __init__(self, hw: HwConfig):
+    def __init__(self, hw: HwConfig, *, add_domain: str = "sync"):
         self.hw = hw
+        self.add_domain = add_domain
         lanes = hw.lanes
         act_bits, acc_bits, param_bits = (exact_log2(depth) for depth in
                                           (hw.act_lines, hw.acc_entries, hw.param_entries))
@@ -55,6 +61,7 @@ class Ppu(wiring.Component):
 
         super().__init__({
             **unit_members(self.PAYLOAD),
+            "add_awake": Out(1),
             "acc_read": read(acc_bits, 32 * lanes),
             "a_read": read(act_bits, 8 * lanes),
             "b_read": read(act_bits, 8 * lanes),
@@ -193,7 +200,7 @@ class Ppu(wiring.Component):
         for lane in range(lanes):
             word = slice(32 * lane, 32 * lane + 32)
             byte = slice(8 * lane, 8 * lane + 8)
-            datapath = PpuLane()
+            datapath = PpuLane(add_domain=self.add_domain)
             m.submodules[f"lane{lane}"] = datapath
             m.d.comb += [
                 datapath.acc.eq(self.acc_read.data[word]), datapath.a.eq(self.a_read.data[byte]),
@@ -217,6 +224,8 @@ class Ppu(wiring.Component):
             self.progress.eq(issue | pipeline_busy | self.done),
             # IDLE with an empty pipeline, only an instruction arriving changes what is observed.
             self.awake.eq(self.busy | pipeline_busy | self.queue.valid),
+            # The ADD-only half of the lanes works only while an ADD executes or drains.
+            self.add_awake.eq(is_add & (self.busy | pipeline_busy)),
         ]
         return m
 
@@ -238,6 +247,10 @@ class PpuLane(wiring.Component):
     The inputs of stage 1 are those of the cycle after the read; the instruction fields
     (``is_add``, signedness, zero point, clamps) and the parameters hold during an instruction.
     """
+
+    def __init__(self, *, add_domain: str = "sync"):
+        self.add_domain = add_domain
+        super().__init__()
 
     acc: In(32)
     a: In(8)
@@ -265,16 +278,21 @@ class PpuLane(wiring.Component):
             to_float_x.value.eq(Mux(is_add, _widen(self.b, self.in_signed), acc_plus_bias)),
             to_float_a.value.eq(_widen(self.a, self.in_signed)),
         ]
+        add = m.d[self.add_domain]       # registers of the ADD-only half (see Ppu)
         x_float, a_float = Signal(32), Signal(32)
-        m.d.sync += [x_float.eq(to_float_x.result), a_float.eq(to_float_a.result)]
+        m.d.sync += x_float.eq(to_float_x.result)
+        add += a_float.eq(to_float_a.result)
         # stage 2: t = fma(x, mult, 0) | fma(b, rb, fixed)
         m.submodules.fma1 = fma1 = FusedMultiplyAdd()
         m.d.comb += [fma1.a.eq(x_float), fma1.b.eq(self.param1), fma1.c.eq(Mux(is_add, self.param2, 0))]
-        t, a_float2 = Signal(32), Signal(32)
-        m.d.sync += [t.eq(fma1.result), a_float2.eq(a_float)]
+        t, t_add, a_float2, ra = Signal(32), Signal(32), Signal(32), Signal(32)
+        m.d.sync += t.eq(fma1.result)
+        # ra: param0 (ADD: ra) a cycle later, as the parameters hold for the whole instruction and
+        # are read in stage 3 at least three cycles after they were loaded.
+        add += [t_add.eq(fma1.result), a_float2.eq(a_float), ra.eq(self.param0)]
         # stage 3: r = fma(a, ra, t) | t
         m.submodules.fma2 = fma2 = FusedMultiplyAdd()
-        m.d.comb += [fma2.a.eq(a_float2), fma2.b.eq(self.param0), fma2.c.eq(t)]
+        m.d.comb += [fma2.a.eq(a_float2), fma2.b.eq(ra), fma2.c.eq(t_add)]
         r = Signal(32)
         m.d.sync += r.eq(Mux(is_add, fma2.result, t))
         # stage 4: round, zero point, clamp
