@@ -20,8 +20,8 @@ import numpy as np
 from ..ir import IRError, Node, Op, Tensor
 from .registry import Context, f32
 
-__all__ = ["requant_multiplier", "conv", "fully_connected", "add", "global_average_pool", "average_pool",
-           "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
+__all__ = ["requant_multiplier", "conv", "grouped_to_dense", "fully_connected", "add", "global_average_pool",
+           "average_pool", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
 
 
 def requant_multiplier(x_scale, w_scale, y_scale, channels: int) -> np.ndarray:
@@ -49,16 +49,31 @@ def conv(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, w: np.n
     out_channels = w.shape[0]
     bias = bias.astype(np.int32) if bias is not None else np.zeros(out_channels, np.int32)
     multiplier = requant_multiplier(f32(x_scale), w_scale, f32(y_scale), out_channels)
+    attrs = dict(kernel=k, stride=s, pad=p, bias=bias, multiplier=multiplier)
     if group == 1:
-        op = Op.CONV
+        op, weight = Op.CONV, w.astype(np.int8)
     elif group == c == out_channels and w.shape[1] == 1:
-        op = Op.DEPTHWISE
+        op, weight = Op.DEPTHWISE, w.astype(np.int8)
+    elif group > 1 and c % group == 0 and out_channels % group == 0 and w.shape[1] == c // group:
+        # held dense, zero outside the diagonal blocks; the lowering skips the all-zero weight blocks
+        op, weight = Op.CONV, grouped_to_dense(w.astype(np.int8), group)
+        attrs["groups"] = group
     else:
-        raise IRError(f"{where}: grouped convolution with group={group} is not supported "
-                      f"(only 1 and depthwise, group = channels = {c})")
-    return ctx.emit(Node(name, op, [x.name], output,
-                         dict(kernel=k, stride=s, pad=p, weight=w.astype(np.int8), bias=bias, multiplier=multiplier)),
+        raise IRError(f"{where}: convolution with group={group} on {c} input and {out_channels} output channels "
+                      f"and a {tuple(w.shape)} weight is not supported (group must divide both)")
+    return ctx.emit(Node(name, op, [x.name], output, dict(attrs, weight=weight)),
                     (out_channels, *ctx.out_hw(h, wd, k, s, p)), y_scale, y_zero)
+
+
+def grouped_to_dense(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The ``(K, C, k, k)`` weight of a grouped convolution's ``(K, C / groups, k, k)``: zero between groups."""
+    out_channels, group_in, kh, kw = weight.shape
+    group_out = out_channels // groups
+    dense = np.zeros((out_channels, group_in * groups, kh, kw), weight.dtype)
+    for g in range(groups):
+        dense[g * group_out:(g + 1) * group_out, g * group_in:(g + 1) * group_in] = \
+            weight[g * group_out:(g + 1) * group_out]
+    return dense
 
 
 def fully_connected(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, weight: np.ndarray, w_scale,
