@@ -23,9 +23,16 @@ def _name(node) -> str:
     return node.name or node.output[0]
 
 
+#: Float ops that onnxruntime's QOperator quantizer leaves between a DequantizeLinear and a QuantizeLinear
+#: and that dlfusion runs quantized (as onnxruntime's QDQ format would have them: see :mod:`.qdq`).
+FLOAT_ISLAND_OPS = ("ReduceMean",)
+
+
 @converter("QuantizeLinear")
 def quantize_linear(ctx: Context, node) -> None:
     ir = ctx.ir
+    if node.output[0] in ir.tensors:    # the output quantization of a float island (ReduceMean) before it
+        return
     if node.input[0] != ctx.model_input.name or ir.input:
         raise IRError(f"{ctx.where(node)}: only the model input may be quantized (QuantizeLinear); "
                       "this model quantizes an intermediate tensor")
@@ -39,6 +46,16 @@ def quantize_linear(ctx: Context, node) -> None:
 @converter("DequantizeLinear")
 def dequantize_linear(ctx: Context, node) -> None:
     source = ctx.tensor(node.input[0], node)
+    readers = ctx.consumers(node.output[0])
+    if node.output[0] != ctx.onnx_graph.output[0].name and readers and \
+            all(r.op_type in FLOAT_ISLAND_OPS for r in readers):
+        scale, zero = ctx.const(node.input[1], node), ctx.const(node.input[2], node)
+        if f32(scale) != np.float32(source.scale) or int(np.asarray(zero).reshape(-1)[0]) != source.zero_point:
+            raise IRError(f"{ctx.where(node)}: dequantizes {source.name!r} with scale {float(f32(scale))}, zero "
+                          f"point {int(np.asarray(zero).reshape(-1)[0])} instead of its own "
+                          f"({source.scale}, {source.zero_point})")
+        ctx.alias[node.output[0]] = source.name     # read by the float op through its DequantizeLinear
+        return
     if node.output[0] != ctx.onnx_graph.output[0].name:
         raise IRError(f"{ctx.where(node)}: only the model output may be dequantized; this model dequantizes "
                       f"{source.name!r} in the middle (a float op follows it)")
@@ -147,3 +164,8 @@ def activation(ctx: Context, node) -> None:
 @converter("Constant")
 def constant(ctx: Context, node) -> None:
     """Read with the initializers before conversion."""
+
+
+@converter("ReduceMean")
+def reduce_mean(ctx: Context, node) -> None:
+    nodes.reduce_mean(ctx, node, node.name or node.output[0], ctx.tensor(node.input[0], node))

@@ -21,7 +21,7 @@ from ..ir import IRError, Node, Op, Tensor
 from .registry import Context, f32
 
 __all__ = ["requant_multiplier", "conv", "grouped_to_dense", "fully_connected", "add", "global_average_pool",
-           "average_pool", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
+           "reduce_mean", "average_pool", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
 
 
 def requant_multiplier(x_scale, w_scale, y_scale, channels: int) -> np.ndarray:
@@ -112,6 +112,53 @@ def global_average_pool(ctx: Context, node, name: str, output: str, x: Tensor, x
     multiplier = np.float32(x_scale / (y_scale * np.float32(h * wd)))
     return ctx.emit(Node(name, Op.AVGPOOL, [x.name], output, dict(kernel=h, stride=1, pad=0, multiplier=multiplier)),
                     (c, 1, 1), y_scale, y_zero)
+
+
+#: Float ops that may stand between a ReduceMean and the QuantizeLinear of its result (they keep the values).
+_SHAPE_OPS = ("Flatten", "Reshape")
+
+
+def reduce_mean(ctx: Context, node, name: str, x: Tensor) -> Tensor:
+    """An AVGPOOL node of a ReduceMean over the spatial axes (H and W, ``keepdims`` either way).
+
+    onnxruntime's quantizers leave ReduceMean in float in both formats (``DequantizeLinear ->
+    ReduceMean -> [Flatten] -> QuantizeLinear``, not fused by its QDQ transformer): it dequantizes
+    every value, sums and divides in float32 and quantizes the mean with the QuantizeLinear found
+    after it (through shape-only float ops). That is a global average pool, computed here as the
+    IR's (an exact int32 sum, one float32 multiplier ``x_scale / (y_scale * H*W)``): the two agree
+    but where the real mean lies within float32 rounding of a rounding tie (see the README)."""
+    where = ctx.where(node)
+    a = ctx.attrs(node)
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in np.asarray(ctx.const(node.input[1], node)).reshape(-1)]
+    if axes is None or sorted(int(v) % 4 for v in axes) != [2, 3]:
+        raise IRError(f"{where}: only a mean over the spatial axes [2, 3] is supported, not axes {axes}")
+    # the QuantizeLinear of the mean, through shape-only float ops
+    tensor, chain = node.output[0], []
+    while True:
+        readers = ctx.consumers(tensor)
+        if len(readers) == 1 and readers[0].op_type in _SHAPE_OPS:
+            chain.append(readers[0])
+            tensor = readers[0].output[0]
+            continue
+        break
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        feeds = [f"{r.name or r.output[0]} ({r.op_type})" for r in readers] or ["the model output"]
+        raise IRError(f"{where}: the mean must be quantized by one QuantizeLinear (dlfusion runs quantized ops "
+                      f"only); it feeds {', '.join(feeds)}")
+    quantize = readers[0]
+    y_scale = ctx.const(quantize.input[1], quantize)
+    y_zero = ctx.const(quantize.input[2], quantize) if len(quantize.input) > 2 and quantize.input[2] \
+        else np.uint8(0)
+    if f32(y_scale) == np.float32(x.scale):
+        # then sum / count is often an exact half, which onnxruntime's float sum (in its vectorized order,
+        # each value rounded on dequantization) decides one way or the other
+        raise IRError(f"{where}: a mean quantized with its input's scale is not supported: its rounding at "
+                      "exact halves depends on onnxruntime's float summation order")
+    out = global_average_pool(ctx, node, name, quantize.output[0], x, np.float32(x.scale), y_scale, y_zero)
+    ctx.alias[node.output[0]] = out.name        # the shape-only float ops read the pooled tensor
+    return out
 
 
 def average_pool(ctx: Context, node, name: str, output: str, x: Tensor, x_scale, y_scale, y_zero) -> Tensor:

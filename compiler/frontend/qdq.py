@@ -276,3 +276,9 @@ def flatten(ctx: QdqContext, node) -> None:
 @qdq_converter("Constant")
 def constant(ctx: QdqContext, node) -> None:
     """Read with the initializers before conversion."""
+
+
+@qdq_converter("ReduceMean")
+def reduce_mean(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    nodes.reduce_mean(ctx, node, node.name or node.output[0], x)
