@@ -25,7 +25,7 @@ def _name(node) -> str:
 
 #: Float ops that onnxruntime's QOperator quantizer leaves between a DequantizeLinear and a QuantizeLinear
 #: and that dlfusion runs quantized (as onnxruntime's QDQ format would have them: see :mod:`.qdq`).
-FLOAT_ISLAND_OPS = ("ReduceMean",)
+FLOAT_ISLAND_OPS = ("ReduceMean", "Slice", "Split")
 
 
 @converter("QuantizeLinear")
@@ -137,6 +137,10 @@ def max_pool(ctx: Context, node) -> None:
 @converter("Flatten", "Reshape")
 def flatten(ctx: Context, node) -> None:
     x = ctx.tensor(node.input[0], node)
+    if node.op_type == "Reshape" and np.asarray(ctx.const(node.input[1], node)).size == 5:
+        final, channels = nodes.shuffle(ctx, node, x)
+        nodes.channel_selection(ctx, node, _name(node), final.output[0], x, channels, *nodes.quantization_of(x))
+        return
     consumers = [n.op_type for n in ctx.consumers(node.output[0])]
     feeds_fc = all(t in ("QGemm", "QLinearMatMul", "DequantizeLinear") for t in consumers)
     if not feeds_fc and x.shape[1:] != (1, 1):
@@ -169,3 +173,34 @@ def constant(ctx: Context, node) -> None:
 @converter("ReduceMean")
 def reduce_mean(ctx: Context, node) -> None:
     nodes.reduce_mean(ctx, node, node.name or node.output[0], ctx.tensor(node.input[0], node))
+
+
+def _island_output(ctx: Context, output: str, node, x):
+    """``(name, scale, zero_point)`` of an output of a float island op: the QuantizeLinear reading it
+    (QOperator: DequantizeLinear -> op -> QuantizeLinear), or, read as a quantized op, ``x``'s."""
+    readers = ctx.consumers(output)
+    if len(readers) == 1 and readers[0].op_type == "QuantizeLinear":
+        q = readers[0]
+        return q.output[0], ctx.const(q.input[1], q), ctx.const(q.input[2], q)
+    island = readers and all(r.op_type in FLOAT_ISLAND_OPS for r in readers)
+    dequantized = ctx.resolve(node.input[0]) != node.input[0]
+    if not island and (any(r.op_type == "QuantizeLinear" for r in readers) or dequantized):
+        raise IRError(f"{ctx.where(node)}: its output {output!r} must go into one QuantizeLinear or other "
+                      f"{'/'.join(FLOAT_ISLAND_OPS)}")
+    # read as a quantized op (or by more float ops: the values pass unchanged, x's quantization)
+    return (output, *nodes.quantization_of(x))
+
+
+@converter("Slice")
+def slice_(ctx: Context, node) -> None:
+    x = ctx.tensor(node.input[0], node)
+    name, scale, zero = _island_output(ctx, node.output[0], node, x)
+    nodes.channel_selection(ctx, node, _name(node), name, x, list(nodes.slice_channels(ctx, node, x)), scale, zero)
+
+
+@converter("Split")
+def split(ctx: Context, node) -> None:
+    x = ctx.tensor(node.input[0], node)
+    for index, (output, channels) in enumerate(zip(node.output, nodes.split_channels(ctx, node, x), strict=True)):
+        name, scale, zero = _island_output(ctx, output, node, x)
+        nodes.channel_selection(ctx, node, f"{_name(node)}:{index}", name, x, list(channels), scale, zero)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import IRError, Node, Op, Tensor
+from ..passes.legalize import table_multiplier
 from .registry import Context, f32
 
 __all__ = ["requant_multiplier", "conv", "grouped_to_dense", "fully_connected", "add", "global_average_pool",
-           "reduce_mean", "average_pool", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
+           "reduce_mean", "average_pool", "channel_selection", "slice_channels", "split_channels",
+           "shuffle_permutation", "shuffle", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
 
 
 def requant_multiplier(x_scale, w_scale, y_scale, channels: int) -> np.ndarray:
@@ -220,3 +222,105 @@ def clip_bounds(ctx: Context, node) -> tuple[float | None, float | None]:
     if len(node.input) > 2 and node.input[2]:
         high = float(ctx.const(node.input[2], node))
     return low, high
+
+
+def channel_selection(ctx: Context, node, name: str, output: str, x: Tensor, channels: list[int], y_scale,
+                      y_zero) -> Tensor:
+    """A CONV node with ``selection``: output channel ``o`` is input channel ``channels[o]``, requantized
+    from ``x``'s quantization to ``(y_scale, y_zero)`` exactly as a DequantizeLinear -> QuantizeLinear
+    pair (multiplier 1.0 when they are the same: the integers pass unchanged)."""
+    y_dtype = np.int8 if np.asarray(y_zero).dtype == np.int8 else np.uint8
+    if (y_dtype == np.int8) != x.signed:
+        raise IRError(f"{ctx.where(node)}: moving channels of {x.name!r} from {x.dtype} to "
+                      f"{np.dtype(y_dtype).name} is not supported")
+    if f32(y_scale) == np.float32(x.scale) and int(np.asarray(y_zero).reshape(-1)[0]) == x.zero_point:
+        multiplier = np.float32(1.0)
+    else:
+        multiplier = table_multiplier(x, f32(y_scale), int(np.asarray(y_zero).reshape(-1)[0]), y_dtype,
+                                      ctx.where(node))
+    count = len(channels)
+    weight = np.zeros((count, x.shape[0], 1, 1), np.int8)
+    weight[np.arange(count), np.asarray(channels, int)] = 1
+    return ctx.emit(Node(name, Op.CONV, [x.name], output,
+                         dict(kernel=1, stride=1, pad=0, weight=weight, bias=np.zeros(count, np.int32),
+                              multiplier=np.full(count, multiplier, np.float32), selection=True)),
+                    (count, *x.shape[1:]), y_scale, y_zero)
+
+
+def _int_list(ctx: Context, node, index: int) -> list[int] | None:
+    if len(node.input) <= index or not node.input[index]:
+        return None
+    return [int(v) for v in np.asarray(ctx.const(node.input[index], node)).reshape(-1)]
+
+
+def slice_channels(ctx: Context, node, x: Tensor) -> range:
+    """The channels a Slice (opset >= 10: starts, ends, axes, steps inputs) keeps: on axis 1 only, step 1."""
+    where = ctx.where(node)
+    starts, ends = _int_list(ctx, node, 1), _int_list(ctx, node, 2)
+    axes = _int_list(ctx, node, 3) or list(range(len(starts)))
+    steps = _int_list(ctx, node, 4) or [1] * len(starts)
+    if [a % 4 for a in axes] != [1] or steps != [1]:
+        raise IRError(f"{where}: only a slice of the channel axis 1 with step 1 is supported, not axes {axes}, "
+                      f"steps {steps}")
+    channels = x.shape[0]
+    first, last = (max(0, min(channels, v + channels if v < 0 else v)) for v in (starts[0], ends[0]))
+    if last <= first:
+        raise IRError(f"{where}: the slice {starts[0]}:{ends[0]} of {channels} channels is empty")
+    return range(first, last)
+
+
+def split_channels(ctx: Context, node, x: Tensor) -> list[range]:
+    """The channels of each output of a Split on axis 1 (sizes from the ``split`` input or attribute,
+    or equal parts)."""
+    where, a = ctx.where(node), ctx.attrs(node)
+    if int(a.get("axis", 0)) % 4 != 1:
+        raise IRError(f"{where}: only a split of the channel axis 1 is supported, not axis {a.get('axis', 0)}")
+    sizes = _int_list(ctx, node, 1) or [int(v) for v in a.get("split", [])]
+    channels = x.shape[0]
+    if not sizes:
+        parts = len(node.output)
+        if channels % parts:
+            raise IRError(f"{where}: {channels} channels do not split into {parts} equal parts")
+        sizes = [channels // parts] * parts
+    if sum(sizes) != channels or min(sizes) < 1:
+        raise IRError(f"{where}: split sizes {sizes} do not add up to the {channels} channels")
+    starts = np.cumsum([0, *sizes])
+    return [range(int(a0), int(a1)) for a0, a1 in zip(starts, starts[1:], strict=False)]
+
+
+def shuffle_permutation(ctx: Context, node, x: Tensor, shape: list[int], perm: list[int],
+                        final: list[int]) -> list[int]:
+    """The channel permutation of ``Reshape(shape) -> Transpose(perm) -> Reshape(final)`` on ``x``: a
+    ShuffleNet channel shuffle (``shape = (1, g, C/g, H, W)``, ``perm = (0, 2, 1, 3, 4)``)."""
+    c, h, w = x.shape
+    if len(shape) != 5 or shape[0] not in (1, -1) or list(shape[3:]) != [h, w] or perm != [0, 2, 1, 3, 4] \
+            or [v if v != -1 else c for v in final[1:2]] + list(final[2:]) != [c, h, w] or len(final) != 4:
+        raise IRError(f"{ctx.where(node)}: only the channel shuffle Reshape(1, g, C/g, H, W) -> Transpose(0, 2, 1, "
+                      f"3, 4) -> Reshape(1, C, H, W) is supported, not Reshape({shape}) -> Transpose({perm}) -> "
+                      f"Reshape({final})")
+    groups, per = shape[1], shape[2]
+    if groups == -1:
+        groups = c // per
+    if per == -1:
+        per = c // groups
+    if groups * per != c:
+        raise IRError(f"{ctx.where(node)}: {groups} groups of {per} channels do not make {c}")
+    # output channel i * groups + g is input channel g * per + i
+    return [g * per + i for i in range(per) for g in range(groups)]
+
+
+def shuffle(ctx: Context, node, x: Tensor) -> tuple[object, list[int]]:
+    """A channel shuffle from its first Reshape (5-D): one channel permutation; its Transpose and last
+    Reshape (and, in a QDQ model, the Q/DQ pairs between them) are marked handled. Returns the last
+    Reshape and the permutation (output channel ``o`` is input channel ``channels[o]``)."""
+    transpose = ctx.next_op(node.output[0], node)
+    final = ctx.next_op(transpose.output[0], transpose) if transpose.op_type == "Transpose" else transpose
+    if transpose.op_type != "Transpose" or final.op_type != "Reshape":
+        raise IRError(f"{ctx.where(node)}: a 5-D Reshape is only supported as the start of a channel shuffle "
+                      "(Reshape -> Transpose -> Reshape)")
+    shape = [int(v) for v in np.asarray(ctx.const(node.input[1], node)).reshape(-1)]
+    final_shape = [int(v) for v in np.asarray(ctx.const(final.input[1], final)).reshape(-1)]
+    perm = [int(v) for v in ctx.attrs(transpose).get("perm", [])]
+    channels = shuffle_permutation(ctx, node, x, shape, perm, final_shape)
+    ctx.handled.update((transpose.output[0], final.output[0]))
+    return final, channels

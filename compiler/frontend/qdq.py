@@ -260,6 +260,12 @@ def concat(ctx: QdqContext, node) -> None:
 @qdq_converter("Flatten", "Reshape")
 def flatten(ctx: QdqContext, node) -> None:
     x, _ = ctx.activation(node.input[0], node)
+    if node.op_type == "Reshape" and np.asarray(ctx.const(node.input[1], node)).size == 5:
+        final, channels = nodes.shuffle(ctx, node, x)
+        output, y_scale, y_zero = ctx.output_quantization(final)
+        ctx.handled.add(output)
+        nodes.channel_selection(ctx, node, node.name or node.output[0], output, x, channels, y_scale, y_zero)
+        return
     readers = ctx.consumers(node.output[0])
     # through the Q/DQ pair that follows it to the float ops reading it
     for q in [r for r in readers if r.op_type == "QuantizeLinear"]:
@@ -282,3 +288,24 @@ def constant(ctx: QdqContext, node) -> None:
 def reduce_mean(ctx: QdqContext, node) -> None:
     x, _ = ctx.activation(node.input[0], node)
     nodes.reduce_mean(ctx, node, node.name or node.output[0], x)
+
+
+@qdq_converter("Slice")
+def slice_(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    output, y_scale, y_zero = ctx.output_quantization(node)
+    nodes.channel_selection(ctx, node, node.name or node.output[0], output, x,
+                            list(nodes.slice_channels(ctx, node, x)), y_scale, y_zero)
+
+
+@qdq_converter("Split")
+def split(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    for index, channels in enumerate(nodes.split_channels(ctx, node, x)):
+        readers = ctx.consumers(node.output[index])
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+            raise IRError(f"{ctx.where(node)}: in a QDQ model its output {node.output[index]!r} must go into one "
+                          "QuantizeLinear")
+        y_scale, y_zero = ctx.quantization(readers[0])
+        nodes.channel_selection(ctx, node, f"{node.name or node.output[0]}:{index}", readers[0].output[0], x,
+                                list(channels), y_scale, y_zero)
