@@ -128,7 +128,10 @@ def reduce_mean(ctx: Context, node, name: str, x: Tensor) -> Tensor:
     every value, sums and divides in float32 and quantizes the mean with the QuantizeLinear found
     after it (through shape-only float ops). That is a global average pool, computed here as the
     IR's (an exact int32 sum, one float32 multiplier ``x_scale / (y_scale * H*W)``): the two agree
-    but where the real mean lies within float32 rounding of a rounding tie (see the README)."""
+    but where the real mean lies within float32 rounding of a rounding tie. With the input's scale (as
+    onnxruntime calibrates a mean of a 1x1 map) the mean ``sum / count`` of an odd count is never
+    within ``1 / (2 count)`` of a tie, far beyond either's rounding error; of an even count it often is
+    a tie, which onnxruntime's float sum decides by its rounding errors: refused."""
     where = ctx.where(node)
     a = ctx.attrs(node)
     axes = a.get("axes")
@@ -153,11 +156,13 @@ def reduce_mean(ctx: Context, node, name: str, x: Tensor) -> Tensor:
     y_scale = ctx.const(quantize.input[1], quantize)
     y_zero = ctx.const(quantize.input[2], quantize) if len(quantize.input) > 2 and quantize.input[2] \
         else np.uint8(0)
-    if f32(y_scale) == np.float32(x.scale):
+    count = x.shape[1] * x.shape[2]
+    if f32(y_scale) == np.float32(x.scale) and count % 2 == 0:
         # then sum / count is often an exact half, which onnxruntime's float sum (in its vectorized order,
-        # each value rounded on dequantization) decides one way or the other
-        raise IRError(f"{where}: a mean quantized with its input's scale is not supported: its rounding at "
-                      "exact halves depends on onnxruntime's float summation order")
+        # each value rounded on dequantization) decides one way or the other; with an odd count it never is
+        raise IRError(f"{where}: a mean of an even number of pixels ({x.shape[1]}x{x.shape[2]}) quantized with its "
+                      "input's scale is not supported: its rounding at exact halves depends on onnxruntime's float "
+                      "summation order")
     out = global_average_pool(ctx, node, name, quantize.output[0], x, np.float32(x.scale), y_scale, y_zero)
     ctx.alias[node.output[0]] = out.name        # the shape-only float ops read the pooled tensor
     return out
