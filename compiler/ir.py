@@ -43,6 +43,7 @@ class Op(enum.Enum):
     MAXPOOL = "maxpool"            #: MaxPool on a quantized tensor
     AVGPOOL = "avgpool"            #: QLinearAveragePool / QLinearGlobalAveragePool
     CONCAT = "concat"              #: channel concatenation (same scale and zero point)
+    UPSAMPLE = "upsample"          #: nearest Resize by integer factors (keeps the quantization)
     CLAMP = "clamp"                #: Relu/Clip as read; folded into its producer by a pass (never lowered)
 
 
@@ -99,6 +100,8 @@ class NodeAttrs:
     groups : int
         CONV: ONNX ``group``; the weight is held dense ``(K, C, k, k)``, zero outside the block
         diagonal, and the lowering skips the all-zero ``L x L`` weight blocks.
+    factors : tuple of int
+        UPSAMPLE: the integer ``(height, width)`` factors of a nearest upsampling.
     selection : bool
         CONV: a 1x1 convolution with a 0/1 weight (at most one 1 per output channel; none: a
         padding channel, the zero point) and bias 0 that moves channels (Slice, Split, a channel
@@ -124,6 +127,7 @@ class NodeAttrs:
     source: str = ""
     groups: int = 1
     selection: bool = False
+    factors: tuple[int, int] = (1, 1)
 
 
 @dataclass
@@ -245,6 +249,13 @@ def check(graph: Graph, *, legal: bool = True) -> None:
             if legal and any((t.scale, t.zero_point, t.dtype) != (out.scale, out.zero_point, out.dtype)
                              for t in ins):
                 raise IRError(f"{node.name}: concat inputs must share the output's quantization")
+        elif node.op is Op.UPSAMPLE:
+            fh, fw = node.attrs.factors
+            if fh < 1 or fw < 1 or out.shape != (c, h * fh, w * fw):
+                raise IRError(f"{node.name}: upsampling {ins[0].shape} by {node.attrs.factors} gives "
+                              f"{(c, h * fh, w * fw)}, not {out.shape}")
+            if (out.scale, out.zero_point, out.dtype) != (ins[0].scale, ins[0].zero_point, ins[0].dtype):
+                raise IRError(f"{node.name}: a nearest upsampling must keep the quantization of its input")
         elif node.op is Op.CLAMP:
             if legal:
                 raise IRError(f"{node.name}: a {node.op.value} node must be folded into its producer before lowering")

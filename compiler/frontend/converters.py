@@ -204,3 +204,8 @@ def split(ctx: Context, node) -> None:
     for index, (output, channels) in enumerate(zip(node.output, nodes.split_channels(ctx, node, x), strict=True)):
         name, scale, zero = _island_output(ctx, output, node, x)
         nodes.channel_selection(ctx, node, f"{_name(node)}:{index}", name, x, list(channels), scale, zero)
+
+
+@converter("Resize", "Upsample")
+def resize(ctx: Context, node) -> None:
+    nodes.upsample(ctx, node, _name(node), node.output[0], ctx.tensor(node.input[0], node))

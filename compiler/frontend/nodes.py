@@ -22,7 +22,7 @@ from ..passes.legalize import table_multiplier
 from .registry import Context, f32
 
 __all__ = ["requant_multiplier", "conv", "grouped_to_dense", "fully_connected", "add", "global_average_pool",
-           "reduce_mean", "average_pool", "channel_selection", "slice_channels", "split_channels",
+           "reduce_mean", "average_pool", "channel_selection", "upsample", "slice_channels", "split_channels",
            "shuffle_permutation", "shuffle", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
 
 
@@ -329,3 +329,66 @@ def shuffle(ctx: Context, node, x: Tensor) -> tuple[object, list[int]]:
     channels = shuffle_permutation(ctx, node, x, shape, perm, final_shape)
     ctx.handled.update((transpose.output[0], final.output[0]))
     return final, channels
+
+
+def _nearest_source(out: int, factor: int, length: int, transform: str, rounding: str) -> int:
+    """ONNX Resize's nearest input index of output index ``out`` (factor ``factor``, input ``length``)."""
+    scale = float(factor)
+    if transform == "asymmetric":
+        x = out / scale
+    elif transform == "align_corners":
+        x = out * (length - 1) / (length * factor - 1) if length * factor > 1 else 0.0
+    elif transform in ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn"):
+        x = (out + 0.5) / scale - (0.5 if transform != "tf_half_pixel_for_nn" else 0.0)
+    else:
+        return -1
+    if rounding == "floor":
+        index = np.floor(x)
+    elif rounding == "ceil":
+        index = np.ceil(x)
+    elif rounding == "round_prefer_ceil":
+        index = np.floor(x + 0.5)
+    else:   # round_prefer_floor (the default)
+        index = np.ceil(x - 0.5)
+    return int(min(max(index, 0), length - 1))
+
+
+def upsample(ctx: Context, node, name: str, output: str, x: Tensor) -> Tensor:
+    """An UPSAMPLE node of a nearest Resize (or Upsample) by integer factors on H and W, whose coordinate
+    transformation and rounding pick input pixel ``(y // fh, x // fw)`` (as torch's ``interpolate(mode=
+    "nearest")`` exports it, and half_pixel with any rounding); the output keeps ``x``'s quantization."""
+    where, a = ctx.where(node), ctx.attrs(node)
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "nearest":
+        raise IRError(f"{where}: only mode 'nearest' is supported, not {mode!r}")
+    c, h, w = x.shape
+    scales = sizes = None
+    if node.op_type == "Upsample":
+        scales = [float(v) for v in np.asarray(ctx.const(node.input[1], node) if len(node.input) > 1
+                                                else a.get("scales")).reshape(-1)]
+    else:
+        if len(node.input) > 2 and node.input[2] and np.asarray(ctx.const(node.input[2], node)).size:
+            scales = [float(v) for v in np.asarray(ctx.const(node.input[2], node)).reshape(-1)]
+        elif len(node.input) > 3 and node.input[3]:
+            sizes = [int(v) for v in np.asarray(ctx.const(node.input[3], node)).reshape(-1)]
+    if sizes is not None:
+        factors = [sizes[2] / h, sizes[3] / w] if len(sizes) == 4 and sizes[:2] == [1, c] else None
+    else:
+        factors = scales[2:] if scales is not None and len(scales) == 4 and scales[:2] == [1.0, 1.0] else None
+    if factors is None or any(f != int(f) or f < 1 for f in factors):
+        raise IRError(f"{where}: only integer upsampling of H and W is supported (scales {scales}, sizes {sizes})")
+    fh, fw = (int(f) for f in factors)
+    transform = a.get("coordinate_transformation_mode", b"half_pixel")
+    transform = transform.decode() if isinstance(transform, bytes) else transform
+    rounding = a.get("nearest_mode", b"round_prefer_floor")
+    rounding = rounding.decode() if isinstance(rounding, bytes) else rounding
+    if node.op_type == "Upsample":
+        transform, rounding = "asymmetric", "floor"
+    for factor, length in ((fh, h), (fw, w)):
+        if any(_nearest_source(o, factor, length, transform, rounding) != o // factor for o in range(length * factor)):
+            raise IRError(f"{where}: nearest upsampling with coordinate_transformation_mode {transform!r} and "
+                          f"nearest_mode {rounding!r} does not repeat each pixel {factor} times; supported: "
+                          "asymmetric with floor, half_pixel (any rounding)")
+    return ctx.emit(Node(name, Op.UPSAMPLE, [x.name], output, dict(factors=(fh, fw))), (c, h * fh, w * fw),
+                    *quantization_of(x))

@@ -309,3 +309,9 @@ def split(ctx: QdqContext, node) -> None:
         y_scale, y_zero = ctx.quantization(readers[0])
         nodes.channel_selection(ctx, node, f"{node.name or node.output[0]}:{index}", readers[0].output[0], x,
                                 list(channels), y_scale, y_zero)
+
+
+@qdq_converter("Resize", "Upsample")
+def resize(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    nodes.upsample(ctx, node, node.name or node.output[0], _keeping(ctx, node, x), x)

@@ -173,26 +173,64 @@ def test_a_grouped_conv_skips_its_all_zero_weight_blocks(tmp_path, groups, chann
     assert len(segment.data) == weight_lines * HW.lanes     # only the nonzero blocks are in DRAM
 
 
-def test_an_unsupported_op_is_one_line_naming_node_op_format_and_the_supported(tmp_path):
+def conv_op_conv_model(path, op: str, size: int, inputs=(), outputs=None, **attrs) -> None:
+    """conv3x3-relu -> ``op`` (extra constant ``inputs``: (name, array)) -> conv3x3, seeded."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w0"),
-             numpy_helper.from_array(np.asarray([1, 1, 2, 2], np.float32), "scales")]
-    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", kernel_shape=[1, 1]),
-             helper.make_node("Resize", ["c0", "", "scales"], ["up"], name="upsample", mode="linear"),
-             helper.make_node("Relu", ["up"], ["output"], name="relu")]
-    graph = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    inits = [numpy_helper.from_array((rng.standard_normal((24, 3, 3, 3)) / 5).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((8, 24, 3, 3)) / 15).astype(np.float32), "w1")]
+    inits += [numpy_helper.from_array(np.asarray(value), name) for name, value in inputs if name]
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node(op, ["r0", *(name for name, _ in inputs)], ["mid"], name="under_test", **attrs),
+             helper.make_node("Conv", ["mid", "w1"], ["output"], name="conv1", kernel_shape=[3, 3], pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                         [1, 3, size, size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, outputs)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "float.onnx"))
-    for fmt, name in (("qoperator", "QOperator"), ("qdq", "QDQ")):
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("activation_type", ["uint8", "int8"])
+@pytest.mark.parametrize("factors, transform, rounding", [((2, 2), "asymmetric", "floor"),
+                                                         ((3, 2), "half_pixel", "round_prefer_floor")])
+def test_nearest_resize_by_integer_factors_equals_onnxruntime(tmp_path, factors, transform, rounding,
+                                                              activation_type):
+    size = 5
+    conv_op_conv_model(tmp_path / "float.onnx", "Resize", size,
+                       inputs=[("roi", np.zeros(0, np.float32)), ("scales", np.asarray([1, 1, *factors], np.float32))],
+                       outputs=[1, 8, size * factors[0], size * factors[1]], mode="nearest",
+                       coordinate_transformation_mode=transform, nearest_mode=rounding)
+    for fmt in FORMATS:
+        path = quantize_model(tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx", num_calibration=2,
+                              activation_type=activation_type, quant_format=fmt, preprocess=False)
+        graph = assert_run_equals_onnxruntime(path, 2)
+        (node,) = [n for n in graph.nodes if n.op is Op.UPSAMPLE]
+        assert node.attrs.factors == factors
+
+
+def test_a_resize_that_is_not_a_pixel_repetition_is_one_line(tmp_path):
+    conv_op_conv_model(tmp_path / "float.onnx", "Resize", 4,
+                       inputs=[("roi", np.zeros(0, np.float32)), ("scales", np.asarray([1, 1, 2, 2], np.float32))],
+                       outputs=[1, 8, 8, 8], mode="linear")
+    for fmt in FORMATS:
+        path = quantize_model(tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx", num_calibration=2,
+                              quant_format=fmt, preprocess=False)
+        with pytest.raises(IRError, match="under_test.*only mode 'nearest' is supported, not 'linear'"):
+            load_onnx(path)
+
+
+def test_an_unsupported_op_is_one_line_naming_node_op_format_and_the_supported(tmp_path):
+    conv_op_conv_model(tmp_path / "float.onnx", "Sigmoid", 4, outputs=[1, 8, 4, 4])
+    for fmt, name, op in (("qoperator", "QOperator", "QLinearSigmoid"), ("qdq", "QDQ", "Sigmoid")):
         path = quantize_model(tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx", num_calibration=2,
                               quant_format=fmt, preprocess=False)
         with pytest.raises(IRError) as error:
             load_onnx(path)
         message = str(error.value)
-        assert "\n" not in message and "Resize" in message and "upsample" in message
-        assert name in message and "ReduceMean" in message and "Slice" in message
+        assert "\n" not in message and f"({op})" in message and "under_test" in message
+        assert f"unsupported op in this {name} model" in message
+        assert all(supported in message for supported in ("ReduceMean", "Slice", "Split", "Resize"))
 
 
 def test_a_mean_of_an_even_pixel_count_with_its_input_scale_is_refused(tmp_path):
