@@ -1,6 +1,8 @@
-"""A network of the new operators on the RTL: RegNetX-400MF (block-sparse grouped convolutions) at 32 px,
-fused on both cores, equals the golden simulator and the numpy reference bit for bit (it reuses the
-Verilator build of ``test_rtl_networks``' two-core configuration)."""
+"""A network of the new operators on the RTL: ShuffleNetV2 1.0x at 32 px (channel slices, concats of
+58-channel halves realigned by selections, channel shuffles: block-sparse selection convolutions that skip
+their all-zero weight blocks, as grouped convolutions do; ReduceMean), fused on both cores, equals the
+golden simulator and the numpy reference bit for bit (the cheapest of the new zoo models on the RTL; it
+reuses the Verilator build of ``test_rtl_networks``' two-core configuration)."""
 
 import numpy as np
 import pytest
@@ -20,13 +22,15 @@ pytestmark = pytest.mark.rtl
 NET = HwConfig(cores=2, dram_bytes=1 << 24)
 
 
-def test_regnet_with_grouped_convs_rtl_equals_golden(tmp_path):
-    path = zoo.export_quantized("regnet_x_400mf", 32, tmp_path / "regnet.onnx", quant_format="qdq")
-    graph = load_onnx(path, name="regnet_x_400mf")
-    assert any(node.attrs.groups > 1 for node in graph.nodes)
+def test_shufflenet_with_channel_moves_rtl_equals_golden(tmp_path):
+    path = zoo.export_quantized("shufflenet_v2_x1_0", 32, tmp_path / "shufflenet.onnx", quant_format="qdq")
+    graph = load_onnx(path, name="shufflenet_v2_x1_0")
+    assert sum(node.attrs.selection for node in graph.nodes) > 20
     x = np.random.default_rng(5).standard_normal(graph.input_quant["shape"]).astype(np.float32)
     q = quantize_input(x, graph.input_quant)[0]
     plan = make_plan(graph, NET, fusion="max", cores=NET.cores)
+    selections = {node.name for node in graph.nodes if node.attrs.selection}
+    assert any(len(group.nodes) > 1 and selections & set(group.nodes) for group in plan.groups)
     binary = compile_graph(graph, NET, plan)
     simulator = RtlSimulator(NET)
     simulator.build()

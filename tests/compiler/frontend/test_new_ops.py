@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from test_qdq import assert_same_ir
 
 from dlfusion.cli.run import model_outputs, quantize_input
 from dlfusion.compiler.compile import compile_graph
@@ -130,6 +131,14 @@ def test_new_ops_equal_onnxruntime_in_both_formats(tmp_path_factory, seed, group
     for fmt in FORMATS:
         path = quantize_model(folder / "float.onnx", folder / f"{fmt}.onnx", num_calibration=4, seed=seed,
                               activation_type=activation_type, quant_format=fmt, preprocess=False)
+        try:
+            load_onnx(path)
+        except IRError as error:
+            # A known, rare refusal (README, known gaps): a QLinearConcat input whose scale ratio to the output
+            # is a small-denominator fraction (a slice's calibrated range inside its source's) has exact ties
+            # in onnxruntime's requantization table that no float32 multiplier reproduces.
+            assume("cannot reproduce the requantization table" not in str(error))
+            raise
         graph = assert_run_equals_onnxruntime(path, seed)
         ops = [node.op for node in graph.nodes]
         assert Op.AVGPOOL in ops and Op.CONCAT in ops
@@ -260,3 +269,31 @@ def test_a_mean_of_an_even_pixel_count_with_its_input_scale_is_refused(tmp_path)
                 result = GoldenSimulator(HW).run(binary, {"input": quantize_input(x, graph.input_quant)[0]})
                 np.testing.assert_array_equal(model_outputs(binary, result.outputs)["output"],
                                               sess.run(None, {"input": x})[0])
+
+
+@pytest.mark.parametrize("activation_type", ["uint8", "int8"])
+def test_grouped_conv_and_mean_read_into_the_ir_and_binary_of_the_qoperator_twin(tmp_path, activation_type):
+    """The new ops onnxruntime quantizes alike in both formats (grouped conv, ReduceMean): a QDQ model and its
+    QOperator twin give the same IR and the same binary (channel moves are not compared: onnxruntime's QDQ
+    quantizer quantizes the float values between them where its QOperator quantizer leaves a float island)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / 4).astype(np.float32), name)
+             for name, shape in (("w0", (32, 3, 3, 3)), ("w1", (48, 8, 3, 3)), ("wf", (5, 48)))]
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="grouped", kernel_shape=[3, 3], pads=[1] * 4,
+                              group=4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("ReduceMean", ["r1"], ["m"], name="mean", axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["m", "wf"], ["output"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "twins", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 5, 5])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    graphs = {fmt: load_onnx(quantize_model(tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx", num_calibration=2,
+                                            activation_type=activation_type, quant_format=fmt, preprocess=False),
+                             name="twins") for fmt in FORMATS}
+    assert_same_ir(graphs["qoperator"], graphs["qdq"])
+    plan = make_plan(graphs["qdq"], HW, fusion="max", cores=2)
+    assert compile_graph(graphs["qoperator"], HW, plan).to_bytes() == compile_graph(graphs["qdq"], HW, plan).to_bytes()
