@@ -243,7 +243,7 @@ def sigmoid_model(tmp_path):
 
 UNSUPPORTED = (r"node 'gate' \(Sigmoid\): unsupported op in this QDQ model; supported: QuantizeLinear, "
                r"DequantizeLinear, Conv, Gemm, MatMul, Add, GlobalAveragePool, AveragePool, MaxPool, Relu, Clip, "
-               r"Concat, Flatten, Reshape, Constant$")
+               r"Concat, Flatten, Reshape, Constant, ReduceMean, Slice, Split, Resize, Upsample$")
 
 
 def test_an_unsupported_float_op_names_node_op_format_and_the_supported_ops(tmp_path):
