@@ -22,9 +22,10 @@ MODELS = ("regnet_x_400mf", "shufflenet_v2_x1_0", "mnasnet1_0")
 
 
 #: int8 activations on the model with the most new ops (the ops themselves run in both activation types in
-#: tests/compiler/frontend/test_new_ops.py), to keep the suite's time modest
-CASES = [(m, f, "uint8") for m in MODELS for f in ("qoperator", "qdq")] + \
-    [("shufflenet_v2_x1_0", f, "int8") for f in ("qoperator", "qdq")]
+#: tests/compiler/frontend/test_new_ops.py), to keep the suite's time modest; in QOperator format only (in
+#: QDQ format onnxruntime runs the neighbours of its tensors read by two nodes in float32 on x86-64: refused,
+#: tests/compiler/frontend/test_qdq_int8.py)
+CASES = [(m, f, "uint8") for m in MODELS for f in ("qoperator", "qdq")] + [("shufflenet_v2_x1_0", "qoperator", "int8")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids="-".join)

@@ -138,6 +138,11 @@ def test_new_ops_equal_onnxruntime_in_both_formats(tmp_path_factory, seed, group
             # is a small-denominator fraction (a slice's calibrated range inside its source's) has exact ties
             # in onnxruntime's requantization table that no float32 multiplier reproduces.
             assume("cannot reproduce the requantization table" not in str(error))
+            # int8 activations in QDQ format: a tensor read by two nodes (the model's channel split) stays int8
+            # in onnxruntime on x86-64, which runs its neighbours in float32 (README, known gaps): refused
+            if fmt == "qdq" and activation_type == "int8" and "runs this" in str(error) and \
+                    "in float32, not as its int8 QLinear kernel" in str(error):
+                continue
             raise
         graph = assert_run_equals_onnxruntime(path, seed)
         ops = [node.op for node in graph.nodes]
