@@ -36,13 +36,14 @@ class IRError(InputError):
 
 
 class Op(enum.Enum):
-    CONV = "conv"                  #: QLinearConv, groups = 1
+    CONV = "conv"                  #: QLinearConv (groups = 1 or grouped), or a 0/1 channel selection
     DEPTHWISE = "depthwise"        #: QLinearConv, groups = channels
     FC = "fc"                      #: QGemm / QLinearMatMul on a flattened (C, 1, 1) tensor
     ADD = "add"                    #: QLinearAdd
     MAXPOOL = "maxpool"            #: MaxPool on a quantized tensor
     AVGPOOL = "avgpool"            #: QLinearAveragePool / QLinearGlobalAveragePool
     CONCAT = "concat"              #: channel concatenation (same scale and zero point)
+    UPSAMPLE = "upsample"          #: nearest Resize by integer factors (keeps the quantization)
     CLAMP = "clamp"                #: Relu/Clip as read; folded into its producer by a pass (never lowered)
 
 
@@ -96,6 +97,18 @@ class NodeAttrs:
         CONCAT from QLinearConcat: inputs of another quantization are rescaled.
     source : str
         CLAMP: the ONNX op it was read from.
+    groups : int
+        CONV: ONNX ``group``; the weight is held dense ``(K, C, k, k)``, zero outside the block
+        diagonal, and the lowering skips the all-zero ``L x L`` weight blocks.
+    factors : tuple of int
+        UPSAMPLE: the integer ``(height, width)`` factors of a nearest upsampling.
+    selection : bool
+        CONV: a 1x1 convolution with a 0/1 weight (at most one 1 per output channel; none: a
+        padding channel, the zero point) and bias 0 that moves channels (Slice, Split, a channel
+        shuffle, the realignment of a Concat). With multiplier 1.0 and the input's zero point it is
+        exact, since ``x - zp`` is an integer the requantization returns unchanged (a Concat input
+        of another quantization gets the rescaling multiplier of ``rescale_concat_inputs``). Its
+        all-zero weight blocks are skipped too.
     """
     kernel: int = 1
     stride: int = 1
@@ -112,6 +125,9 @@ class NodeAttrs:
     b_zp: int = 0
     requantize: bool = False
     source: str = ""
+    groups: int = 1
+    selection: bool = False
+    factors: tuple[int, int] = (1, 1)
 
 
 @dataclass
@@ -196,6 +212,22 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                 if weight.shape != (out.shape[0], c, k, k) or weight.dtype != np.int8:
                     raise IRError(f"{node.name}: weight {weight.shape} {weight.dtype} does not match "
                                   f"{(out.shape[0], c, k, k)} int8")
+                groups = node.attrs.groups
+                if groups != 1:
+                    if node.op is not Op.CONV or c % groups or out.shape[0] % groups:
+                        raise IRError(f"{node.name}: group={groups} must divide the {c} input and "
+                                      f"{out.shape[0]} output channels of a conv")
+                    group_of_out = np.arange(out.shape[0]) // (out.shape[0] // groups)
+                    group_of_in = np.arange(c) // (c // groups)
+                    outside = group_of_out[:, None] != group_of_in[None, :]
+                    if np.any(weight[outside] != 0):
+                        raise IRError(f"{node.name}: a grouped conv's weight must be zero outside its "
+                                      f"{groups} diagonal blocks")
+                if node.attrs.selection and (k != 1 or np.any((weight != 0) & (weight != 1))
+                                             or np.any((weight != 0).sum(axis=1) > 1)
+                                             or np.any(node.attrs.bias != 0)):
+                    raise IRError(f"{node.name}: a channel selection is a 1x1 conv with at most one weight 1 "
+                                  "per output channel and bias 0")
             if node.op in (Op.DEPTHWISE, Op.MAXPOOL, Op.AVGPOOL) and out.shape[0] != c:
                 raise IRError(f"{node.name}: {node.op.value} changes the channel count {c} -> {out.shape[0]}")
             if node.op in (Op.CONV, Op.FC, Op.DEPTHWISE):
@@ -217,6 +249,13 @@ def check(graph: Graph, *, legal: bool = True) -> None:
             if legal and any((t.scale, t.zero_point, t.dtype) != (out.scale, out.zero_point, out.dtype)
                              for t in ins):
                 raise IRError(f"{node.name}: concat inputs must share the output's quantization")
+        elif node.op is Op.UPSAMPLE:
+            fh, fw = node.attrs.factors
+            if fh < 1 or fw < 1 or out.shape != (c, h * fh, w * fw):
+                raise IRError(f"{node.name}: upsampling {ins[0].shape} by {node.attrs.factors} gives "
+                              f"{(c, h * fh, w * fw)}, not {out.shape}")
+            if (out.scale, out.zero_point, out.dtype) != (ins[0].scale, ins[0].zero_point, ins[0].dtype):
+                raise IRError(f"{node.name}: a nearest upsampling must keep the quantization of its input")
         elif node.op is Op.CLAMP:
             if legal:
                 raise IRError(f"{node.name}: a {node.op.value} node must be folded into its producer before lowering")

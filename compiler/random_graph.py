@@ -4,8 +4,12 @@
 2), depthwise convolutions, max and average pools, residual blocks (two convs
 and an add, optionally with a strided 1x1 shortcut), channel concats and a
 global-pool + fully connected head, with odd channel counts and image sizes,
-int8 or uint8 activations, random scales and zero points. Its reference output
-is :func:`dlfusion.compiler.reference.run_graph`.
+int8 or uint8 activations, random scales and zero points. With ``new_ops`` it also
+draws grouped convolutions (any group count dividing the channels), channel slices
+and shuffles (0/1 selection convolutions), concats of any channel counts (legalized
+by ``align_concat_inputs``) and nearest upsampling by integer factors; without it the
+graphs of a seed are those recorded in ``tests/compiler/random_fingerprints.json``.
+Its reference output is :func:`dlfusion.compiler.reference.run_graph`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .ir import Graph, Node, Op, Tensor, check, out_size
+from .passes.annotate import annotate_macs
+from .passes.legalize import align_concat_inputs
 
 __all__ = ["random_graph"]
 
@@ -59,6 +65,42 @@ class _Builder:
         self.nodes.append(Node(f"n{len(self.nodes)}_{op.value}", op, [x], y, attrs))
         return y
 
+    def grouped(self, x: str, groups: int, out_channels: int, kernel: int, stride: int) -> str:
+        """A grouped convolution (dense weight, zero outside the diagonal blocks)."""
+        c, h, w = self.tensors[x].shape
+        pad = kernel // 2
+        oh, ow = out_size(h, kernel, stride, pad), out_size(w, kernel, stride, pad)
+        y = self.tensor((out_channels, oh, ow))
+        weight = self.rng.integers(-127, 128, size=(out_channels, c, kernel, kernel)).astype(np.int8)
+        outside = (np.arange(out_channels)[:, None] // (out_channels // groups)) != \
+            (np.arange(c)[None, :] // (c // groups))
+        weight[outside] = 0
+        fan_in = kernel * kernel * c // groups
+        attrs = dict(kernel=kernel, stride=stride, pad=pad, weight=weight, groups=groups,
+                     bias=self.rng.integers(-3000, 3000, size=out_channels).astype(np.int32),
+                     multiplier=self._multiplier(out_channels, fan_in),
+                     clamp=self.clamp(y, bool(self.rng.random() < 0.5)), macs=out_channels * oh * ow * fan_in)
+        self.nodes.append(Node(f"n{len(self.nodes)}_grouped", Op.CONV, [x], y, attrs))
+        return y
+
+    def select(self, x: str, channels: list[int]) -> str:
+        """A channel selection (a slice or a permutation) keeping the quantization: exact."""
+        source = self.tensors[x]
+        y = self.tensor((len(channels), *source.shape[1:]), like=source)
+        weight = np.zeros((len(channels), source.shape[0], 1, 1), np.int8)
+        weight[np.arange(len(channels)), channels] = 1
+        attrs = dict(kernel=1, stride=1, pad=0, weight=weight, bias=np.zeros(len(channels), np.int32),
+                     multiplier=np.ones(len(channels), np.float32), clamp=source.qrange, selection=True)
+        self.nodes.append(Node(f"n{len(self.nodes)}_select", Op.CONV, [x], y, attrs))
+        return y
+
+    def upsample(self, x: str, factors: tuple[int, int]) -> str:
+        c, h, w = self.tensors[x].shape
+        y = self.tensor((c, h * factors[0], w * factors[1]), like=self.tensors[x])
+        self.nodes.append(Node(f"n{len(self.nodes)}_upsample", Op.UPSAMPLE, [x], y,
+                               dict(factors=factors, clamp=self.tensors[y].qrange)))
+        return y
+
     def pool(self, x: str, kind: str, kernel: int, stride: int, pad: int) -> str:
         c, h, w = self.tensors[x].shape
         oh, ow = out_size(h, kernel, stride, pad), out_size(w, kernel, stride, pad)
@@ -97,7 +139,8 @@ class _Builder:
         return y
 
 
-def random_graph(seed: int, *, lanes: int = 16, max_layers: int = 6, max_size: int = 20) -> Graph:
+def random_graph(seed: int, *, lanes: int = 16, max_layers: int = 6, max_size: int = 20,
+                 new_ops: bool = False) -> Graph:
     """A random network with its own seeded weights (see the module docstring)."""
     rng = np.random.default_rng(seed)
     b = _Builder(rng, signed=bool(rng.random() < 0.5))
@@ -107,7 +150,10 @@ def random_graph(seed: int, *, lanes: int = 16, max_layers: int = 6, max_size: i
     for _ in range(int(rng.integers(2, max_layers + 1))):
         c, h, w = b.tensors[name].shape
         small = min(h, w) < 5
-        kind = rng.choice(["conv", "conv", "dw", "maxpool", "avgpool", "residual", "concat"])
+        kinds = ["conv", "conv", "dw", "maxpool", "avgpool", "residual", "concat"]
+        if new_ops:
+            kinds += ["grouped", "grouped", "slice", "shuffle", "concat_any", "upsample"]
+        kind = rng.choice(kinds)
         if kind == "conv":
             kernel = int(rng.choice([1, 3, 3, 5] if not small else [1, 3]))
             stride = int(rng.choice([1, 2])) if not small else 1
@@ -126,14 +172,43 @@ def random_graph(seed: int, *, lanes: int = 16, max_layers: int = 6, max_size: i
             second = b.conv(first, channels, 3, 1, 1)
             shortcut = name if (stride, channels) == (1, c) else b.conv(name, channels, 1, stride, 0)
             name = b.add(second, shortcut) if rng.random() < 0.5 else b.add(shortcut, second)
+        elif kind == "grouped":
+            divisors = [g for g in range(2, c + 1) if c % g == 0]
+            if not divisors:
+                continue
+            groups = int(rng.choice(divisors))
+            stride = int(rng.choice([1, 2])) if not small else 1
+            name = b.grouped(name, groups, groups * int(rng.integers(1, 5)), int(rng.choice([1, 3])), stride)
+        elif kind == "slice":
+            first = int(rng.integers(0, c))
+            name = b.select(name, list(range(first, int(rng.integers(first + 1, c + 1)))))
+        elif kind == "shuffle":
+            divisors = [g for g in range(2, c) if c % g == 0]
+            if not divisors:
+                continue
+            groups = int(rng.choice(divisors))
+            per = c // groups
+            name = b.select(name, [g * per + i for i in range(per) for g in range(groups)])
+        elif kind == "concat_any":
+            parts = [b.conv(name, int(rng.integers(1, 40)), int(k), 1, int(k) // 2) for k in (1, 3)]
+            name = b.concat(parts)
+        elif kind == "upsample":
+            if h * w > 100:
+                continue
+            name = b.upsample(name, (int(rng.integers(1, 4)), int(rng.integers(1, 4))))
         else:
             parts = [b.conv(name, lanes * int(rng.integers(1, 3)), int(k), 1, int(k) // 2) for k in (1, 3)]
             name = b.concat(parts)
+    if new_ops and not b.nodes:     # every draw skipped (shapes the new kinds do not fit)
+        name = b.conv(name, int(rng.integers(4, 48)), 3, 1, 1)
     if rng.random() < 0.5:
         c, h, w = b.tensors[name].shape
         if h == w:
             name = b.pool(name, "avg", h, 1, 0)
             name = b.conv(name, int(rng.integers(2, 30)), 1, 1, 0)
     graph = Graph(f"random{seed}", b.tensors, b.nodes, x, name)
+    if new_ops:
+        align_concat_inputs(graph)
+        annotate_macs(graph)
     check(graph)
     return graph

@@ -173,6 +173,9 @@ def run_graph(graph, x: np.ndarray) -> np.ndarray:
                             out.zero_point, dtype, a.clamp)
         elif node.op is Op.CONCAT:
             y = np.concatenate(ins, axis=0)
+        elif node.op is Op.UPSAMPLE:
+            fh, fw = a.factors
+            y = np.repeat(np.repeat(ins[0], fh, axis=1), fw, axis=2)
         else:
             raise ValueError(f"{node.name}: no reference for {node.op}")
         values[node.output] = y

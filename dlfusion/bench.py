@@ -221,7 +221,7 @@ def _scaling_plot(rows, path: Path) -> None:
 #: Input resolution per zoo model in the ``zoo`` benchmark: 224 where the slowest plan's RTL run
 #: takes under ten minutes here, a smaller one where it would not (VGG-16: ~60 M cycles at 224).
 ZOO_SIZES = {"tiny_cnn": 32, "resnet18": 224, "resnet50": 112, "mobilenet_v2": 224, "vgg16": 112,
-             "squeezenet1_1": 224}
+             "squeezenet1_1": 224, "regnet_x_400mf": 224, "shufflenet_v2_x1_0": 224, "mnasnet1_0": 224}
 ZOO_PLANS = (("none", "1"), ("none", "all"), ("max", "all"))
 
 

@@ -72,10 +72,16 @@ module tb_top #(
     logic [8*L-1:0] mem_rdata;
     logic [CORES-1:0] barrier_go;
 
-    logic                rst_q = 1'b1;
-    logic                start_q = 1'b0;
-    logic [CORES-1:0]    core_mask_q = '0;
-    logic [32*CORES-1:0] prog_addr_q = '0;
+    logic                rst_q;
+    logic                start_q;
+    logic [CORES-1:0]    core_mask_q;
+    logic [32*CORES-1:0] prog_addr_q;
+    initial begin
+        rst_q = 1'b1;
+        start_q = 1'b0;
+        core_mask_q = '0;
+        prog_addr_q = '0;
+    end
     always_ff @(posedge clk) begin
         rst_q <= rst;
         start_q <= start;

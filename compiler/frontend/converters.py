@@ -23,9 +23,16 @@ def _name(node) -> str:
     return node.name or node.output[0]
 
 
+#: Float ops that onnxruntime's QOperator quantizer leaves between a DequantizeLinear and a QuantizeLinear
+#: and that dlfusion runs quantized (as onnxruntime's QDQ format would have them: see :mod:`.qdq`).
+FLOAT_ISLAND_OPS = ("ReduceMean", "Slice", "Split")
+
+
 @converter("QuantizeLinear")
 def quantize_linear(ctx: Context, node) -> None:
     ir = ctx.ir
+    if node.output[0] in ir.tensors:    # the output quantization of a float island (ReduceMean) before it
+        return
     if node.input[0] != ctx.model_input.name or ir.input:
         raise IRError(f"{ctx.where(node)}: only the model input may be quantized (QuantizeLinear); "
                       "this model quantizes an intermediate tensor")
@@ -39,6 +46,16 @@ def quantize_linear(ctx: Context, node) -> None:
 @converter("DequantizeLinear")
 def dequantize_linear(ctx: Context, node) -> None:
     source = ctx.tensor(node.input[0], node)
+    readers = ctx.consumers(node.output[0])
+    if node.output[0] != ctx.onnx_graph.output[0].name and readers and \
+            all(r.op_type in FLOAT_ISLAND_OPS for r in readers):
+        scale, zero = ctx.const(node.input[1], node), ctx.const(node.input[2], node)
+        if f32(scale) != np.float32(source.scale) or int(np.asarray(zero).reshape(-1)[0]) != source.zero_point:
+            raise IRError(f"{ctx.where(node)}: dequantizes {source.name!r} with scale {float(f32(scale))}, zero "
+                          f"point {int(np.asarray(zero).reshape(-1)[0])} instead of its own "
+                          f"({source.scale}, {source.zero_point})")
+        ctx.alias[node.output[0]] = source.name     # read by the float op through its DequantizeLinear
+        return
     if node.output[0] != ctx.onnx_graph.output[0].name:
         raise IRError(f"{ctx.where(node)}: only the model output may be dequantized; this model dequantizes "
                       f"{source.name!r} in the middle (a float op follows it)")
@@ -120,6 +137,10 @@ def max_pool(ctx: Context, node) -> None:
 @converter("Flatten", "Reshape")
 def flatten(ctx: Context, node) -> None:
     x = ctx.tensor(node.input[0], node)
+    if node.op_type == "Reshape" and np.asarray(ctx.const(node.input[1], node)).size == 5:
+        final, channels = nodes.shuffle(ctx, node, x)
+        nodes.channel_selection(ctx, node, _name(node), final.output[0], x, channels, *nodes.quantization_of(x))
+        return
     consumers = [n.op_type for n in ctx.consumers(node.output[0])]
     feeds_fc = all(t in ("QGemm", "QLinearMatMul", "DequantizeLinear") for t in consumers)
     if not feeds_fc and x.shape[1:] != (1, 1):
@@ -147,3 +168,44 @@ def activation(ctx: Context, node) -> None:
 @converter("Constant")
 def constant(ctx: Context, node) -> None:
     """Read with the initializers before conversion."""
+
+
+@converter("ReduceMean")
+def reduce_mean(ctx: Context, node) -> None:
+    nodes.reduce_mean(ctx, node, node.name or node.output[0], ctx.tensor(node.input[0], node))
+
+
+def _island_output(ctx: Context, output: str, node, x):
+    """``(name, scale, zero_point)`` of an output of a float island op: the QuantizeLinear reading it
+    (QOperator: DequantizeLinear -> op -> QuantizeLinear), or, read as a quantized op, ``x``'s."""
+    readers = ctx.consumers(output)
+    if len(readers) == 1 and readers[0].op_type == "QuantizeLinear":
+        q = readers[0]
+        return q.output[0], ctx.const(q.input[1], q), ctx.const(q.input[2], q)
+    island = readers and all(r.op_type in FLOAT_ISLAND_OPS for r in readers)
+    dequantized = ctx.resolve(node.input[0]) != node.input[0]
+    if not island and (any(r.op_type == "QuantizeLinear" for r in readers) or dequantized):
+        raise IRError(f"{ctx.where(node)}: its output {output!r} must go into one QuantizeLinear or other "
+                      f"{'/'.join(FLOAT_ISLAND_OPS)}")
+    # read as a quantized op (or by more float ops: the values pass unchanged, x's quantization)
+    return (output, *nodes.quantization_of(x))
+
+
+@converter("Slice")
+def slice_(ctx: Context, node) -> None:
+    x = ctx.tensor(node.input[0], node)
+    name, scale, zero = _island_output(ctx, node.output[0], node, x)
+    nodes.channel_selection(ctx, node, _name(node), name, x, list(nodes.slice_channels(ctx, node, x)), scale, zero)
+
+
+@converter("Split")
+def split(ctx: Context, node) -> None:
+    x = ctx.tensor(node.input[0], node)
+    for index, (output, channels) in enumerate(zip(node.output, nodes.split_channels(ctx, node, x), strict=True)):
+        name, scale, zero = _island_output(ctx, output, node, x)
+        nodes.channel_selection(ctx, node, f"{_name(node)}:{index}", name, x, list(channels), scale, zero)
+
+
+@converter("Resize", "Upsample")
+def resize(ctx: Context, node) -> None:
+    nodes.upsample(ctx, node, _name(node), node.output[0], ctx.tensor(node.input[0], node))

@@ -1,14 +1,19 @@
 """ONNX frontend: onnxruntime's quantized models (QOperator or QDQ format) to the quantized graph IR.
 
 Accepted, in QOperator format: a float input quantized by QuantizeLinear, then QLinearConv
-(groups 1 or depthwise), QGemm / QLinearMatMul, QLinearAdd,
+(any group count dividing the channels), QGemm / QLinearMatMul, QLinearAdd,
 QLinearGlobalAveragePool, QLinearAveragePool, MaxPool on quantized tensors,
 Flatten/Reshape before a fully connected layer, Concat/QLinearConcat on
-channels, Relu/Clip on quantized tensors (folded into the producer's clamp),
-and a DequantizeLinear of the output. In QDQ format, the same operators as float
-ops (Conv, Gemm, MatMul, Add, GlobalAveragePool, AveragePool, MaxPool, Flatten,
-Reshape, Concat, Relu, Clip) between DequantizeLinear and QuantizeLinear nodes,
-read into the same IR as their QOperator twins. Each op has a converter in
+channels (any channel counts), Relu/Clip on quantized tensors (folded into the
+producer's clamp), the channel shuffle Reshape -> Transpose -> Reshape, Split on
+channels, nearest Resize/Upsample by integer factors, the float islands
+DequantizeLinear -> ReduceMean (H, W) / Slice / Split -> QuantizeLinear that
+onnxruntime's quantizer leaves, and a DequantizeLinear of the output. In QDQ
+format, the same operators as float ops (Conv, Gemm, MatMul, Add,
+GlobalAveragePool, AveragePool, MaxPool, Flatten, Reshape, Transpose of a
+shuffle, Concat, Relu, Clip, ReduceMean, Slice, Split, Resize, Upsample) between
+DequantizeLinear and QuantizeLinear nodes, read into the same IR as their
+QOperator twins. Each op has a converter in
 :mod:`.converters` or :mod:`.qdq` (looked up in :mod:`.registry`); the graph then goes through
 the frontend passes (:mod:`dlfusion.compiler.passes`). Anything else is an
 :class:`~dlfusion.compiler.ir.IRError` naming the node, its op, the format and

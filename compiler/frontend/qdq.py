@@ -49,9 +49,19 @@ class QdqContext(Context):
         The node producing each tensor.
     """
     producer: dict = field(default_factory=dict)
+    float_ops: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.producer = {name: node for node in self.onnx_graph.node for name in node.output}
+        self.float_ops = ort_float_ops(self.onnx_graph, self.constants)
+
+    def refuse_float(self, node) -> None:
+        """Refuse ``node`` if onnxruntime runs it in float32 (:func:`ort_float_ops`)."""
+        reason = self.float_ops.get(node.name or node.output[0])
+        if reason is not None:
+            raise IRError(f"{self.where(node)}: onnxruntime (x86-64) runs this {node.op_type} in float32, not as its "
+                          f"int8 QLinear kernel ({reason}); its float rounding next to ties is not reproducible "
+                          "exactly: quantize with uint8 activations or in QOperator format")
 
     @staticmethod
     def where(node) -> str:
@@ -125,6 +135,84 @@ class QdqContext(Context):
                 and (zero.dtype == np.int8) == x.signed)
 
 
+#: Float ops whose fused QLinear kernel onnxruntime picks only when the types of their quantized inputs and
+#: output agree (and, for Conv and MatMul, are not int8): else they run in float32 between the Q/DQ nodes.
+_FUSED_IF_TYPES_AGREE = ("Conv", "MatMul", "Gemm", "Add", "AveragePool", "GlobalAveragePool")
+_INT8_NOT_ALLOWED = ("Conv", "MatMul")
+
+
+def ort_float_ops(onnx_graph, constants) -> dict:
+    """The arithmetic float ops of a QDQ model that onnxruntime's CPU provider runs in float32 on x86-64
+    (its default ``session.qdqisint8allowed=0``), each with the reason; empty for uint8 activations.
+
+    On x86-64 onnxruntime does not fuse int8-activation groups into its int8 QLinear kernels: its
+    ``QDQS8ToU8Transformer`` first rewrites an int8 QuantizeLinear -> DequantizeLinear pair into uint8 (zero
+    point + 128, exact), but only a QuantizeLinear with exactly one output edge once each reader has its own
+    DequantizeLinear (``EnsureUniqueDQForNodeUnit``), i.e. a tensor read by one node. A tensor read by
+    several nodes (a residual branch) stays int8, and a Conv (MatMul) reading it or writing it, or an Add,
+    (Global)AveragePool, Gemm whose quantized inputs and output end up of different types, is left as a
+    float op on the dequantized values: ``Q(DQ(x) conv DQ(w) + DQ(b))`` in float32 (MLAS SGEMM),
+    whose rounding errors decide the values next to a rounding tie differently from the exact int32
+    accumulation (and the float Add and average from QLinearAdd's and QLinearAveragePool's). Concat, MaxPool
+    and the other data-movement ops are left out: in float they compute what their fused kernels do.
+    Checked against onnxruntime 1.32's optimized graphs of seven zoo models with int8 activations."""
+    outputs = {o.name for o in onnx_graph.output}
+    readers: dict = {}
+    for n in onnx_graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    producer = {name: n for n in onnx_graph.node for name in n.output}
+
+    def zero_dtype(node):
+        if len(node.input) > 2 and node.input[2] in constants:
+            return np.asarray(constants[node.input[2]]).dtype
+        return np.dtype(np.uint8)
+
+    kind = {}            # quantized tensor (a QuantizeLinear output) -> "int8" or "uint8" as onnxruntime runs it
+    for q in onnx_graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in constants:
+            continue
+        if zero_dtype(q) != np.int8:
+            kind[q.output[0]] = "uint8"
+            continue
+        edges = [dq for dq in readers.get(q.output[0], [])]
+        fan_out = sum(max(1, len(readers.get(dq.output[0], []))) if dq.op_type == "DequantizeLinear" else 1
+                      for dq in edges)
+        pair = (len(edges) == 1 and edges[0].op_type == "DequantizeLinear" and fan_out == 1
+                and q.output[0] not in outputs and np.asarray(constants.get(q.input[2], 0)).size == 1
+                and len(edges[0].input) > 2 and zero_dtype(edges[0]) == np.int8
+                and np.array_equal(constants.get(q.input[2]), constants.get(edges[0].input[2])))
+        kind[q.output[0]] = "uint8" if pair else "int8"
+    if "int8" not in kind.values():
+        return {}
+
+    def quantized_input(name):
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in constants:
+            return None
+        return kind.get(dq.input[0])
+
+    found = {}
+    for n in onnx_graph.node:
+        if n.op_type not in _FUSED_IF_TYPES_AGREE:
+            continue
+        ins = [quantized_input(name) for name in n.input if name]
+        ins = [t for t in ins if t is not None]
+        after = readers.get(n.output[0], [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):   # onnxruntime's redundant clip node
+            after = readers.get(after[0].output[0], [])
+        outs = [kind.get(r.output[0]) for r in after if r.op_type == "QuantizeLinear"]
+        types = set(ins) | set(t for t in outs if t is not None)
+        if not ins or not outs:
+            continue
+        if len(types) > 1:
+            found[n.name or n.output[0]] = "its quantized inputs and output are of different types " \
+                "(a tensor read by several nodes stays int8, the others become uint8)"
+        elif n.op_type in _INT8_NOT_ALLOWED and types == {"int8"}:
+            found[n.name or n.output[0]] = "it reads or writes an int8 tensor read by several nodes"
+    return found
+
+
 def _qlinear_name(node) -> str:
     """onnxruntime's name of the QOperator node quantizing ``node`` (``<name>_quant``)."""
     return f"{node.name}_quant" if node.name else node.output[0]
@@ -173,6 +261,7 @@ def dequantize_linear(ctx: QdqContext, node) -> None:
 
 @qdq_converter("Conv")
 def conv(ctx: QdqContext, node) -> None:
+    ctx.refuse_float(node)
     x, x_scale = ctx.activation(node.input[0], node)
     w, w_scale, w_zero = ctx.weight(node.input[1], node, np.int8)
     output, y_scale, y_zero = ctx.output_quantization(node)
@@ -182,6 +271,7 @@ def conv(ctx: QdqContext, node) -> None:
 
 @qdq_converter("Gemm", "MatMul")
 def gemm(ctx: QdqContext, node) -> None:
+    ctx.refuse_float(node)
     where, a = ctx.where(node), ctx.attrs(node)
     x, x_scale = ctx.activation(node.input[0], node)
     b, w_scale, w_zero = ctx.weight(node.input[1], node, np.int8)
@@ -200,6 +290,7 @@ def gemm(ctx: QdqContext, node) -> None:
 
 @qdq_converter("Add")
 def add(ctx: QdqContext, node) -> None:
+    ctx.refuse_float(node)
     x, _ = ctx.activation(node.input[0], node)
     y, _ = ctx.activation(node.input[1], node)
     output, y_scale, y_zero = ctx.output_quantization(node)
@@ -208,6 +299,7 @@ def add(ctx: QdqContext, node) -> None:
 
 @qdq_converter("GlobalAveragePool")
 def global_average_pool(ctx: QdqContext, node) -> None:
+    ctx.refuse_float(node)
     x, x_scale = ctx.activation(node.input[0], node)
     output, y_scale, y_zero = ctx.output_quantization(node)
     nodes.global_average_pool(ctx, node, _qlinear_name(node), output, x, x_scale, y_scale, y_zero)
@@ -215,6 +307,7 @@ def global_average_pool(ctx: QdqContext, node) -> None:
 
 @qdq_converter("AveragePool")
 def average_pool(ctx: QdqContext, node) -> None:
+    ctx.refuse_float(node)
     x, x_scale = ctx.activation(node.input[0], node)
     output, y_scale, y_zero = ctx.output_quantization(node)
     if ctx.same_quantization(x, y_scale, y_zero):
@@ -260,6 +353,12 @@ def concat(ctx: QdqContext, node) -> None:
 @qdq_converter("Flatten", "Reshape")
 def flatten(ctx: QdqContext, node) -> None:
     x, _ = ctx.activation(node.input[0], node)
+    if node.op_type == "Reshape" and np.asarray(ctx.const(node.input[1], node)).size == 5:
+        final, channels = nodes.shuffle(ctx, node, x)
+        output, y_scale, y_zero = ctx.output_quantization(final)
+        ctx.handled.add(output)
+        nodes.channel_selection(ctx, node, node.name or node.output[0], output, x, channels, y_scale, y_zero)
+        return
     readers = ctx.consumers(node.output[0])
     # through the Q/DQ pair that follows it to the float ops reading it
     for q in [r for r in readers if r.op_type == "QuantizeLinear"]:
@@ -276,3 +375,36 @@ def flatten(ctx: QdqContext, node) -> None:
 @qdq_converter("Constant")
 def constant(ctx: QdqContext, node) -> None:
     """Read with the initializers before conversion."""
+
+
+@qdq_converter("ReduceMean")
+def reduce_mean(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    nodes.reduce_mean(ctx, node, node.name or node.output[0], x)
+
+
+@qdq_converter("Slice")
+def slice_(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    output, y_scale, y_zero = ctx.output_quantization(node)
+    nodes.channel_selection(ctx, node, node.name or node.output[0], output, x,
+                            list(nodes.slice_channels(ctx, node, x)), y_scale, y_zero)
+
+
+@qdq_converter("Split")
+def split(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    for index, channels in enumerate(nodes.split_channels(ctx, node, x)):
+        readers = ctx.consumers(node.output[index])
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+            raise IRError(f"{ctx.where(node)}: in a QDQ model its output {node.output[index]!r} must go into one "
+                          "QuantizeLinear")
+        y_scale, y_zero = ctx.quantization(readers[0])
+        nodes.channel_selection(ctx, node, f"{node.name or node.output[0]}:{index}", readers[0].output[0], x,
+                                list(channels), y_scale, y_zero)
+
+
+@qdq_converter("Resize", "Upsample")
+def resize(ctx: QdqContext, node) -> None:
+    x, _ = ctx.activation(node.input[0], node)
+    nodes.upsample(ctx, node, node.name or node.output[0], _keeping(ctx, node, x), x)

@@ -68,6 +68,9 @@ class Context:
         The graph being built.
     alias : dict of str to str
         Outputs that stand for another tensor (Flatten, Reshape).
+    handled : set of str
+        Names (or first outputs) of nodes already converted with another one (the Transpose and
+        Reshape of a channel shuffle, the Q/DQ pairs between them); :func:`convert` skips them.
     """
     onnx_graph: object
     constants: dict
@@ -75,6 +78,7 @@ class Context:
     dims: list
     ir: Graph
     alias: dict = field(default_factory=dict)
+    handled: set = field(default_factory=set)
 
     # -- reading the ONNX node -----------------------------------------------------------------------
 
@@ -108,6 +112,21 @@ class Context:
     def consumers(self, name: str) -> list:
         """The ONNX nodes that read ``name``."""
         return [n for n in self.onnx_graph.node if name in n.input]
+
+    def next_op(self, name: str, node):
+        """The one node reading ``name``, past QuantizeLinear -> DequantizeLinear pairs (a QDQ model's
+        marks between float ops); raises naming ``node`` unless there is exactly one."""
+        readers = self.consumers(name)
+        while len(readers) == 1 and readers[0].op_type == "QuantizeLinear":
+            after = self.consumers(readers[0].output[0])
+            if len(after) != 1 or after[0].op_type != "DequantizeLinear":
+                break
+            self.handled.update((readers[0].output[0], after[0].output[0]))
+            readers = self.consumers(after[0].output[0])
+        if len(readers) != 1:
+            raise IRError(f"{self.where(node)}: its output must be read by one node, not "
+                          f"{[r.name or r.output[0] for r in readers]}")
+        return readers[0]
 
     def window(self, node, a: dict, kernel_default=None) -> tuple[int, int, int]:
         """``(kernel, stride, pad)`` of a square, symmetric, undilated window."""
@@ -160,6 +179,8 @@ def convert(context: Context, node, model_format: str) -> None:
         The op has no converter (naming the node, the op, the format and what is supported), or
         the converter refused the node.
     """
+    if node.output and node.output[0] in context.handled:
+        return
     if node.domain not in ("", "ai.onnx", "com.microsoft"):
         raise IRError(f"{context.where(node)}: domain {node.domain!r} is not supported")
     function = _TABLES.get(model_format, CONVERTERS).get(node.op_type)

@@ -1,8 +1,8 @@
 """Built-in model zoo: published CNN architectures with seeded random weights.
 
 Everything is defined here in PyTorch (no download, no torchvision): a tiny
-residual CNN, ResNet-18/50, MobileNetV2, VGG-16 and SqueezeNet 1.1 with the
-layer shapes of the papers / the torchvision reference implementations.
+residual CNN, ResNet-18/50, MobileNetV2, VGG-16, SqueezeNet 1.1, RegNetX-400MF,
+ShuffleNetV2 1.0x and MnasNet 1.0 with the layer shapes of the papers / the torchvision reference implementations.
 The models are exported to ONNX (float, BatchNorm folded into the convs) and
 quantized by :mod:`.quantize` (onnxruntime ``quantize_static``, QOperator,
 per-channel int8 weights) into the quantized ONNX the compiler consumes.
@@ -95,6 +95,16 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("squeezenet1_1", "SqueezeNet 1.1: 3x3/2 conv, 3 ceil-mode 3x3/2 maxpools, 8 fire modules, "
                   "conv1x1 to 1000, GAP",
                   224, 25, 1000, "Iandola et al., SqueezeNet, 2016; v1.1 from the SqueezeNet repository"),
+        ModelSpec("regnet_x_400mf", "RegNetX-400MF: 3x3/2 stem (32 ch), 4 stages [1, 2, 7, 12] of residual "
+                  "bottlenecks with 3x3 grouped convs (group width 16; 32-400 ch), GAP, fc 1000",
+                  224, 32, 1000, "Radosavovic et al., Designing Network Design Spaces, CVPR 2020; torchvision's "
+                  "regnet_x_400mf"),
+        ModelSpec("shufflenet_v2_x1_0", "ShuffleNetV2 1.0x: 3x3/2 stem, maxpool, 3 stages [4, 8, 4] (116-464 ch) "
+                  "of channel split, depthwise 3x3 branch, concat and channel shuffle, 1x1 to 1024, mean, fc 1000",
+                  224, 32, 1000, "Ma et al., ShuffleNet V2, ECCV 2018; torchvision's shufflenet_v2_x1_0"),
+        ModelSpec("mnasnet1_0", "MnasNet 1.0 (B1): 3x3/2 stem, separable 3x3, 6 stacks of inverted residuals "
+                  "(3x3/5x5 depthwise, expansion 3/6; 24-320 ch), 1x1 to 1280, mean over H, W, fc 1000",
+                  224, 32, 1000, "Tan et al., MnasNet, CVPR 2019; torchvision's mnasnet1_0"),
     )
 }
 
@@ -284,6 +294,124 @@ class SqueezeNet11(nn.Module):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
+class RegNetBlock(nn.Module):
+    """RegNet's residual bottleneck (X block, bottleneck ratio 1): 1x1, 3x3 grouped (stride), 1x1, plus the
+    input (a 1x1 projection where the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, group_width: int):
+        super().__init__()
+        self.a = ConvBN(cin, cout, 1)
+        self.b = ConvBN(cout, cout, 3, stride, groups=cout // group_width)
+        self.c = ConvBN(cout, cout, 1, act=None)
+        self.proj = ConvBN(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        shortcut = x if self.proj is None else self.proj(x)
+        return self.relu(shortcut + self.c(self.b(self.a(x))))
+
+
+class RegNetX400MF(nn.Module):
+    # torchvision's regnet_x_400mf: depth 22, w_0 24, w_a 24.48, w_m 2.54, group width 16 quantize to
+    WIDTHS, DEPTHS, GROUP_WIDTH = (32, 64, 160, 400), (1, 2, 7, 12), 16
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.stem = ConvBN(3, 32, 3, 2)
+        blocks, cin = [], 32
+        for width, depth in zip(self.WIDTHS, self.DEPTHS, strict=True):
+            for index in range(depth):
+                blocks.append(RegNetBlock(cin, width, 2 if index == 0 else 1, self.GROUP_WIDTH))
+                cin = width
+        self.trunk = nn.Sequential(*blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.trunk(self.stem(x))), 1))
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's unit: stride 1 splits the channels in halves and transforms the second; stride 2
+    transforms the input in two branches; the halves are concatenated and shuffled (2 groups)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride, self.half = stride, cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(ConvBN(cin, cin, 3, stride, groups=cin, act=None),
+                                         ConvBN(cin, self.half, 1))
+        self.branch2 = nn.Sequential(ConvBN(cin if stride > 1 else self.half, self.half, 1),
+                                     ConvBN(self.half, self.half, 3, stride, groups=self.half, act=None),
+                                     ConvBN(self.half, self.half, 1))
+
+    def forward(self, x):
+        if self.stride == 1:     # slices with constant bounds (torch's chunk would export Shape arithmetic)
+            out = torch.cat([x[:, :self.half], self.branch2(x[:, self.half:])], 1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], 1)
+        n, c, h, w = out.shape
+        return out.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleNetV2(nn.Module):
+    REPEATS, CHANNELS = (4, 8, 4), (24, 116, 232, 464, 1024)
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = ConvBN(3, self.CHANNELS[0], 3, 2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        blocks, cin = [], self.CHANNELS[0]
+        for repeats, cout in zip(self.REPEATS, self.CHANNELS[1:4], strict=True):
+            for index in range(repeats):
+                blocks.append(ShuffleBlock(cin, cout, 2 if index == 0 else 1))
+                cin = cout
+        self.stages = nn.Sequential(*blocks)
+        self.conv5 = ConvBN(cin, self.CHANNELS[4], 1)
+        self.fc = nn.Linear(self.CHANNELS[4], num_classes)
+
+    def forward(self, x):
+        x = self.conv5(self.stages(self.maxpool(self.conv1(x))))
+        return self.fc(x.mean([2, 3]))
+
+
+class MnasBlock(nn.Module):
+    """MnasNet's inverted residual: 1x1 expansion, k x k depthwise (stride), linear 1x1, residual where the
+    shape allows."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.layers = nn.Sequential(ConvBN(cin, mid, 1), ConvBN(mid, mid, kernel, stride, groups=mid),
+                                    ConvBN(mid, cout, 1, act=None))
+        self.use_residual = cin == cout and stride == 1
+
+    def forward(self, x):
+        return x + self.layers(x) if self.use_residual else self.layers(x)
+
+
+class MnasNet10(nn.Module):
+    # (output channels, kernel, first stride, expansion, repeats) of the six stacks (torchvision, alpha 1.0)
+    STACKS = ((24, 3, 2, 3, 3), (40, 5, 2, 3, 3), (80, 5, 2, 6, 3), (96, 3, 1, 6, 2), (192, 5, 2, 6, 4),
+              (320, 3, 1, 6, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [ConvBN(3, 32, 3, 2), ConvBN(32, 32, 3, groups=32), ConvBN(32, 16, 1, act=None)]
+        cin = 16
+        for cout, kernel, stride, expand, repeats in self.STACKS:
+            for index in range(repeats):
+                layers.append(MnasBlock(cin, cout, kernel, stride if index == 0 else 1, expand))
+                cin = cout
+        layers.append(ConvBN(cin, 1280, 1))
+        self.layers = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.dropout(self.layers(x).mean([2, 3])))
+
+
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "tiny_cnn": lambda size, classes: TinyCNN(classes),
     "resnet18": lambda size, classes: ResNet(BasicBlock, [2, 2, 2, 2], classes),
@@ -291,6 +419,9 @@ _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "mobilenet_v2": lambda size, classes: MobileNetV2(classes),
     "vgg16": lambda size, classes: VGG16(size, classes),
     "squeezenet1_1": lambda size, classes: SqueezeNet11(classes),
+    "regnet_x_400mf": lambda size, classes: RegNetX400MF(classes),
+    "shufflenet_v2_x1_0": lambda size, classes: ShuffleNetV2(classes),
+    "mnasnet1_0": lambda size, classes: MnasNet10(classes),
 }
 assert _BUILDERS.keys() == MODELS.keys()
 
@@ -349,6 +480,10 @@ def _residual_branch_end(mod: nn.Module) -> ConvBN | None:
         return mod.conv2
     if isinstance(mod, InvertedResidual) and mod.use_residual:
         return mod.conv[-1]
+    if isinstance(mod, RegNetBlock):
+        return mod.c
+    if isinstance(mod, MnasBlock) and mod.use_residual:
+        return mod.layers[-1]
     return None
 
 

@@ -17,6 +17,7 @@ from .common import (
     W_FULL,
     WindowedLayer,
     ceil_div,
+    contiguous,
     split_folded_first,
     to_byte,
     weight_blocks_for,
@@ -44,9 +45,10 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
     OH, OW = layer.out_height, layer.out_width
     taps = k * k
     cin_blocks = ceil_div(layer.in_channels, lanes)
+    span = layer.span(lanes)    # input blocks per output block (all of them but for a block-sparse weight)
     per_block = weight_blocks_for(layer, lanes)
     chunk = chunk_blocks(hw, layer)
-    chunks = [(c0, min(cin_blocks, c0 + chunk)) for c0 in range(0, cin_blocks, chunk)]
+    chunks = [(c0, min(span, c0 + chunk)) for c0 in range(0, span, chunk)]
     row0, row1 = rows
     block0, block1 = blocks
     half_weights = hw.weight_slot_blocks
@@ -70,7 +72,7 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
         j = tiles[index][0]
         c0, c1 = chunks[c]
         stream.emit(Opcode.LOAD, wait=W_FREE if u >= 2 else 0, signal=W_FULL, buffer=Buffer.WEIGHT,
-                    dram_addr=weight_line + (j * per_block + c0) * lanes, dram_s1=lanes, dram_s2=cin_blocks * lanes,
+                    dram_addr=weight_line + (j * per_block + c0) * lanes, dram_s1=lanes, dram_s2=span * lanes,
                     sram_addr=(u % 2) * half_weights * lanes, sram_s1=lanes, sram_s2=(c1 - c0) * lanes,
                     n2=taps, n1=c1 - c0, n0=lanes)
 
@@ -97,17 +99,21 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
         single_pixel = count * OW == 1
         for c, (c0, c1) in enumerate(chunks):
             wslot = (u % 2) * half_weights
+            sources = layer.input_blocks(j, lanes)[c0:c1]
             instructions = []
             for ky in range(k):
                 for kx in range(k):
                     w0 = wslot + (ky * k + kx) * (c1 - c0)
-                    act0 = in_slot + ky * tiling.in_width + kx + c0 * in_plane
-                    if single_pixel:
-                        instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0, act_s0=in_plane,
-                                                 n1=1, n0=c1 - c0, acc_s0=0, acc_s1=0))
+                    act0 = in_slot + ky * tiling.in_width + kx
+                    if single_pixel and contiguous(sources):
+                        instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0 + sources[0] * in_plane,
+                                                 act_s0=in_plane, n1=1, n0=c1 - c0, acc_s0=0, acc_s1=0))
+                    elif single_pixel:
+                        instructions += [dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane, n1=1, n0=1, acc_s0=0,
+                                              acc_s1=0) for n, cb in enumerate(sources)]
                     else:
-                        for cb in range(c1 - c0):
-                            instructions.append(dict(w_addr=w0 + cb, act_addr=act0 + cb * in_plane, n1=count, n0=OW,
+                        for n, cb in enumerate(sources):
+                            instructions.append(dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane, n1=count, n0=OW,
                                                      act_s1=s * tiling.in_width, act_s0=s, acc_s1=OW, acc_s0=1))
             if c == 0:
                 instructions[0:1] = split_folded_first(instructions[0])

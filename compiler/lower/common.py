@@ -17,7 +17,7 @@ W_FREE      a weight slot may be overwritten
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +30,8 @@ __all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE",
            "FIELD_MAX_COUNT", "FIELD_MAX_STRIDE", "MAX_KERNEL", "LayerKind", "MATMUL_MODES",
            "WINDOWED_KINDS", "WindowedLayer", "AddLayer",
            "Split", "ceil_div", "to_byte", "partition", "initial_credits", "layer_of", "weight_blocks_for",
-           "pack_windowed_weights", "params_for", "split_folded_first"]
+           "pack_windowed_weights", "params_for", "split_folded_first", "input_block_lists", "weight_mask",
+           "contiguous"]
 
 IN_FULL, IN_FREE, ACC_FULL, ACC_FREE, OUT_FULL, OUT_FREE, W_FULL, W_FREE = (1 << i for i in range(8))
 
@@ -113,6 +114,32 @@ class WindowedLayer:
     #: ONNX ceil_mode (pooling): a last, partial window on the bottom/right edge, padded
     #: with the pad value like the other borders.
     ceil_mode: bool = False
+    #: CONV of a block-sparse weight (a grouped convolution, a channel selection): the ``(K, C)``
+    #: mask of the weights that may be nonzero (:func:`weight_mask`). Per output-channel block only
+    #: the input-channel blocks holding some of them are loaded and multiplied
+    #: (:func:`input_block_lists`). ``None``: a dense convolution, every input block.
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: CONV: ONNX ``group`` (for the MAC count).
+    groups: int = 1
+
+    def block_lists(self, lanes: int) -> tuple[tuple[int, ...], ...] | None:
+        """:func:`input_block_lists` of the mask (``None`` for a dense convolution)."""
+        if self.mask is None:
+            return None
+        cached = self.__dict__.setdefault("_block_lists", {})
+        if lanes not in cached:
+            cached[lanes] = input_block_lists(self.mask, lanes)
+        return cached[lanes]
+
+    def input_blocks(self, block: int, lanes: int) -> tuple[int, ...]:
+        """The input-channel blocks output-channel block ``block`` reads, in weight order."""
+        lists = self.block_lists(lanes)
+        return tuple(range(ceil_div(self.in_channels, lanes))) if lists is None else lists[block]
+
+    def span(self, lanes: int) -> int:
+        """Input-channel blocks per output-channel block (every tap)."""
+        lists = self.block_lists(lanes)
+        return ceil_div(self.in_channels, lanes) if lists is None else len(lists[0])
 
     def _out(self, size: int) -> int:
         return out_size(size, self.kernel, self.stride, self.pad, self.ceil_mode)
@@ -127,7 +154,7 @@ class WindowedLayer:
 
     @property
     def macs(self) -> int:
-        per_output = self.kernel * self.kernel * (self.in_channels if self.kind is LayerKind.CONV else 1)
+        per_output = self.kernel * self.kernel * (self.in_channels // self.groups if self.kind is LayerKind.CONV else 1)
         return self.out_channels * self.out_height * self.out_width * per_output
 
     def __post_init__(self):
@@ -155,7 +182,7 @@ class WindowedLayer:
 def weight_blocks_for(layer: WindowedLayer, lanes: int) -> int:
     """Weight blocks per output-channel block."""
     if layer.kind is LayerKind.CONV:
-        return layer.kernel * layer.kernel * ceil_div(layer.in_channels, lanes)
+        return layer.kernel * layer.kernel * layer.span(lanes)
     if layer.kind is LayerKind.DEPTHWISE:
         return ceil_div(layer.kernel * layer.kernel, lanes)
     if layer.kind is LayerKind.AVGPOOL:
@@ -178,6 +205,9 @@ def pack_windowed_weights(layer: WindowedLayer, weight: np.ndarray | None, lanes
         padded[:layer.out_channels, :layer.in_channels] = weight
         # [ob, oc, ib, ic, ky, kx] -> [ob, ky, kx, ib, ic (row), oc (col)]
         view = padded.reshape(cout_blocks, lanes, cin_blocks, lanes, k, k).transpose(0, 4, 5, 2, 3, 1)
+        lists = layer.block_lists(lanes)
+        if lists is not None:     # only the input blocks each output block reads
+            view = np.stack([view[j][:, :, list(lists[j])] for j in range(cout_blocks)])
         blocks[:] = view.reshape(-1, lanes, lanes)
     elif layer.kind is LayerKind.DEPTHWISE:
         taps = np.zeros((cout_blocks * lanes, per_block * lanes), dtype=np.int8)
@@ -200,6 +230,11 @@ def params_for(bias: np.ndarray, multiplier: np.ndarray, channels: int, lanes: i
     entries[:, 0] = b.reshape(blocks, lanes).view(np.uint32)
     entries[:, 1] = mult.reshape(blocks, lanes).view(np.uint32)
     return entries.reshape(2 * blocks, lanes)
+
+
+def contiguous(blocks: tuple[int, ...]) -> bool:
+    """Whether ``blocks`` are consecutive (one strided loop reads them)."""
+    return all(b - a == 1 for a, b in zip(blocks, blocks[1:], strict=False))
 
 
 def split_folded_first(fields: dict) -> list[dict]:
@@ -231,10 +266,43 @@ class AddLayer:
     clamp_hi: int
 
 
+def input_block_lists(mask: np.ndarray, lanes: int) -> tuple[tuple[int, ...], ...]:
+    """Per output-channel block, the input-channel blocks holding a nonzero weight of the ``(K, C)``
+    boolean ``mask``, all padded to the longest list's length (with the nearest unused blocks, whose
+    all-zero weights change nothing), in increasing order."""
+    out_channels, in_channels = mask.shape
+    cout_blocks, cin_blocks = ceil_div(out_channels, lanes), ceil_div(in_channels, lanes)
+    padded = np.zeros((cout_blocks * lanes, cin_blocks * lanes), bool)
+    padded[:out_channels, :in_channels] = mask
+    used = padded.reshape(cout_blocks, lanes, cin_blocks, lanes).any(axis=(1, 3))
+    span = max(1, int(used.sum(axis=1).max()))
+    lists = []
+    for j in range(cout_blocks):
+        chosen = [int(b) for b in np.flatnonzero(used[j])]
+        spare = sorted((b for b in range(cin_blocks) if b not in chosen),
+                       key=lambda b: min((abs(b - c) for c in chosen), default=b))
+        lists.append(tuple(sorted(chosen + spare[:span - len(chosen)])))
+    return tuple(lists)
+
+
+def weight_mask(node: Node, in_channels: int) -> np.ndarray | None:
+    """The ``(K, C)`` mask of the weights a block-sparse CONV may hold (the block diagonal of a
+    grouped convolution, the ones of a channel selection), or ``None`` for a dense one."""
+    attrs = node.attrs
+    if node.op is not Op.CONV or (attrs.groups == 1 and not attrs.selection):
+        return None
+    if attrs.selection:
+        return np.any(attrs.weight != 0, axis=(2, 3))
+    out_channels = attrs.weight.shape[0]
+    group_in, group_out = in_channels // attrs.groups, out_channels // attrs.groups
+    return (np.arange(out_channels)[:, None] // group_out) == (np.arange(in_channels)[None, :] // group_in)
+
+
 def layer_of(graph: Graph, node: Node) -> WindowedLayer:
     """The windowed layer a CONV/FC/DEPTHWISE/MAXPOOL/AVGPOOL node of ``graph`` computes."""
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     lo, hi = node.attrs.clamp
     return WindowedLayer(WINDOWED_KINDS[node.op], x.shape[0], x.shape[1], x.shape[2], y.shape[0],
                          node.attrs.kernel, node.attrs.stride, node.attrs.pad, x.signed, x.zero_point,
-                         y.signed, y.zero_point, lo, hi, bool(node.attrs.ceil_mode))
+                         y.signed, y.zero_point, lo, hi, bool(node.attrs.ceil_mode),
+                         weight_mask(node, x.shape[0]), node.attrs.groups)

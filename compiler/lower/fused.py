@@ -62,6 +62,7 @@ from .common import (
     W_FULL,
     LayerKind,
     ceil_div,
+    contiguous,
     layer_of,
     partition,
     split_folded_first,
@@ -534,7 +535,6 @@ class _CoreEmitter:
         lanes = hw.lanes
         x_name = node.inputs[0]
         x, y = self.graph.tensors[x_name], self.graph.tensors[node.output]
-        cin_blocks = ceil_div(x.shape[0], lanes)
         cout_blocks = ceil_div(y.shape[0], lanes)
         _, h, w = x.shape
         _, _, ow = y.shape
@@ -556,14 +556,15 @@ class _CoreEmitter:
                 acc = (self.acc_count % 2) * hw.acc_slot_entries
                 self.acc_count += 1
                 instructions = []   # (fields, overwrite)
-                if single and layer.kind is LayerKind.CONV:
+                if single and layer.kind is LayerKind.CONV and contiguous(in_blocks := layer.input_blocks(j, lanes)):
+                    span = len(in_blocks)
                     for n_tap, (ky, kx) in enumerate(taps):
                         iy, ix = y0 * s - p + ky, -p + kx
                         if not (0 <= iy < h and 0 <= ix < w):
                             continue
-                        fields = dict(w_addr=wbase + j * per_block + (ky * k + kx) * cin_blocks, w_s0=1,
-                                      act_addr=self._line(x_name, iy, 0, band) + ix, act_s0=x_plane,
-                                      acc_addr=acc, acc_s0=0, acc_s1=0, n1=1, n0=cin_blocks)
+                        fields = dict(w_addr=wbase + j * per_block + (ky * k + kx) * span, w_s0=1,
+                                      act_addr=self._line(x_name, iy, in_blocks[0], band) + ix, act_s0=x_plane,
+                                      acc_addr=acc, acc_s0=0, acc_s1=0, n1=1, n0=span)
                         parts = split_folded_first(fields) if n_tap == 0 else [fields]
                         instructions += [(part, n_tap == 0 and i == 0) for i, part in enumerate(parts)]
                 elif single and layer.kind in (LayerKind.MAXPOOL, LayerKind.AVGPOOL) \
@@ -581,8 +582,9 @@ class _CoreEmitter:
                         if oy1 <= oy0 or ox1 <= ox0:
                             continue
                         if layer.kind is LayerKind.CONV:
-                            sources = [(cb, wbase + j * per_block + (ky * k + kx) * cin_blocks + cb, 0)
-                                       for cb in range(cin_blocks)]
+                            in_blocks = layer.input_blocks(j, lanes)
+                            sources = [(cb, wbase + j * per_block + (ky * k + kx) * len(in_blocks) + n, 0)
+                                       for n, cb in enumerate(in_blocks)]
                         elif layer.kind is LayerKind.DEPTHWISE:
                             tap = ky * k + kx
                             sources = [(j, wbase + j * per_block + tap // lanes, tap % lanes)]

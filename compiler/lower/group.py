@@ -19,6 +19,7 @@ from ..ir import Graph, Op
 from .common import AddLayer, Split, ceil_div, layer_of, partition
 from .elementwise import lower_add
 from .fused import FusedGroup
+from .resize import UpsampleLayer, lower_upsample
 from .windowed import lower_windowed
 
 __all__ = ["GroupLowering", "lower_group", "core_parts"]
@@ -78,6 +79,16 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
     out = address(node.output)
     x = graph.tensors[node.inputs[0]]
     tiles = []
+    if node.op is Op.UPSAMPLE:
+        layer = UpsampleLayer(x.shape[0], x.shape[1], x.shape[2], *node.attrs.factors)
+        for core, (rows, blocks) in enumerate(core_parts(split, cores, x.shape[1], ceil_div(x.shape[0], lanes))):
+            try:
+                report = lower_upsample(hw, layer, streams[core], in_line=address(node.inputs[0]), out_line=out,
+                                        rows=rows, blocks=blocks)
+            except CompileError as error:
+                raise CompileError(f"{label}: {error}") from None
+            tiles.append(report["tiles"])
+        return GroupLowering(tiles=tiles)
     if node.op is Op.ADD:
         layer = AddLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, *node.attrs.clamp)
         for core, (rows, blocks) in enumerate(core_parts(split, cores, x.shape[1], ceil_div(x.shape[0], lanes))):

@@ -37,6 +37,7 @@ from .common import (
     LayerKind,
     WindowedLayer,
     ceil_div,
+    contiguous,
     initial_credits,
     split_folded_first,
     to_byte,
@@ -171,17 +172,22 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
             acc_count += 1
             instructions = []   # (fields) for this output block
             if layer.kind is LayerKind.CONV:
+                sources = layer.input_blocks(j, lanes)
+                span = len(sources)
                 for ky in range(k):
                     for kx in range(k):
                         tap = ky * k + kx
-                        w0 = wslot + local * per_block + tap * cin_blocks
+                        w0 = wslot + local * per_block + tap * span
                         act0 = in_slot + ky * tiling.in_width + kx
-                        if single_pixel:
-                            instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0, act_s0=in_plane,
-                                                     n1=1, n0=cin_blocks, acc_s0=0, acc_s1=0))
+                        if single_pixel and contiguous(sources):
+                            instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0 + sources[0] * in_plane,
+                                                     act_s0=in_plane, n1=1, n0=span, acc_s0=0, acc_s1=0))
+                        elif single_pixel:
+                            instructions += [dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane, n1=1, n0=1,
+                                                  acc_s0=0, acc_s1=0) for n, cb in enumerate(sources)]
                         else:
-                            for cb in range(cin_blocks):
-                                instructions.append(dict(w_addr=w0 + cb, act_addr=act0 + cb * in_plane,
+                            for n, cb in enumerate(sources):
+                                instructions.append(dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane,
                                                          n1=rows, n0=OW, act_s1=s * tiling.in_width, act_s0=s,
                                                          acc_s1=OW, acc_s0=1))
             else:

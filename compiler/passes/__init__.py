@@ -8,6 +8,9 @@ lowering takes:
 ``rescale_concat_inputs``
     a concat input quantized otherwise than the concat's output gets an identity
     requantization layer (onnxruntime's QLinearConcat requantizes it too);
+``align_concat_inputs``
+    a concat input of a channel count that does not fill whole lane blocks is padded by a channel
+    selection, and a second selection takes the real channels of the padded result;
 ``annotate_macs``
     every node's multiply-accumulate count, from its shapes.
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from ..ir import Graph, IRError, check
 from .annotate import annotate_macs
 from .fold import fold_clamps
-from .legalize import rescale_concat_inputs
+from .legalize import align_concat_inputs, rescale_concat_inputs
 
 __all__ = ["Pass", "FRONTEND_PASSES", "run_passes"]
 
@@ -38,7 +41,7 @@ class Pass:
 
 
 FRONTEND_PASSES = (Pass("fold_clamps", fold_clamps), Pass("rescale_concat_inputs", rescale_concat_inputs),
-                   Pass("annotate_macs", annotate_macs))
+                   Pass("align_concat_inputs", align_concat_inputs), Pass("annotate_macs", annotate_macs))
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass] = FRONTEND_PASSES, *, check_between: bool | None = None) -> Graph:

@@ -26,7 +26,7 @@ from ...hw.asm import CountSink, StreamBuilder
 from ...hw.config import HwConfig
 from ..errors import CompileError
 from ..ir import WINDOWED, Graph, Op
-from ..lower.common import Split, ceil_div
+from ..lower.common import Split, ceil_div, layer_of
 from ..lower.fused import FusedGroup
 from ..lower.group import lower_group
 from .errors import TuneError
@@ -197,8 +197,9 @@ class Workload:
         for node in fused.nodes:
             if node.op not in WINDOWED:
                 continue
-            x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+            y = graph.tensors[node.output]
             rows = schedule.end[node.output][-1] - schedule.start[node.output]
-            sources = ceil_div(x.shape[0], lanes) if node.op in (Op.CONV, Op.FC) else 1
+            # the input blocks the lowering multiplies (those of nonzero weight blocks for a block-sparse conv)
+            sources = layer_of(graph, node).span(lanes) if node.op in (Op.CONV, Op.FC) else 1
             cycles += ceil_div(y.shape[0], lanes) * node.attrs.kernel ** 2 * sources * rows * y.shape[2]
         return cycles

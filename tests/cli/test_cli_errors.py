@@ -58,7 +58,7 @@ def test_an_interrupt_exits_130_in_one_line_and_leaves_no_file(monkeypatch, caps
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
-    monkeypatch.setattr(dlfusion.hw.top, "generate_verilog", lambda hw, debug_names: "module dlfusion_accel;\n")
+    monkeypatch.setattr(dlfusion.hw.top, "generate_verilog", lambda hw, **options: "module dlfusion_accel;\n")
     monkeypatch.setattr(os, "replace", interrupted)
     code, _, err = run_cli(capsys, "verilog", "-o", str(tmp_path / "out" / "accel.v"))
     assert code == 130

@@ -132,3 +132,21 @@ def test_halo_rows_are_computed_once_per_core():
     fused = _golden(graph, HW, plan, x)
     plain = _golden(graph, HW, make_plan(graph, HW, cores=1), x)
     assert fused.counters[0]["pe_busy"] <= plain.counters[0]["pe_busy"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), hw=st.sampled_from([HW, SMALL]))
+def test_random_graphs_of_the_new_ops_equal_reference_on_every_plan(seed, hw):
+    """Grouped convolutions, channel slices and shuffles, concats of any channel counts and nearest
+    upsampling in random graphs: no fusion on one core, maximum fusion and random plans."""
+    graph = random_graph(seed, lanes=hw.lanes, new_ops=True)
+    try:
+        compile_graph(graph, hw, make_plan(graph, hw))
+    except CompileError:
+        assume(False)
+    x = _input(graph, seed)
+    expected = run_graph(graph, x)
+    cores = 1 + seed % hw.cores
+    for plan in (make_plan(graph, hw), make_plan(graph, hw, fusion="max", cores=cores), random_plan(graph, hw, seed)):
+        result = _golden(graph, hw, plan, x)
+        assert np.array_equal(result.outputs["output"], expected), [g.nodes for g in plan.groups]

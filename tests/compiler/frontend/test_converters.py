@@ -103,9 +103,11 @@ def test_qlinear_concat_rescales_the_input_of_another_quantization(tmp_path):
     inputs = [*m.quant("cat", 0.1, 120), a, "a_scale", "a_zero", b, "b_scale", "b_zero"]
     m.nodes.append(helper.make_node("QLinearConcat", inputs, ["cat"], name="cat", axis=1, domain="com.microsoft"))
     graph = load_onnx(m.save(tmp_path / "m.onnx", "cat", "cat_scale", "cat_zero"))
-    assert [node.name for node in graph.nodes] == ["a", "b", "cat:rescale1", "cat"]
+    # (the 4-channel first input is then padded to a 16-channel block by align_concat_inputs)
+    assert [node.name for node in graph.nodes] == ["a", "b", "cat:rescale1", "cat:align0", "cat", "cat:compact"]
     rescale = graph.nodes[2]
-    assert rescale.op is Op.DEPTHWISE and rescale.inputs == ["b"] and graph.nodes[3].inputs == ["a", "b:rescaled"]
+    assert rescale.op is Op.DEPTHWISE and rescale.inputs == ["b"] and graph.nodes[4].inputs == ["a:aligned",
+                                                                                                "b:rescaled"]
     # the multiplier reproduces onnxruntime's table: x -> rne((x - 110) * 0.2 / 0.1) + 120, saturated
     x = np.arange(256)
     ours = np.clip(np.rint((x - 110).astype(np.float32) * rescale.attrs.multiplier[0]) + 120, 0, 255)
@@ -173,8 +175,10 @@ def test_a_qdq_relu_on_the_input_alone_is_refused_by_name(tmp_path):
         load_onnx(_qdq_relu_on_the_input(tmp_path / "quantized_out.onnx", quantized_output=True))
 
 
-def test_grouped_convolution_is_refused_with_the_accepted_groups(tmp_path):
+def test_a_grouped_convolution_is_a_conv_with_a_block_diagonal_weight(tmp_path):
     m = QModel()
     conv = m.conv("conv", "x", 4, 8, group=2)
-    with pytest.raises(IRError, match=r"grouped convolution with group=2 is not supported \(only 1 and depthwise"):
-        load_onnx(m.save(tmp_path / "m.onnx", conv, "conv_scale", "conv_zero"))
+    (node,) = load_onnx(m.save(tmp_path / "m.onnx", conv, "conv_scale", "conv_zero")).nodes
+    assert node.op is Op.CONV and node.attrs.groups == 2 and node.attrs.weight.shape == (8, 4, 3, 3)
+    assert not node.attrs.weight[:4, 2:].any() and not node.attrs.weight[4:, :2].any()
+    assert node.attrs.macs == 8 * 6 * 6 * 9 * 2          # each output reads its group's 2 input channels

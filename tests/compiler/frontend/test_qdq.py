@@ -23,10 +23,10 @@ from dlfusion.sim.golden import GoldenSimulator
 
 HW = HwConfig()
 SIZE = 32
-#: The zoo models cheap at 32 px (vgg16 and resnet50 are left to tests/fingerprints.py's sizes), and
-#: int8 activations on the smallest.
-TWINS = [("tiny_cnn", "uint8"), ("tiny_cnn", "int8"), ("resnet18", "uint8"), ("mobilenet_v2", "uint8"),
-         ("squeezenet1_1", "uint8")]
+#: The zoo models cheap at 32 px (vgg16 and resnet50 are left to tests/fingerprints.py's sizes). With int8
+#: activations every zoo model has a tensor read by two nodes, whose neighbours onnxruntime runs in float32 on
+#: x86-64: refused (tests/compiler/frontend/test_qdq_int8.py).
+TWINS = [("tiny_cnn", "uint8"), ("resnet18", "uint8"), ("mobilenet_v2", "uint8"), ("squeezenet1_1", "uint8")]
 PLANS = {"none-1core": dict(fusion="none", cores=1), "max-allcores": dict(fusion="max", cores=HW.cores)}
 
 
@@ -180,12 +180,16 @@ def random_float_model(seed: int, path, pool: str = "MaxPool") -> int:
     return size
 
 
-def quantize_both(tmp_path_factory, seed, activation_type, pool="MaxPool"):
+def quantize_paths(tmp_path_factory, seed, activation_type, pool="MaxPool"):
     folder = tmp_path_factory.mktemp("random")
     random_float_model(seed, folder / "float.onnx", pool)
-    paths = {fmt: quantize_model(folder / "float.onnx", folder / f"{fmt}.onnx", num_calibration=4, seed=seed,
-                                 activation_type=activation_type, quant_format=fmt, preprocess=False)
-             for fmt in ("qoperator", "qdq")}
+    return {fmt: quantize_model(folder / "float.onnx", folder / f"{fmt}.onnx", num_calibration=4, seed=seed,
+                                activation_type=activation_type, quant_format=fmt, preprocess=False)
+            for fmt in ("qoperator", "qdq")}
+
+
+def quantize_both(tmp_path_factory, seed, activation_type, pool="MaxPool"):
+    paths = quantize_paths(tmp_path_factory, seed, activation_type, pool)
     return paths, {fmt: load_onnx(path, name="random") for fmt, path in paths.items()}
 
 
@@ -200,7 +204,16 @@ def assert_golden_equals_onnxruntime(graph, path, seed):
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2 ** 16), activation_type=st.sampled_from(["uint8", "int8"]))
 def test_random_float_models_read_into_the_same_ir_in_both_formats(tmp_path_factory, seed, activation_type):
-    paths, graphs = quantize_both(tmp_path_factory, seed, activation_type)
+    paths = quantize_paths(tmp_path_factory, seed, activation_type)
+    qoperator = load_onnx(paths["qoperator"], name="random")
+    if activation_type == "int8":
+        # the residual add's input is read by two nodes: onnxruntime runs its neighbours in float32 on x86-64
+        with pytest.raises(IRError, match=r"onnxruntime \(x86-64\) runs this (Conv|Add|Gemm|MatMul|"
+                                          r"GlobalAveragePool) in float32"):
+            load_onnx(paths["qdq"], name="random")
+        assert_golden_equals_onnxruntime(qoperator, paths["qoperator"], seed)
+        return
+    graphs = {"qoperator": qoperator, "qdq": load_onnx(paths["qdq"], name="random")}
     assert_same_ir(graphs["qoperator"], graphs["qdq"])
     assert_golden_equals_onnxruntime(graphs["qdq"], paths["qdq"], seed)
 
@@ -243,7 +256,7 @@ def sigmoid_model(tmp_path):
 
 UNSUPPORTED = (r"node 'gate' \(Sigmoid\): unsupported op in this QDQ model; supported: QuantizeLinear, "
                r"DequantizeLinear, Conv, Gemm, MatMul, Add, GlobalAveragePool, AveragePool, MaxPool, Relu, Clip, "
-               r"Concat, Flatten, Reshape, Constant$")
+               r"Concat, Flatten, Reshape, Constant, ReduceMean, Slice, Split, Resize, Upsample$")
 
 
 def test_an_unsupported_float_op_names_node_op_format_and_the_supported_ops(tmp_path):
@@ -300,7 +313,7 @@ def test_an_op_whose_output_is_not_quantized_is_named(tmp_path):
 
 
 def test_dlfusion_export_writes_either_format_and_activation_type(tmp_path, capsys):
-    for fmt, activation_type, expected in (("qdq", "int8", "QDQ"), ("qoperator", "uint8", "QOperator")):
+    for fmt, activation_type, expected in (("qdq", "uint8", "QDQ"), ("qoperator", "int8", "QOperator")):
         path = tmp_path / f"{fmt}.onnx"
         assert main(["export", "tiny_cnn", "--input-size", "16", "--format", fmt, "--activation-type",
                      activation_type, "-o", str(path)]) == 0

@@ -29,7 +29,8 @@ def test_frontend_passes_fold_annotate_and_leave_a_legal_graph():
     assert [n.op for n in graph.nodes] == [Op.CONV]
     assert graph.nodes[0].attrs.clamp == (100, 200) and graph.output == "y"
     assert graph.nodes[0].attrs.macs == 8 * 36 * 9 * 4
-    assert [p.name for p in FRONTEND_PASSES] == ["fold_clamps", "rescale_concat_inputs", "annotate_macs"]
+    assert [p.name for p in FRONTEND_PASSES] == ["fold_clamps", "rescale_concat_inputs", "align_concat_inputs",
+                                                 "annotate_macs"]
     check(graph)
 
 
