@@ -155,12 +155,24 @@ def ort_float_ops(onnx_graph, constants) -> dict:
     whose rounding errors decide the values next to a rounding tie differently from the exact int32
     accumulation (and the float Add and average from QLinearAdd's and QLinearAveragePool's). Concat, MaxPool
     and the other data-movement ops are left out: in float they compute what their fused kernels do.
-    Checked against onnxruntime 1.32's optimized graphs of seven zoo models with int8 activations."""
+    Checked against onnxruntime 1.32's optimized graphs of seven zoo models with int8 activations.
+
+    Two more of its rewrites are followed: its common subexpression elimination (level basic, before the
+    QDQ rewrites) merges QuantizeLinear nodes reading the same tensor with the same scale and zero point
+    initializers (by name), so ``quantize_static``'s ``DedicatedQDQPair`` (one Q/DQ pair per reader, same
+    initializers) is undone and the tensor is shared again; and a node whose output several
+    QuantizeLinear nodes read (dedicated pairs with their own initializer copies) is not fused at all,
+    its QDQ node unit needs exactly one."""
     outputs = {o.name for o in onnx_graph.output}
     readers: dict = {}
+    merged: dict = {}    # (input, scale, zero point, attributes) -> the first such QuantizeLinear: CSE
+    alias: dict = {}     # output of a QuantizeLinear CSE merges away -> the output it is merged into
     for n in onnx_graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in constants:
+            key = (tuple(n.input), tuple(a.SerializeToString() for a in n.attribute))
+            alias[n.output[0]] = merged.setdefault(key, n).output[0]
         for name in n.input:
-            readers.setdefault(name, []).append(n)
+            readers.setdefault(alias.get(name, name), []).append(n)
     producer = {name: n for n in onnx_graph.node for name in n.output}
 
     def zero_dtype(node):
@@ -169,12 +181,14 @@ def ort_float_ops(onnx_graph, constants) -> dict:
         return np.dtype(np.uint8)
 
     kind = {}            # quantized tensor (a QuantizeLinear output) -> "int8" or "uint8" as onnxruntime runs it
+    int8_model = False
     for q in onnx_graph.node:
-        if q.op_type != "QuantizeLinear" or q.input[0] in constants:
+        if q.op_type != "QuantizeLinear" or q.input[0] in constants or alias[q.output[0]] != q.output[0]:
             continue
         if zero_dtype(q) != np.int8:
             kind[q.output[0]] = "uint8"
             continue
+        int8_model = True
         edges = [dq for dq in readers.get(q.output[0], [])]
         fan_out = sum(max(1, len(readers.get(dq.output[0], []))) if dq.op_type == "DequantizeLinear" else 1
                       for dq in edges)
@@ -183,7 +197,9 @@ def ort_float_ops(onnx_graph, constants) -> dict:
                 and len(edges[0].input) > 2 and zero_dtype(edges[0]) == np.int8
                 and np.array_equal(constants.get(q.input[2]), constants.get(edges[0].input[2])))
         kind[q.output[0]] = "uint8" if pair else "int8"
-    if "int8" not in kind.values():
+    for name, target in alias.items():
+        kind[name] = kind[target]
+    if not int8_model:
         return {}
 
     def quantized_input(name):
@@ -205,7 +221,10 @@ def ort_float_ops(onnx_graph, constants) -> dict:
         types = set(ins) | set(t for t in outs if t is not None)
         if not ins or not outs:
             continue
-        if len(types) > 1:
+        if len({alias[r.output[0]] for r in after if r.op_type == "QuantizeLinear"}) > 1:
+            found[n.name or n.output[0]] = "several QuantizeLinear nodes read its output " \
+                "(onnxruntime fuses a node with one)"
+        elif len(types) > 1:
             found[n.name or n.output[0]] = "its quantized inputs and output are of different types " \
                 "(a tensor read by several nodes stays int8, the others become uint8)"
         elif n.op_type in _INT8_NOT_ALLOWED and types == {"int8"}:

@@ -33,6 +33,9 @@ EXTRA_OPTIONS = {
     "ActivationSymmetric": False,  # asymmetric activations: Relu/Clip fold into the producer's output range
     "WeightSymmetric": True,  # int8 weights with zero point 0, one scale per output channel
 }
+# Not "DedicatedQDQPair" (one Q/DQ pair per reader): onnxruntime's common subexpression elimination merges
+# the identical pairs back before its QDQ rewrites, so a tensor read by several nodes stays a shared int8
+# tensor and the ops next to it still run in float (README, known gaps; qdq.ort_float_ops).
 
 
 class CalibrationError(InputError):

@@ -25,7 +25,8 @@ def add_commands(sub) -> None:
                    help="onnxruntime's quantization format: quantized operators (QLinearConv ...) or "
                         "QuantizeLinear/DequantizeLinear around float operators; both compile to the same program")
     p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
-                   help="the quantized activations' type")
+                   help="the quantized activations' type (QDQ with int8: onnxruntime runs the ops next to a "
+                        "tensor read by several nodes in float32, dlfusion refuses those; see README known gaps)")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dlfusion.compiler.compile import compile_graph
-from dlfusion.compiler.frontend import load_onnx, zoo
+from dlfusion.compiler.frontend import load_onnx, quantize, zoo
 from dlfusion.compiler.frontend.qdq import ort_float_ops
 from dlfusion.compiler.frontend.quantize import quantize_model
 from dlfusion.compiler.ir import IRError
@@ -98,3 +98,56 @@ def test_an_int8_chain_is_fused_by_onnxruntime_and_compiles_bit_exact(tmp_path):
     assert result.error is None, str(result.error)
     ours = (result.outputs["output"].reshape(-1).astype(np.int32) - dequant["zero_point"]).astype(np.float32)
     np.testing.assert_array_equal(ours * np.float32(dequant["scale"]), expected.reshape(-1))
+
+
+def _own_initializers(path, out):
+    """Give every QuantizeLinear after the first reading a tensor its own copies of the scale and zero point
+    (so onnxruntime's common subexpression elimination cannot merge the dedicated pairs by name)."""
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: dict = {}
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits:
+            continue
+        k = seen[n.input[0]] = seen.get(n.input[0], 0) + 1
+        if k == 1:
+            continue
+        dq = [d for d in model.graph.node if d.op_type == "DequantizeLinear" and d.input[0] == n.output[0]]
+        for j in (1, 2):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[n.input[j]])
+            copy.name = f"{n.input[j]}_{k}"
+            model.graph.initializer.append(copy)
+            for node in [n] + dq:
+                node.input[j] = copy.name
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize("name,size", [("tiny_cnn", 16), ("resnet18", 32)])
+def test_dedicated_qdq_pairs_are_merged_back_by_onnxruntime(tmp_path, monkeypatch, name, size):
+    """quantize_static's DedicatedQDQPair (one Q/DQ pair per reader) does not make onnxruntime fuse the
+    branches: its common subexpression elimination merges the identical QuantizeLinear nodes first, the
+    tensor is shared again and the same ops stay float; the prediction follows that merge."""
+    plain = zoo.export_quantized(name, size, tmp_path / "plain.onnx", quant_format="qdq", activation_type="int8")
+    monkeypatch.setitem(quantize.EXTRA_OPTIONS, "DedicatedQDQPair", True)
+    path = zoo.export_quantized(name, size, tmp_path / "dedicated.onnx", quant_format="qdq", activation_type="int8")
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node) > \
+        sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(plain)).graph.node)
+    predicted = predicted_float_ops(path)
+    assert predicted == onnxruntime_float_ops(path, tmp_path) == predicted_float_ops(plain) != set()
+    with pytest.raises(IRError, match=r"runs this .* in float32|must go into one QuantizeLinear"):
+        load_onnx(path)     # whichever the frontend meets first: a float op, or an output quantized twice
+
+
+def test_dedicated_pairs_with_their_own_initializers_leave_the_producer_in_float(tmp_path, monkeypatch):
+    """Dedicated pairs that CSE cannot merge: every reader's pair becomes uint8 and is fused, but the
+    conv whose output several QuantizeLinear nodes read is not (its QDQ node unit needs exactly one)."""
+    monkeypatch.setitem(quantize.EXTRA_OPTIONS, "DedicatedQDQPair", True)
+    path = zoo.export_quantized("tiny_cnn", 16, tmp_path / "dedicated.onnx", quant_format="qdq",
+                                activation_type="int8")
+    path = _own_initializers(path, tmp_path / "own.onnx")
+    assert predicted_float_ops(path) == onnxruntime_float_ops(path, tmp_path) == {"/conv2/conv/Conv"}
+    with pytest.raises(IRError, match=r"^node '/conv2/conv/Conv' \(Conv\): .*several QuantizeLinear nodes read"
+                                      r"|must go into one QuantizeLinear"):
+        load_onnx(path)
