@@ -47,8 +47,10 @@ from pathlib import Path
 
 from ..hw.errors import AcceleratorFault
 
-__all__ = ["AMARANTH_WAIVERS", "MAKE_FIXES", "MAKE_OPTIMIZATION", "MAKE_VARIABLES", "amaranth_waivers", "VerilatorNotFound", "lint", "verilator_bin",
-           "verilator_env", "verilator_root", "version"]
+__all__ = [
+    "AMARANTH_WAIVERS", "MAKE_FIXES", "MAKE_OPTIMIZATION", "MAKE_VARIABLES", "amaranth_waivers", "VerilatorNotFound",
+    "lint", "verilator_bin", "verilator_env", "verilator_root", "version"
+]
 
 
 class VerilatorNotFound(AcceleratorFault):
