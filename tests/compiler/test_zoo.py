@@ -92,7 +92,21 @@ def test_models_table():
         assert spec.name == name and spec.description
         assert spec.default_size == (32 if name == "tiny_cnn" else 224)
         assert spec.num_classes == (10 if name == "tiny_cnn" else 1000)
-        assert 1 <= spec.min_size <= SIZES[name]
+        assert spec.min_size <= SIZES[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_min_size_is_accepted_and_below_it_refused(name):
+    # min_size is what build_float_model promises to take: the network runs there to its
+    # classifier output, and one pixel less is the one-line ZooError.
+    spec = zoo.MODELS[name]
+    model = zoo.build_float_model(name, spec.min_size)
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, spec.min_size, spec.min_size))
+    assert tuple(logits.shape) == (1, spec.num_classes)
+    assert torch.isfinite(logits).all()
+    with pytest.raises(zoo.ZooError, match=f"input_size {spec.min_size - 1} is below the minimum {spec.min_size}"):
+        zoo.build_float_model(name, spec.min_size - 1)
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
