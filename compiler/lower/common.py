@@ -29,7 +29,8 @@ from ..ir import Graph, Node, Op, out_size
 __all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE", "W_FULL", "W_FREE",
            "FIELD_MAX_COUNT", "FIELD_MAX_STRIDE", "MAX_KERNEL", "LayerKind", "MATMUL_MODES",
            "WINDOWED_KINDS", "WindowedLayer", "AddLayer",
-           "Split", "ceil_div", "to_byte", "partition", "initial_credits", "layer_of", "weight_blocks_for",
+           "Split", "ceil_div", "to_byte", "partition", "largest_band", "initial_credits", "layer_of",
+           "weight_blocks_for",
            "pack_windowed_weights", "params_for", "split_folded_first", "input_block_lists", "weight_mask",
            "contiguous"]
 
@@ -81,6 +82,11 @@ def partition(total: int, parts: int) -> list[tuple[int, int]]:
     """``total`` units in ``parts`` contiguous, balanced ranges (empty ranges dropped)."""
     bounds = [total * i // parts for i in range(parts + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+def largest_band(rows: int, fits) -> int | None:
+    """The most rows, at most ``rows``, of a band for which ``fits(count)`` holds; None if not even one."""
+    return next((count for count in range(rows, 0, -1) if fits(count)), None)
 
 
 def initial_credits(stream: StreamBuilder) -> None:

@@ -6,7 +6,18 @@ from ...hw.asm import StreamBuilder
 from ...hw.config import HwConfig
 from ...hw.isa import Buffer, Opcode
 from ..errors import CompileError
-from .common import FIELD_MAX_COUNT, IN_FREE, IN_FULL, OUT_FREE, OUT_FULL, AddLayer, ceil_div, initial_credits, to_byte
+from .common import (
+    FIELD_MAX_COUNT,
+    IN_FREE,
+    IN_FULL,
+    OUT_FREE,
+    OUT_FULL,
+    AddLayer,
+    ceil_div,
+    initial_credits,
+    largest_band,
+    to_byte,
+)
 
 __all__ = ["lower_add"]
 
@@ -24,12 +35,8 @@ def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: i
     offset = block0 * H * W
     if W > FIELD_MAX_COUNT:
         raise CompileError(f"rows of {W} pixels exceed the {FIELD_MAX_COUNT}-iteration loop fields")
-    rows = None
-    for candidate in range(part_rows, 0, -1):
-        slot = blocks * candidate * W
-        if 6 * slot <= hw.act_lines and candidate * W <= FIELD_MAX_COUNT:
-            rows = candidate
-            break
+    rows = largest_band(part_rows, lambda count: 6 * blocks * count * W <= hw.act_lines
+                        and count * W <= FIELD_MAX_COUNT)
     if rows is None:
         raise CompileError(f"add of {layer.channels}x{H}x{W}: one row needs {6 * blocks * W} act lines "
                            f"(act_lines = {hw.act_lines})")

@@ -18,7 +18,7 @@ from ...hw.asm import StreamBuilder
 from ...hw.config import HwConfig
 from ...hw.isa import Buffer, Opcode
 from ..errors import CompileError
-from .common import FIELD_MAX_COUNT, IN_FREE, IN_FULL, ceil_div
+from .common import FIELD_MAX_COUNT, IN_FREE, IN_FULL, ceil_div, largest_band
 
 __all__ = ["UpsampleLayer", "lower_upsample"]
 
@@ -51,11 +51,8 @@ def lower_upsample(hw: HwConfig, layer: UpsampleLayer, stream: StreamBuilder, *,
     part_blocks = block1 - block0
     if OW > FIELD_MAX_COUNT or fw > FIELD_MAX_COUNT or fh > FIELD_MAX_COUNT:
         raise CompileError(f"upsampling to rows of {OW} pixels exceeds the {FIELD_MAX_COUNT}-iteration loop fields")
-    band = None
-    for candidate in range(row1 - row0, 0, -1):
-        if 2 * part_blocks * candidate * OW <= hw.act_lines and candidate * W <= FIELD_MAX_COUNT:
-            band = candidate
-            break
+    band = largest_band(row1 - row0, lambda count: 2 * part_blocks * count * OW <= hw.act_lines
+                        and count * W <= FIELD_MAX_COUNT)
     if band is None:
         raise CompileError(f"upsampling of {layer.channels}x{H}x{W}: one output row needs {2 * part_blocks * OW} "
                            f"act lines double-buffered (act_lines = {hw.act_lines})")

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rtl_multicore import QUAD, _barrier_program  # the 4-core model and its barrier program
+from test_rtl_multicore import BUILDERS, QUAD, _barrier_program, split_layers  # the 4-core model, its layers
 
-from dlfusion.compiler import layers
 from dlfusion.hw.top import generate_verilog
 from dlfusion.sim.random_program import random_program
 from dlfusion.sim.rtl import RtlSimulator, default_build_root
@@ -56,23 +55,6 @@ def test_the_two_models_differ_in_their_clocks():
 def test_random_programs(models, seed):
     binary, inputs = random_program(QUAD, seed, length=30)
     assert_same(models, binary, inputs)
-
-
-split_layers = st.one_of(
-    st.builds(lambda h, cin, cout, k, seed: ("conv", dict(h=h, w=h + 1, cin=cin, cout=cout, k=k, seed=seed)),
-              st.integers(4, 9), st.integers(1, 12), st.integers(1, 24), st.sampled_from([1, 3]),
-              st.integers(0, 999)),
-    st.builds(lambda h, c, seed: ("dwconv", dict(h=h, w=h, c=c, k=3, seed=seed)),
-              st.integers(4, 9), st.integers(1, 24), st.integers(0, 999)),
-    st.builds(lambda cin, cout, seed: ("fc", dict(cin=cin, cout=cout, seed=seed)),
-              st.integers(1, 100), st.integers(1, 40), st.integers(0, 999)),
-    st.builds(lambda h, c, mode, seed: ("pool", dict(h=h, w=h, c=c, k=2, stride=2, mode=mode, seed=seed)),
-              st.integers(4, 9), st.integers(1, 24), st.sampled_from(["max", "avg"]), st.integers(0, 999)),
-    st.builds(lambda h, c, seed: ("add", dict(h=h, w=h, c=c, seed=seed)),
-              st.integers(1, 9), st.integers(1, 24), st.integers(0, 999)),
-)
-BUILDERS = {"conv": layers.build_conv, "dwconv": layers.build_dwconv, "fc": layers.build_fc,
-            "pool": layers.build_pool, "add": layers.build_add}
 
 
 @SETTINGS
