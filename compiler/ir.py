@@ -16,7 +16,8 @@ import numpy as np
 
 from ..hw.errors import InputError
 
-__all__ = ["Op", "Tensor", "NodeAttrs", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT"]
+__all__ = ["Op", "Tensor", "NodeAttrs", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT",
+           "TABLE_OPS", "computed"]
 
 
 def out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
@@ -44,6 +45,7 @@ class Op(enum.Enum):
     AVGPOOL = "avgpool"            #: QLinearAveragePool / QLinearGlobalAveragePool
     CONCAT = "concat"              #: channel concatenation (same scale and zero point)
     UPSAMPLE = "upsample"          #: nearest Resize by integer factors (keeps the quantization)
+    LOOKUP = "lookup"              #: an elementwise function of one byte (sigmoid, tanh, SiLU, ...) as a table
     CLAMP = "clamp"                #: Relu/Clip as read; folded into its producer by a pass (never lowered)
 
 
@@ -102,6 +104,12 @@ class NodeAttrs:
         diagonal, and the lowering skips the all-zero ``L x L`` weight blocks.
     factors : tuple of int
         UPSAMPLE: the integer ``(height, width)`` factors of a nearest upsampling.
+    table : numpy.ndarray or None
+        LOOKUP, and CONV/DEPTHWISE/FC/AVGPOOL/ADD after the ``fold_lookups`` pass: 256 uint8 output
+        bytes indexed by the byte the op computes (after its clamp); see :mod:`..tables`.
+    table_input : Tensor or None
+        With ``table`` on a CONV/DEPTHWISE/FC/AVGPOOL/ADD: the quantization the op computes (the
+        table's index), before the table maps it to the node's output tensor.
     selection : bool
         CONV: a 1x1 convolution with a 0/1 weight (at most one 1 per output channel; none: a
         padding channel, the zero point) and bias 0 that moves channels (Slice, Split, a channel
@@ -128,6 +136,19 @@ class NodeAttrs:
     groups: int = 1
     selection: bool = False
     factors: tuple[int, int] = (1, 1)
+    table: np.ndarray | None = None
+    table_input: Tensor | None = None
+
+
+#: Ops whose output may go through a lookup table (the PPU writes their output bytes).
+TABLE_OPS = (Op.CONV, Op.DEPTHWISE, Op.FC, Op.AVGPOOL, Op.ADD)
+
+
+def computed(graph: Graph, node: Node) -> Tensor:
+    """The quantization ``node`` computes before its lookup table (its output tensor when it has none)."""
+    if node.attrs.table_input is not None:
+        return node.attrs.table_input
+    return graph.tensors[node.output]
 
 
 @dataclass
@@ -198,6 +219,19 @@ def check(graph: Graph, *, legal: bool = True) -> None:
         defined.add(node.output)
         out = graph.tensors[node.output]
         ins = [graph.tensors[name] for name in node.inputs]
+        table = node.attrs.table
+        if table is not None:
+            if node.op is not Op.LOOKUP and node.op not in TABLE_OPS:
+                raise IRError(f"{node.name}: a {node.op.value} cannot apply a lookup table")
+            if table.shape != (256,) or table.dtype != np.uint8:
+                raise IRError(f"{node.name}: a lookup table is 256 uint8 bytes, not {table.shape} {table.dtype}")
+            if node.op is not Op.LOOKUP and (node.attrs.table_input is None
+                                             or node.attrs.table_input.shape != out.shape):
+                raise IRError(f"{node.name}: a folded lookup table needs table_input of the output's shape")
+        elif node.attrs.table_input is not None:
+            raise IRError(f"{node.name}: table_input without a table")
+        if node.attrs.table_input is not None:
+            out = node.attrs.table_input      # the op's own checks are on what it computes
         c, h, w = ins[0].shape
         if node.op in WINDOWED:
             k, s, p = node.attrs.kernel, node.attrs.stride, node.attrs.pad
@@ -256,6 +290,9 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                               f"{(c, h * fh, w * fw)}, not {out.shape}")
             if (out.scale, out.zero_point, out.dtype) != (ins[0].scale, ins[0].zero_point, ins[0].dtype):
                 raise IRError(f"{node.name}: a nearest upsampling must keep the quantization of its input")
+        elif node.op is Op.LOOKUP:
+            if len(ins) != 1 or out.shape != ins[0].shape or table is None:
+                raise IRError(f"{node.name}: a lookup maps one tensor to one of its shape through its table")
         elif node.op is Op.CLAMP:
             if legal:
                 raise IRError(f"{node.name}: a {node.op.value} node must be folded into its producer before lowering")

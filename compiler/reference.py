@@ -136,11 +136,12 @@ def qlinear_add(a, a_scale, a_zp, b, b_scale, b_zp, c_scale, c_zp, dtype, clamp=
 def run_graph(graph, x: np.ndarray) -> np.ndarray:
     """Evaluate a :class:`~dlfusion.compiler.ir.Graph` on the quantized input ``x`` (C, H, W)
     with the ops above: the numpy reference of a whole compiled network."""
-    from .ir import Op
+    from .ir import Op, computed
+    from .tables import apply_table
 
     values = {graph.input: x}
     for node in graph.nodes:
-        out = graph.tensors[node.output]
+        out = computed(graph, node)     # what the op computes: the index of its table, if it has one
         ins = [values[name] for name in node.inputs]
         a = node.attrs
         source = graph.tensors[node.inputs[0]]
@@ -176,7 +177,11 @@ def run_graph(graph, x: np.ndarray) -> np.ndarray:
         elif node.op is Op.UPSAMPLE:
             fh, fw = a.factors
             y = np.repeat(np.repeat(ins[0], fh, axis=1), fw, axis=2)
+        elif node.op is Op.LOOKUP:
+            y = ins[0]
         else:
             raise ValueError(f"{node.name}: no reference for {node.op}")
+        if a.table is not None:
+            y = apply_table(a.table, y, graph.tensors[node.output].signed)
         values[node.output] = y
     return values[graph.output]
