@@ -25,13 +25,24 @@ def _name(node) -> str:
 
 #: Float ops that onnxruntime's QOperator quantizer leaves between a DequantizeLinear and a QuantizeLinear
 #: and that dlfusion runs quantized (as onnxruntime's QDQ format would have them: see :mod:`.qdq`).
-FLOAT_ISLAND_OPS = ("ReduceMean", "Slice", "Split")
+FLOAT_ISLAND_OPS = ("ReduceMean", "Slice", "Split", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu")
+#: Elementwise functions of one value: exact lookup tables (:func:`.nodes.lookup`).
+FUNCTION_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu")
 
 
 @converter("QuantizeLinear")
 def quantize_linear(ctx: Context, node) -> None:
     ir = ctx.ir
     if node.output[0] in ir.tensors:    # the output quantization of a float island (ReduceMean) before it
+        return
+    source = ctx.resolve(node.input[0])
+    if source in ir.tensors:            # after a float function (and a float MaxPool): its own quantization
+        scale, zero = ctx.const(node.input[1], node), ctx.const(node.input[2], node)
+        x = ir.tensors[source]
+        if f32(scale) != np.float32(x.scale) or int(np.asarray(zero).reshape(-1)[0]) != x.zero_point:
+            raise IRError(f"{ctx.where(node)}: requantizes {source!r} (scale {x.scale}, zero point "
+                          f"{x.zero_point}) to scale {float(f32(scale))}; only its own quantization is supported")
+        ctx.alias[node.output[0]] = source
         return
     if node.input[0] != ctx.model_input.name or ir.input:
         raise IRError(f"{ctx.where(node)}: only the model input may be quantized (QuantizeLinear); "
@@ -204,6 +215,37 @@ def split(ctx: Context, node) -> None:
     for index, (output, channels) in enumerate(zip(node.output, nodes.split_channels(ctx, node, x), strict=True)):
         name, scale, zero = _island_output(ctx, output, node, x)
         nodes.channel_selection(ctx, node, f"{_name(node)}:{index}", name, x, list(channels), scale, zero)
+
+
+@converter("QLinearSigmoid", "QLinearLeakyRelu")
+def qlinear_function(ctx: Context, node) -> None:
+    nodes.lookup(ctx, node, _name(node), node.output[0], ctx.tensor(node.input[0], node),
+                 node.op_type.removeprefix("QLinear"), ctx.const(node.input[3], node), ctx.const(node.input[4], node))
+
+
+@converter(*FUNCTION_OPS)
+def float_function(ctx: Context, node) -> None:
+    """A function onnxruntime's QOperator quantizer leaves in float (HardSwish, HardSigmoid, Tanh) between
+    a DequantizeLinear and a QuantizeLinear: the same table as its QLinear kernel would use."""
+    x = ctx.tensor(node.input[0], node)
+    readers = ctx.consumers(node.output[0])
+    # a float MaxPool between it and its QuantizeLinear commutes with the (monotone) quantization
+    while len(readers) == 1 and readers[0].op_type == "MaxPool":
+        readers = ctx.consumers(readers[0].output[0])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        raise IRError(f"{ctx.where(node)}: its output must go into one QuantizeLinear, directly or through "
+                      f"MaxPool (a float {node.op_type} between quantized ops)")
+    q = readers[0]
+    nodes.lookup(ctx, node, _name(node), node.output[0], x, node.op_type, ctx.const(q.input[1], q),
+                 ctx.const(q.input[2], q))
+
+
+@converter("QLinearMul")
+def qlinear_mul(ctx: Context, node) -> None:
+    const = ctx.const
+    nodes.multiply(ctx, node, _name(node), node.output[0], ctx.tensor(node.input[0], node),
+                   ctx.tensor(node.input[3], node), const(node.input[6], node), const(node.input[7], node),
+                   in_float=False)
 
 
 @converter("Resize", "Upsample")

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import tables
 from ..ir import IRError, Node, Op, Tensor
 from ..passes.legalize import table_multiplier
 from .registry import Context, f32
 
 __all__ = ["requant_multiplier", "conv", "grouped_to_dense", "fully_connected", "add", "global_average_pool",
            "reduce_mean", "average_pool", "channel_selection", "upsample", "slice_channels", "split_channels",
-           "shuffle_permutation", "shuffle", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
+           "shuffle_permutation", "shuffle", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of",
+           "lookup", "multiply"]
 
 
 def requant_multiplier(x_scale, w_scale, y_scale, channels: int) -> np.ndarray:
@@ -392,3 +394,52 @@ def upsample(ctx: Context, node, name: str, output: str, x: Tensor) -> Tensor:
                           "asymmetric with floor, half_pixel (any rounding)")
     return ctx.emit(Node(name, Op.UPSAMPLE, [x.name], output, dict(factors=(fh, fw))), (c, h * fh, w * fw),
                     *quantization_of(x))
+
+
+#: Float attributes of the elementwise functions and their ONNX defaults.
+_FUNCTION_ATTRS = {"LeakyRelu": {"alpha": 0.01}, "HardSigmoid": {"alpha": 0.2, "beta": 0.5}}
+
+
+def _signed_zero(zero) -> bool:
+    return np.asarray(zero).dtype == np.int8
+
+
+def lookup(ctx: Context, node, name: str, output: str, x: Tensor, function: str, y_scale, y_zero) -> Tensor:
+    """A LOOKUP node of the elementwise ``function`` (an ONNX op name: Sigmoid, Tanh, HardSigmoid,
+    HardSwish, LeakyRelu) from ``x``'s quantization to ``(y_scale, y_zero)``, its table computed as
+    onnxruntime computes it (:mod:`..tables`)."""
+    given = ctx.attrs(node)
+    attrs = {key: float(given.get(key, default)) for key, default in _FUNCTION_ATTRS.get(function, {}).items()}
+    table = tables.unary_table(function, x.scale, x.zero_point, x.signed, f32(y_scale),
+                               int(np.asarray(y_zero).reshape(-1)[0]), _signed_zero(y_zero), **attrs)
+    return ctx.emit(Node(name, Op.LOOKUP, [x.name], output, dict(table=table, source=function)), x.shape,
+                    y_scale, y_zero)
+
+
+def multiply(ctx: Context, node, name: str, output: str, a: Tensor, b: Tensor, y_scale, y_zero, *,
+             in_float: bool) -> Tensor:
+    """An elementwise Mul of a tensor and a lookup of the same tensor (SiLU: ``x * sigmoid(x)``) as one
+    LOOKUP: its value depends on ``x``'s byte only. ``in_float``: onnxruntime runs the Mul in float32
+    between DequantizeLinear and QuantizeLinear nodes (:func:`~..tables.float_mul`) instead of as
+    QLinearMul (:func:`~..tables.qlinear_mul`)."""
+    for x, f in ((a, b), (b, a)):
+        producer = ctx.ir.producer(f.name)
+        if producer is not None and producer.op is Op.LOOKUP and producer.inputs == [x.name]:
+            break
+    else:
+        raise IRError(f"{ctx.where(node)}: only the product of a tensor and a function of the same tensor "
+                      f"(SiLU: x * sigmoid(x)) is supported; {a.name!r} * {b.name!r} multiplies two different "
+                      "tensors (a squeeze-and-excitation scale), which is not supported yet")
+    if a.shape != b.shape:
+        raise IRError(f"{ctx.where(node)}: broadcasting {a.shape} * {b.shape} is not supported")
+    values = tables.all_inputs(x.signed)
+    f_values = tables.apply_table(producer.attrs.table, values, f.signed)
+    operands = [(values, x), (f_values, f)] if x is a else [(f_values, f), (values, x)]
+    multiply_fn = tables.float_mul if in_float else tables.qlinear_mul
+    y_zero_point = int(np.asarray(y_zero).reshape(-1)[0])
+    product = multiply_fn(operands[0][0], operands[0][1].scale, operands[0][1].zero_point,
+                          operands[1][0], operands[1][1].scale, operands[1][1].zero_point,
+                          f32(y_scale), y_zero_point, _signed_zero(y_zero))
+    function = f"{producer.attrs.source or 'f'}*x"
+    return ctx.emit(Node(name, Op.LOOKUP, [x.name], output, dict(table=product.view(np.uint8), source=function)),
+                    x.shape, y_scale, y_zero)

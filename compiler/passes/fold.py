@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..ir import TABLE_OPS, Graph, IRError, Node, Op
 from ..tables import clamp_table, compose
 
-__all__ = ["fold_clamps", "fold_lookups"]
+__all__ = ["fold_clamps", "fold_lookups", "remove_unused"]
 
 
 def _bypass(graph: Graph, node: Node, source: str) -> None:
@@ -71,3 +71,15 @@ def fold_lookups(graph: Graph) -> None:
             graph.output = source
         for reader in graph.consumers(node.output):
             reader.inputs = [source if name == node.output else name for name in reader.inputs]
+
+
+def remove_unused(graph: Graph) -> None:
+    """Remove the nodes whose output nothing reads (the sigmoid of a SiLU the frontend made one table)."""
+    while True:
+        read = {name for node in graph.nodes for name in node.inputs} | {graph.output}
+        unused = [node for node in graph.nodes if node.output not in read]
+        if not unused:
+            return
+        for node in unused:
+            graph.nodes.remove(node)
+            del graph.tensors[node.output]
