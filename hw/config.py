@@ -223,9 +223,19 @@ class HwConfig:
         A parameter added after the first release is left out at the value that elaborates the
         hardware as before it existed (:data:`_ABSENT`), so such a configuration keeps its hash.
         """
-        values = {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
-        canonical = json.dumps(values, sort_keys=True).encode()
+        canonical = json.dumps(self.to_canonical_dict(), sort_keys=True).encode()
         return hashlib.sha256(canonical).hexdigest()[:16]
+
+    def to_canonical_dict(self) -> dict:
+        """:meth:`to_dict` without the parameters at their "absent" value (:data:`_ABSENT`): what the hash
+        and a binary's header hold, so a configuration without a later feature reads as it did before."""
+        return {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
+
+    @classmethod
+    def from_canonical_dict(cls, values: dict, *, source: str = "configuration") -> HwConfig:
+        """The inverse of :meth:`to_canonical_dict`: a parameter left out is absent hardware (a binary
+        header written before the parameter existed)."""
+        return cls.from_dict({**_ABSENT, **values}, source=source)
 
     @classmethod
     def from_dict(cls, values: dict, *, source: str = "configuration") -> HwConfig:
