@@ -58,6 +58,13 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
             entry["param_line"] = cursor
             segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))
             cursor += params.shape[0] * hw.param_lines_per_entry
+        elif node.op is Op.SCALE:
+            channels = graph.tensors[node.output].shape[0]
+            params = params_for(np.zeros(channels, np.int32), np.full(channels, node.attrs.multiplier, np.float32),
+                                channels, lanes)
+            entry["param_line"] = cursor
+            segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))
+            cursor += params.shape[0] * hw.param_lines_per_entry
         elif node.op in (Op.ADD, Op.LOOKUP):
             if node.op is Op.ADD:
                 out = computed(graph, node)

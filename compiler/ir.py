@@ -46,6 +46,7 @@ class Op(enum.Enum):
     CONCAT = "concat"              #: channel concatenation (same scale and zero point)
     UPSAMPLE = "upsample"          #: nearest Resize by integer factors (keeps the quantization)
     LOOKUP = "lookup"              #: an elementwise function of one byte (sigmoid, tanh, SiLU, ...) as a table
+    SCALE = "scale"                #: QLinearMul by a per-channel (C, 1, 1) tensor (squeeze-and-excitation)
     CLAMP = "clamp"                #: Relu/Clip as read; folded into its producer by a pass (never lowered)
 
 
@@ -107,6 +108,9 @@ class NodeAttrs:
     table : numpy.ndarray or None
         LOOKUP, and CONV/DEPTHWISE/FC/AVGPOOL/ADD after the ``fold_lookups`` pass: 256 uint8 output
         bytes indexed by the byte the op computes (after its clamp); see :mod:`..tables`.
+    multiplier (SCALE)
+        The float32 ratio ``x_scale * s_scale / y_scale`` of onnxruntime's QLinearMul; the inputs are
+        ``x`` and int8 ``(C, 1, 1)`` tensors whose sum is the scale less its zero point.
     table_input : Tensor or None
         With ``table`` on a CONV/DEPTHWISE/FC/AVGPOOL/ADD: the quantization the op computes (the
         table's index), before the table maps it to the node's output tensor.
@@ -290,6 +294,11 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                               f"{(c, h * fh, w * fw)}, not {out.shape}")
             if (out.scale, out.zero_point, out.dtype) != (ins[0].scale, ins[0].zero_point, ins[0].dtype):
                 raise IRError(f"{node.name}: a nearest upsampling must keep the quantization of its input")
+        elif node.op is Op.SCALE:
+            if not 2 <= len(ins) <= 4 or out.shape != ins[0].shape or any(
+                    t.shape != (c, 1, 1) or not t.signed for t in ins[1:]):
+                raise IRError(f"{node.name}: a channel scale multiplies a (C, H, W) tensor by one to three int8 "
+                              "(C, 1, 1) parts of its scale")
         elif node.op is Op.LOOKUP:
             if len(ins) != 1 or out.shape != ins[0].shape or table is None:
                 raise IRError(f"{node.name}: a lookup maps one tensor to one of its shape through its table")

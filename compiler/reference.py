@@ -179,6 +179,10 @@ def run_graph(graph, x: np.ndarray) -> np.ndarray:
             y = np.repeat(np.repeat(ins[0], fh, axis=1), fw, axis=2)
         elif node.op is Op.LOOKUP:
             y = ins[0]
+        elif node.op is Op.SCALE:
+            scale = sum(part.astype(np.int32) for part in ins[1:])
+            y = requantize((ins[0].astype(np.int32) - source.zero_point) * scale, a.multiplier, out.zero_point,
+                           dtype, a.clamp)
         else:
             raise ValueError(f"{node.name}: no reference for {node.op}")
         if a.table is not None:

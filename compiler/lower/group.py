@@ -20,6 +20,7 @@ from .common import AddLayer, Split, ceil_div, layer_of, partition
 from .elementwise import lower_add
 from .fused import FusedGroup
 from .resize import UpsampleLayer, lower_upsample
+from .scale import ScaleLayer, lower_scale
 from .windowed import lower_windowed
 
 __all__ = ["GroupLowering", "lower_group", "core_parts"]
@@ -86,6 +87,20 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
             try:
                 report = lower_upsample(hw, layer, streams[core], in_line=address(node.inputs[0]), out_line=out,
                                         rows=rows, blocks=blocks)
+            except CompileError as error:
+                raise CompileError(f"{label}: {error}") from None
+            tiles.append(report["tiles"])
+        return GroupLowering(tiles=tiles)
+    if node.op is Op.SCALE:
+        y = graph.tensors[node.output]
+        layer = ScaleLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, x.zero_point, y.signed, y.zero_point,
+                           *node.attrs.clamp)
+        for core, (rows, blocks) in enumerate(core_parts(split, cores, x.shape[1], ceil_div(x.shape[0], lanes))):
+            try:
+                report = lower_scale(hw, layer, streams[core], x_line=address(node.inputs[0]),
+                                     part_lines=[address(name) for name in node.inputs[1:]], out_line=out,
+                                     param_line=constants[node.name]["param_line"], rows=rows, blocks=blocks,
+                                     credits=False)
             except CompileError as error:
                 raise CompileError(f"{label}: {error}") from None
             tiles.append(report["tiles"])

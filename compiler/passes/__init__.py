@@ -45,8 +45,8 @@ class Pass:
     run: Callable[[Graph], None]
 
 
-FRONTEND_PASSES = (Pass("remove_unused", remove_unused), Pass("fold_clamps", fold_clamps), Pass("fold_lookups", fold_lookups),
-                   Pass("rescale_concat_inputs", rescale_concat_inputs),
+FRONTEND_PASSES = (Pass("remove_unused", remove_unused), Pass("fold_clamps", fold_clamps),
+                   Pass("fold_lookups", fold_lookups), Pass("rescale_concat_inputs", rescale_concat_inputs),
                    Pass("align_concat_inputs", align_concat_inputs), Pass("annotate_macs", annotate_macs))
 
 

@@ -21,7 +21,8 @@ def _run(nodes, inits, elem, outputs=("y",), *, optimize=True):
     QuantizeLinear into its QLinear kernel (so the float op runs)."""
     graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", elem, [256])],
                               [helper.make_tensor_value_info(name, elem, [256]) for name in outputs], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:

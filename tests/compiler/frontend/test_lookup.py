@@ -107,3 +107,56 @@ def test_mul_of_two_tensors_is_a_clear_error(tmp_path):
         with pytest.raises(IRError, match="multiplies two different tensors") as info:
             load_onnx(path)
         assert "\n" not in str(info.value)
+
+
+def se_model(path, *, seed: int, size: int, gate: str, order: int) -> None:
+    """conv3x3 -> SiLU -> squeeze-and-excitation (global average pool -> conv1x1 -> ReLU -> conv1x1 ->
+    ``gate``, times the block's input per channel) -> conv1x1 (the output)."""
+    rng = np.random.default_rng(seed)
+    channels = int(rng.integers(3, 40))
+    squeezed = int(rng.integers(1, 9))
+    inits = []
+
+    def weight(name, shape, fan_in):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name))
+        return name
+
+    nodes = [helper.make_node("Conv", ["input", weight("w0", (channels, 3, 3, 3), 27), weight("b0", (channels,), 9)],
+                              ["c0"], name="conv0", pads=[1] * 4, kernel_shape=[3, 3])]
+    _function(nodes, "SiLU", "c0", "x", "act0")
+    nodes += [helper.make_node("GlobalAveragePool", ["x"], ["squeeze"], name="squeeze"),
+              helper.make_node("Conv", ["squeeze", weight("w1", (squeezed, channels, 1, 1), channels),
+                                        weight("b1", (squeezed,), 4)], ["c1"], name="reduce", kernel_shape=[1, 1]),
+              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+              helper.make_node("Conv", ["r1", weight("w2", (channels, squeezed, 1, 1), squeezed),
+                                        weight("b2", (channels,), 4)], ["c2"], name="expand", kernel_shape=[1, 1])]
+    attrs = {"alpha": 1 / 6} if gate == "HardSigmoid" else {}
+    nodes.append(helper.make_node(gate, ["c2"], ["gate"], name="gate", **attrs))
+    nodes.append(helper.make_node("Mul", ["x", "gate"] if order == 0 else ["gate", "x"], ["excited"], name="excite"))
+    nodes.append(helper.make_node("Conv", ["excited", weight("w3", (5, channels, 1, 1), channels)], ["output"],
+                                  name="head", kernel_shape=[1, 1]))
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          [1, 3, size, size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 5, size, size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), size=st.sampled_from([3, 5, 8]), gate=st.sampled_from(["Sigmoid", "HardSigmoid"]),
+       order=st.integers(0, 1), activation_type=st.sampled_from(["uint8", "int8"]))
+def test_squeeze_and_excitation_equals_onnxruntime_in_both_formats(tmp_path_factory, seed, size, gate, order,
+                                                                   activation_type):
+    """The per-channel QLinearMul: the depthwise MATMULs of the scale's two int8 parts and a REQUANT."""
+    folder = tmp_path_factory.mktemp("se")
+    se_model(folder / "float.onnx", seed=seed, size=size, gate=gate, order=order)
+    for fmt in FORMATS:
+        path = quantize_model(folder / "float.onnx", folder / f"{fmt}.onnx", num_calibration=4, seed=seed,
+                              activation_type=activation_type, quant_format=fmt, preprocess=False)
+        try:
+            graph = assert_run_equals_onnxruntime(path, seed)
+        except IRError as error:
+            assert fmt == "qdq" and activation_type == "int8" and "in float32" in str(error), str(error)
+            continue
+        assert [node.op for node in graph.nodes].count(Op.SCALE) == 1
