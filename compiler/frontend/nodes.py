@@ -430,6 +430,8 @@ def multiply(ctx: Context, node, name: str, output: str, a: Tensor, b: Tensor, y
         if producer is not None and producer.op is Op.LOOKUP and producer.inputs == [x.name]:
             break
     else:
+        if a.shape[1:] == (1, 1):       # per-channel values on a 1x1 map: a channel scale as well
+            return channel_scale(ctx, node, name, output, a, b, y_scale, y_zero, in_float=in_float)
         raise IRError(f"{ctx.where(node)}: only the product of a tensor and a function of the same tensor "
                       f"(SiLU: x * sigmoid(x)) is supported; {a.name!r} * {b.name!r} multiplies two different "
                       "tensors (a squeeze-and-excitation scale), which is not supported yet")
