@@ -35,6 +35,9 @@ PUBLISHED = {
     "regnet_x_400mf": (71, 0, 1, 5_495_976),
     "shufflenet_v2_x1_0": (56, 19, 1, 2_278_604),
     "mnasnet1_0": (52, 17, 1, 4_383_312),
+    "efficientnet_b0": (81, 16, 1, 5_288_548),
+    "mobilenet_v3_small": (52, 11, 2, 2_542_856),
+    "mobilenet_v3_large": (62, 15, 2, 5_483_032),
 }
 
 MS = "com.microsoft"
@@ -112,7 +115,7 @@ def test_min_size_is_accepted_and_below_it_refused(name):
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_published_layer_shapes(name):
     convs, depthwise, fcs, params = PUBLISHED[name]
-    size = 224 if name == "vgg16" else SIZES[name]  # the other counts do not depend on the resolution
+    size = 224 if name == "vgg16" else SIZES.get(name, 32)  # the other counts do not depend on the resolution
     model = zoo.build_float_model(name, size)
     assert zoo.count_layers(model) == {"conv": convs, "depthwise": depthwise, "fc": fcs}
     n = zoo.count_params(model)
