@@ -101,7 +101,8 @@ class ActivationLayout:
         for node in graph.nodes:
             for name in node.inputs:
                 self.last_use[name] = max(self.last_use.get(name, 0), group_of[node.name])
-        self.last_use[graph.output] = len(plan.groups)
+        for name in graph.outputs:
+            self.last_use[name] = len(plan.groups)
         # A concat's inputs are written straight into its output (channel blocks must align).
         self.concat_parent: dict[str, tuple[str, int]] = {}
         for node in graph.nodes:
@@ -167,7 +168,10 @@ def emit_program(graph: Graph, hw: HwConfig, plan: Plan) -> Binary:
 
     x, y = graph.tensors[graph.input], graph.tensors[graph.output]
     inputs = [DramTensor("input", layout.address[graph.input], x.shape, x.dtype)]
-    outputs = [DramTensor("output", layout.address[graph.output], y.shape, y.dtype)]
+    # "output", then "output1", "output2", ... for a model's further outputs
+    outputs = [DramTensor("output" if index == 0 else f"output{index}", layout.address[name],
+                          graph.tensors[name].shape, graph.tensors[name].dtype)
+               for index, name in enumerate(graph.outputs)]
     metadata = {"model": graph.name, "macs": graph.macs, "plan": plan.to_json(), "groups": group_info,
                 "input_quant": graph.input_quant, "output_dequant": graph.output_dequant,
                 "output_scale": y.scale, "output_zero_point": y.zero_point}

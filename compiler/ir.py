@@ -181,9 +181,23 @@ class Graph:
     nodes: list[Node]
     input: str
     output: str
-    #: onnxruntime's QuantizeLinear of the float input and DequantizeLinear of the output
+    #: onnxruntime's QuantizeLinear of the float input and DequantizeLinear of the output (with several
+    #: outputs, a list of them in the order of :attr:`outputs`)
     input_quant: dict = field(default_factory=dict)
-    output_dequant: dict = field(default_factory=dict)
+    output_dequant: dict | list = field(default_factory=dict)
+    #: The model's outputs after the first (``output``), in the ONNX model's order (a detector's heads).
+    more_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every output tensor, the first being :attr:`output`."""
+        return [self.output, *self.more_outputs]
+
+    def rename_output(self, old: str, new: str) -> None:
+        """An output tensor ``old`` is now called ``new`` (a pass removed the node producing it)."""
+        if self.output == old:
+            self.output = new
+        self.more_outputs = [new if name == old else name for name in self.more_outputs]
 
     def producer(self, tensor: str) -> Node | None:
         for node in self.nodes:
@@ -310,5 +324,8 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                 raise IRError(f"{node.name}: a clamp keeps its input's shape and quantization")
         else:
             raise IRError(f"{node.name}: unknown op {node.op!r}")
-    if graph.output not in defined:
-        raise IRError(f"graph output {graph.output!r} is never produced")
+    for name in graph.outputs:
+        if name not in defined:
+            raise IRError(f"graph output {name!r} is never produced")
+    if len(set(graph.outputs)) != len(graph.outputs):
+        raise IRError(f"graph outputs {graph.outputs} name a tensor twice")

@@ -58,7 +58,8 @@ def quantize_linear(ctx: Context, node) -> None:
 def dequantize_linear(ctx: Context, node) -> None:
     source = ctx.tensor(node.input[0], node)
     readers = ctx.consumers(node.output[0])
-    if node.output[0] != ctx.onnx_graph.output[0].name and readers and \
+    model_outputs = {o.name: o for o in ctx.onnx_graph.output}
+    if node.output[0] not in model_outputs and readers and \
             all(r.op_type in FLOAT_ISLAND_OPS for r in readers):
         scale, zero = ctx.const(node.input[1], node), ctx.const(node.input[2], node)
         if f32(scale) != np.float32(source.scale) or int(np.asarray(zero).reshape(-1)[0]) != source.zero_point:
@@ -67,23 +68,23 @@ def dequantize_linear(ctx: Context, node) -> None:
                           f"({source.scale}, {source.zero_point})")
         ctx.alias[node.output[0]] = source.name     # read by the float op through its DequantizeLinear
         return
-    if node.output[0] != ctx.onnx_graph.output[0].name:
-        raise IRError(f"{ctx.where(node)}: only the model output may be dequantized; this model dequantizes "
+    if node.output[0] not in model_outputs:
+        raise IRError(f"{ctx.where(node)}: only the model outputs may be dequantized; this model dequantizes "
                       f"{source.name!r} in the middle (a float op follows it)")
     # The shape onnxruntime returns (batch 1): the graph's (inferred) output shape when it is static and
     # holds the tensor's elements; else what the IR's (C, H, W) came from: (1, C) after a Flatten or a
     # fully connected layer with H = W = 1, (1, C, H, W) otherwise.
     channels, height, width = source.shape
-    dims = ctx.onnx_graph.output[0].type.tensor_type.shape.dim
+    dims = model_outputs[node.output[0]].type.tensor_type.shape.dim
     shape = [1 if index == 0 and not dim.dim_value else int(dim.dim_value) for index, dim in enumerate(dims)]
     if not (shape and all(shape) and int(np.prod(shape)) == channels * height * width):
         from ..ir import Op
         producer = ctx.ir.producer(source.name)
         flat = ctx.resolve(node.input[0]) != node.input[0] or (producer is not None and producer.op == Op.FC)
         shape = [1, channels] if flat and height == width == 1 else [1, channels, height, width]
-    ctx.ir.output = source.name
-    ctx.ir.output_dequant = {"name": node.output[0], "scale": float(f32(ctx.const(node.input[1], node))),
-                             "zero_point": int(ctx.const(node.input[2], node)), "shape": shape}
+    ctx.outputs[node.output[0]] = (source.name, {
+        "name": node.output[0], "scale": float(f32(ctx.const(node.input[1], node))),
+        "zero_point": int(ctx.const(node.input[2], node)), "shape": shape})
 
 
 @converter("QLinearConv")

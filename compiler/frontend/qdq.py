@@ -270,7 +270,7 @@ def dequantize_linear(ctx: QdqContext, node) -> None:
     if not ctx.same_quantization(x, scale, zero):
         raise IRError(f"{ctx.where(node)}: dequantizes {x.name!r} with scale {float(f32(scale))}, zero point "
                       f"{int(zero)} instead of its own ({x.scale}, {x.zero_point})")
-    if node.output[0] == ctx.onnx_graph.output[0].name:   # the model output, read as in a QOperator model
+    if node.output[0] in {o.name for o in ctx.onnx_graph.output}:   # a model output, read as in QOperator
         CONVERTERS["DequantizeLinear"](ctx, node)
     else:
         ctx.alias[node.output[0]] = x.name

@@ -117,6 +117,12 @@ MODELS: dict[str, ModelSpec] = {
                   "(3x3/5x5 depthwise, ReLU or hard-swish, squeeze-and-excitation with hard-sigmoid gates; "
                   "16-160 ch), 1x1 to 960, GAP, fc 1280 hard-swish, fc 1000", 224, 32, 1000,
                   "Howard et al., Searching for MobileNetV3, ICCV 2019; torchvision's mobilenet_v3_large"),
+        ModelSpec("yolo_tiny", "a small YOLOv8n-style detector: SiLU convs, C2f blocks (channel Split, bottlenecks, "
+                  "Concat; 16-256 ch), SPPF (three 5x5 max pools), PAN neck (nearest x2 upsampling, Concat), three "
+                  "heads at strides 8/16/32 (3x3 conv, 1x1 conv to 4 box + 1 objectness + 80 class maps): three "
+                  "outputs", 128, 32, 80,
+                  "after Jocher et al., Ultralytics YOLOv8 (n scale: widths 16-256, depths 1-2-2-1), with a "
+                  "coupled head"),
     )
 }
 
@@ -533,6 +539,78 @@ class MobileNetV3(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class C2f(nn.Module):
+    """YOLOv8's block: a 1x1 conv, its channels split in halves, ``n`` residual bottlenecks (two 3x3 convs)
+    on the second half, each result kept, all concatenated into a 1x1 conv."""
+
+    def __init__(self, cin: int, cout: int, n: int, shortcut: bool = True):
+        super().__init__()
+        self.half = cout // 2
+        self.cv1 = ConvBN(cin, 2 * self.half, 1, act="silu")
+        self.blocks = nn.ModuleList(nn.Sequential(ConvBN(self.half, self.half, 3, act="silu"),
+                                                  ConvBN(self.half, self.half, 3, act="silu")) for _ in range(n))
+        self.shortcut = shortcut
+        self.cv2 = ConvBN((2 + n) * self.half, cout, 1, act="silu")
+
+    def forward(self, x):
+        parts = list(self.cv1(x).chunk(2, 1))
+        for block in self.blocks:
+            parts.append(parts[-1] + block(parts[-1]) if self.shortcut else block(parts[-1]))
+        return self.cv2(torch.cat(parts, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast: a 1x1 conv, three chained 5x5 stride-1 max pools, all four
+    concatenated into a 1x1 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.cv1 = ConvBN(channels, channels // 2, 1, act="silu")
+        self.pool = nn.MaxPool2d(5, 1, 2)
+        self.cv2 = ConvBN(2 * channels, channels, 1, act="silu")
+
+    def forward(self, x):
+        parts = [self.cv1(x)]
+        for _ in range(3):
+            parts.append(self.pool(parts[-1]))
+        return self.cv2(torch.cat(parts, 1))
+
+
+class YoloTiny(nn.Module):
+    """Backbone (strides 2-32), PAN neck and three heads; ``forward`` returns the stride-8, 16 and 32 maps."""
+
+    WIDTHS = (16, 32, 64, 128, 256)
+    output_names = ("output", "output1", "output2")
+
+    def __init__(self, num_classes: int = 80):
+        super().__init__()
+        w = self.WIDTHS
+        self.stem = nn.Sequential(ConvBN(3, w[0], 3, 2, act="silu"), ConvBN(w[0], w[1], 3, 2, act="silu"),
+                                  C2f(w[1], w[1], 1))
+        self.stage3 = nn.Sequential(ConvBN(w[1], w[2], 3, 2, act="silu"), C2f(w[2], w[2], 2))
+        self.stage4 = nn.Sequential(ConvBN(w[2], w[3], 3, 2, act="silu"), C2f(w[3], w[3], 2))
+        self.stage5 = nn.Sequential(ConvBN(w[3], w[4], 3, 2, act="silu"), C2f(w[4], w[4], 1), SPPF(w[4]))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.top4 = C2f(w[4] + w[3], w[3], 1, shortcut=False)
+        self.top3 = C2f(w[3] + w[2], w[2], 1, shortcut=False)
+        self.down3 = ConvBN(w[2], w[2], 3, 2, act="silu")
+        self.bottom4 = C2f(w[2] + w[3], w[3], 1, shortcut=False)
+        self.down4 = ConvBN(w[3], w[3], 3, 2, act="silu")
+        self.bottom5 = C2f(w[3] + w[4], w[4], 1, shortcut=False)
+        self.heads = nn.ModuleList(nn.Sequential(ConvBN(c, c, 3, act="silu"), nn.Conv2d(c, 5 + num_classes, 1))
+                                   for c in (w[2], w[3], w[4]))
+
+    def forward(self, x):
+        p3 = self.stage3(self.stem(x))
+        p4 = self.stage4(p3)
+        p5 = self.stage5(p4)
+        t4 = self.top4(torch.cat([self.up(p5), p4], 1))
+        n3 = self.top3(torch.cat([self.up(t4), p3], 1))
+        n4 = self.bottom4(torch.cat([self.down3(n3), t4], 1))
+        n5 = self.bottom5(torch.cat([self.down4(n4), p5], 1))
+        return tuple(head(feature) for head, feature in zip(self.heads, (n3, n4, n5), strict=True))
+
+
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "tiny_cnn": lambda size, classes: TinyCNN(classes),
     "resnet18": lambda size, classes: ResNet(BasicBlock, [2, 2, 2, 2], classes),
@@ -546,6 +624,7 @@ _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "efficientnet_b0": lambda size, classes: EfficientNetB0(classes),
     "mobilenet_v3_small": lambda size, classes: MobileNetV3(MobileNetV3.SMALL, 576, 1024, classes),
     "mobilenet_v3_large": lambda size, classes: MobileNetV3(MobileNetV3.LARGE, 960, 1280, classes),
+    "yolo_tiny": lambda size, classes: YoloTiny(classes),
 }
 assert _BUILDERS.keys() == MODELS.keys()
 
@@ -697,7 +776,8 @@ def float_onnx_bytes(name: str, input_size: int | None = None, seed: int = 0) ->
         # dependency); the legacy one is deterministic and produces exactly the plain opset-13 graph wanted here.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buf, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                          input_names=[INPUT_NAME], output_names=list(getattr(model, "output_names", [OUTPUT_NAME])),
+                          do_constant_folding=True,
                           export_params=True)
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = IR_VERSION

@@ -184,7 +184,7 @@ class FusedGroup:
         escaping = []
         for tensor in self.produced:
             outside = [c.name for c in graph.consumers(tensor) if c.name not in inside]
-            if outside or tensor == graph.output:
+            if outside or tensor in graph.outputs:
                 escaping.append(tensor)
         if escaping != [self.final.output]:
             others = [t for t in escaping if t != self.final.output]

@@ -15,8 +15,7 @@ def _bypass(graph: Graph, node: Node, source: str) -> None:
     del graph.tensors[node.output]
     for reader in graph.consumers(node.output):
         reader.inputs = [source if name == node.output else name for name in reader.inputs]
-    if graph.output == node.output:
-        graph.output = source
+    graph.rename_output(node.output, source)
 
 
 def fold_clamps(graph: Graph) -> None:
@@ -32,7 +31,7 @@ def fold_clamps(graph: Graph) -> None:
     for node in [n for n in graph.nodes if n.op is Op.CLAMP]:
         source = node.inputs[0]
         producer = graph.producer(source)
-        if producer is None or len(graph.consumers(source)) != 1 or source == graph.output:
+        if producer is None or len(graph.consumers(source)) != 1 or source in graph.outputs:
             what = node.attrs.source or "clamp"
             raise IRError(f"node {node.name!r} ({what}): a {what} must directly follow the op producing "
                           f"{source!r} and be its only consumer")
@@ -54,7 +53,7 @@ def fold_lookups(graph: Graph) -> None:
     for node in [n for n in graph.nodes if n.op is Op.LOOKUP]:
         source = node.inputs[0]
         producer = graph.producer(source)
-        if producer is None or len(graph.consumers(source)) != 1 or source == graph.output:
+        if producer is None or len(graph.consumers(source)) != 1 or source in graph.outputs:
             continue
         if producer.op is Op.LOOKUP:
             producer.attrs.table = compose(producer.attrs.table, node.attrs.table)
@@ -67,8 +66,7 @@ def fold_lookups(graph: Graph) -> None:
         out = graph.tensors.pop(node.output)
         graph.nodes.remove(node)
         graph.tensors[source] = type(out)(source, out.shape, out.dtype, out.scale, out.zero_point)
-        if graph.output == node.output:
-            graph.output = source
+        graph.rename_output(node.output, source)
         for reader in graph.consumers(node.output):
             reader.inputs = [source if name == node.output else name for name in reader.inputs]
 
@@ -76,7 +74,7 @@ def fold_lookups(graph: Graph) -> None:
 def remove_unused(graph: Graph) -> None:
     """Remove the nodes whose output nothing reads (the sigmoid of a SiLU the frontend made one table)."""
     while True:
-        read = {name for node in graph.nodes for name in node.inputs} | {graph.output}
+        read = {name for node in graph.nodes for name in node.inputs} | set(graph.outputs)
         unused = [node for node in graph.nodes if node.output not in read]
         if not unused:
             return

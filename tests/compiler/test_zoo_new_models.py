@@ -1,9 +1,10 @@
 """The zoo models of the newer operators at 32 px (RegNetX-400MF: grouped convs; ShuffleNetV2: channel split,
 concat of 58-channel halves, channel shuffle, mean; MnasNet: mean over H, W; EfficientNet-B0: SiLU and
 squeeze-and-excitation with sigmoid gates; MobileNetV3: hard-swish and squeeze-and-excitation with hard-sigmoid
-gates), in both onnxruntime formats (and int8 activations on ShuffleNetV2 and MobileNetV3-Small): the golden
-simulator's outputs, as ``dlfusion run --output`` writes them, equal onnxruntime's on the same file bit for bit,
-on {no fusion, 1 core}, {max fusion, all cores} and a random plan."""
+gates; yolo_tiny: a detector's C2f blocks, SPPF, PAN neck and three outputs), in both onnxruntime formats (and
+int8 activations on ShuffleNetV2 and MobileNetV3-Small): the golden simulator's outputs, as ``dlfusion run
+--output`` writes them, equal onnxruntime's on the same file bit for bit, on {no fusion, 1 core}, {max fusion,
+all cores} and a random plan."""
 
 import numpy as np
 import onnx
@@ -30,7 +31,9 @@ CASES = [(m, f, "uint8") for m in MODELS for f in ("qoperator", "qdq")] + [("shu
 # lookup tables and channel scales: both formats on EfficientNet-B0, int8 on MobileNetV3-Small
 CASES += [("efficientnet_b0", "qoperator", "uint8"), ("efficientnet_b0", "qdq", "uint8"),
           ("mobilenet_v3_small", "qoperator", "int8"), ("mobilenet_v3_small", "qdq", "uint8"),
-          ("mobilenet_v3_large", "qoperator", "uint8")]
+          ("mobilenet_v3_large", "qoperator", "uint8"),
+          # three outputs
+          ("yolo_tiny", "qoperator", "uint8"), ("yolo_tiny", "qdq", "uint8")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids="-".join)
