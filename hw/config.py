@@ -216,15 +216,19 @@ class HwConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        """:meth:`to_dict` without the parameters added after the first release that are at the
+        value elaborating the hardware as before they existed (:data:`_ABSENT`).
+
+        The hash and a binary's header are made of it, so such a configuration keeps its hash and
+        its binaries keep their bytes; :meth:`from_identity` reads it back.
+        """
+        return {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
+
     @property
     def hash(self) -> str:
-        """Short content hash: names Verilator builds and tags binaries.
-
-        A parameter added after the first release is left out at the value that elaborates the
-        hardware as before it existed (:data:`_ABSENT`), so such a configuration keeps its hash.
-        """
-        values = {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
-        canonical = json.dumps(values, sort_keys=True).encode()
+        """Short content hash of :meth:`identity`: names Verilator builds and tags binaries."""
+        canonical = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(canonical).hexdigest()[:16]
 
     @classmethod
@@ -239,6 +243,12 @@ class HwConfig:
             return cls(**values)
         except HwConfigError as error:
             raise HwConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_identity(cls, values: dict, *, source: str = "configuration") -> HwConfig:
+        """The configuration of an :meth:`identity`: a parameter added after the first release that
+        ``values`` leaves out is absent (written before it existed, or at its absent value)."""
+        return cls.from_dict({**_ABSENT, **values}, source=source)
 
     @classmethod
     def load(cls, path: str | Path | None) -> HwConfig:
