@@ -60,11 +60,17 @@ class Ppu(wiring.Component):
     """
 
     #: The unit's view of the instruction payload (REQUANT or ADD; SYNC reads it as an empty loop).
+    #: Without lookup tables an instance's ``PAYLOAD`` leaves out ``lut_table``, which it never reads.
     PAYLOAD = data.UnionLayout({"requant": REQUANT_PAYLOAD, "add": ADD_PAYLOAD})
 
     def __init__(self, hw: HwConfig, *, add_domain: str = "sync"):
         self.hw = hw
         self.add_domain = add_domain
+        if not hw.lut_tables:
+            # lut_table is the last field of both payloads: the other fields keep their offsets.
+            self.PAYLOAD = data.UnionLayout({
+                name: data.StructLayout({field: member.shape for field, member in layout if field != "lut_table"})
+                for name, layout in (("requant", REQUANT_PAYLOAD), ("add", ADD_PAYLOAD))})
         lanes = hw.lanes
         act_bits, acc_bits, param_bits = (exact_log2(depth) for depth in
                                           (hw.act_lines, hw.acc_entries, hw.param_entries))

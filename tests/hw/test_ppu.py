@@ -64,7 +64,7 @@ def connect_ppu(m, ppu, acc, act, param):
 def run_ppu(instructions, acc, act, params, tables=None, hw=HW):
     """Run (opcode, fields) instructions; returns (act scratchpad after, UnitRun)."""
     bench = PpuBench(acc, act, params, tables, hw)
-    entries = [entry(Ppu.PAYLOAD, encode(op, signal=1 << k, **fields), pc=30 + k)
+    entries = [entry(bench.ppu.PAYLOAD, encode(op, signal=1 << k, **fields), pc=30 + k)
                for k, (op, fields) in enumerate(instructions)]
     result = {}
 
