@@ -216,26 +216,20 @@ class HwConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
-    def hash(self) -> str:
-        """Short content hash: names Verilator builds and tags binaries.
+    def identity(self) -> dict:
+        """:meth:`to_dict` without the parameters added after the first release that are at the
+        value elaborating the hardware as before they existed (:data:`_ABSENT`).
 
-        A parameter added after the first release is left out at the value that elaborates the
-        hardware as before it existed (:data:`_ABSENT`), so such a configuration keeps its hash.
+        The hash and a binary's header are made of it, so such a configuration keeps its hash and
+        its binaries keep their bytes; :meth:`from_identity` reads it back.
         """
-        canonical = json.dumps(self.to_canonical_dict(), sort_keys=True).encode()
-        return hashlib.sha256(canonical).hexdigest()[:16]
-
-    def to_canonical_dict(self) -> dict:
-        """:meth:`to_dict` without the parameters at their "absent" value (:data:`_ABSENT`): what the hash
-        and a binary's header hold, so a configuration without a later feature reads as it did before."""
         return {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
 
-    @classmethod
-    def from_canonical_dict(cls, values: dict, *, source: str = "configuration") -> HwConfig:
-        """The inverse of :meth:`to_canonical_dict`: a parameter left out is absent hardware (a binary
-        header written before the parameter existed)."""
-        return cls.from_dict({**_ABSENT, **values}, source=source)
+    @property
+    def hash(self) -> str:
+        """Short content hash of :meth:`identity`: names Verilator builds and tags binaries."""
+        canonical = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, values: dict, *, source: str = "configuration") -> HwConfig:
@@ -249,6 +243,12 @@ class HwConfig:
             return cls(**values)
         except HwConfigError as error:
             raise HwConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_identity(cls, values: dict, *, source: str = "configuration") -> HwConfig:
+        """The configuration of an :meth:`identity`: a parameter added after the first release that
+        ``values`` leaves out is absent (written before it existed, or at its absent value)."""
+        return cls.from_dict({**_ABSENT, **values}, source=source)
 
     @classmethod
     def load(cls, path: str | Path | None) -> HwConfig:

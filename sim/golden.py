@@ -36,7 +36,7 @@ progress again. The first error stops the simulation.
 Points the ISA document leaves open, settled here (and in the RTL alike):
 
 * An instruction with a zero count accesses nothing: no range check at all
-  (not even REQUANT/ADD's ``param_addr``).
+  (not even REQUANT/ADD's ``param_addr`` or ``lut_table``).
 * MATMUL checks the weight block address in every mode (the PE reads the block
   even in MAX mode); ``w_row`` only matters, and is only checked, in DEPTHWISE.
 * STORE skips pad iterations (nothing read or written) but their scratchpad

@@ -937,6 +937,18 @@ def test_binary_roundtrip_runs_identically():
     assert run(again, {"x": x}).to_json() == run(binary, {"x": x}).to_json()
 
 
+def test_a_binary_without_lookup_tables_has_the_header_of_before_tables():
+    """A header names lut_tables only when the hardware has tables, so a binary for a configuration
+    without them keeps its bytes, and one written before tables existed still reads."""
+    import json
+    bare = HwConfig(**dict(HW.to_dict(), lut_tables=0))
+    for hw in (bare, HW):
+        blob = _copy_binary(hw).to_bytes()
+        header = json.loads(blob[12:12 + int.from_bytes(blob[8:12], "little")])
+        assert ("lut_tables" in header["hw"]) == (hw.lut_tables > 0)
+        assert Binary.from_bytes(blob).hw == hw
+
+
 def test_binary_for_another_configuration_is_rejected():
     other = HwConfig(**dict(HW.to_dict(), act_lines=512))
     with pytest.raises(BinaryError) as info:
