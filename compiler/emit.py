@@ -20,7 +20,7 @@ from ..hw.config import HwConfig
 from ..hw.isa import Opcode
 from ..hw.numerics import qlinear_add_params
 from .errors import CompileError
-from .ir import WINDOWED, Graph, Op
+from .ir import WINDOWED, Graph, Op, computed
 from .lower.common import ceil_div, initial_credits, layer_of, pack_windowed_weights, params_for
 from .lower.group import lower_group
 from .plan import Plan, group_label
@@ -29,8 +29,8 @@ __all__ = ["place_constants", "ActivationLayout", "emit_program"]
 
 
 def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str, dict], int]:
-    """DRAM segments of every node's weights and parameters from line 0; per node its
-    ``weight_line`` and ``param_line``; the first line after them."""
+    """DRAM segments of every node's weights, parameters and lookup table from line 0; per node its
+    ``weight_line``, ``param_line`` and ``table_line``; the first line after them."""
     lanes = hw.lanes
     segments: list[Segment] = []
     cursor = 0
@@ -58,14 +58,28 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
             entry["param_line"] = cursor
             segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))
             cursor += params.shape[0] * hw.param_lines_per_entry
-        elif node.op is Op.ADD:
-            out = graph.tensors[node.output]
-            ra, rb, fixed = qlinear_add_params(node.attrs.a_scale, node.attrs.a_zp, node.attrs.b_scale,
-                                               node.attrs.b_zp, out.scale, out.zero_point)
+        elif node.op is Op.SCALE:
+            channels = graph.tensors[node.output].shape[0]
+            params = params_for(np.zeros(channels, np.int32), np.full(channels, node.attrs.multiplier, np.float32),
+                                channels, lanes)
+            entry["param_line"] = cursor
+            segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))
+            cursor += params.shape[0] * hw.param_lines_per_entry
+        elif node.op in (Op.ADD, Op.LOOKUP):
+            if node.op is Op.ADD:
+                out = computed(graph, node)
+                ra, rb, fixed = qlinear_add_params(node.attrs.a_scale, node.attrs.a_zp, node.attrs.b_scale,
+                                                   node.attrs.b_zp, out.scale, out.zero_point)
+            else:       # the identity: r = a * 1 + (b * 0 + 0)
+                ra, rb, fixed = np.float32(1.0), np.float32(0.0), np.float32(0.0)
             params = np.stack([np.full(lanes, v, np.float32).view(np.uint32) for v in (ra, rb, fixed)])
             entry["param_line"] = cursor
             segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))
             cursor += 3 * hw.param_lines_per_entry
+        if node.attrs.table is not None:
+            entry["table_line"] = cursor
+            segments.append(Segment(f"table:{node.name}", cursor, node.attrs.table.tobytes()))
+            cursor += hw.lut_lines_per_table
         constants[node.name] = entry
     if cursor > hw.dram_lines:
         raise CompileError(f"the model's weights need {cursor} DRAM lines; DRAM has {hw.dram_lines}")
@@ -87,7 +101,8 @@ class ActivationLayout:
         for node in graph.nodes:
             for name in node.inputs:
                 self.last_use[name] = max(self.last_use.get(name, 0), group_of[node.name])
-        self.last_use[graph.output] = len(plan.groups)
+        for name in graph.outputs:
+            self.last_use[name] = len(plan.groups)
         # A concat's inputs are written straight into its output (channel blocks must align).
         self.concat_parent: dict[str, tuple[str, int]] = {}
         for node in graph.nodes:
@@ -153,7 +168,10 @@ def emit_program(graph: Graph, hw: HwConfig, plan: Plan) -> Binary:
 
     x, y = graph.tensors[graph.input], graph.tensors[graph.output]
     inputs = [DramTensor("input", layout.address[graph.input], x.shape, x.dtype)]
-    outputs = [DramTensor("output", layout.address[graph.output], y.shape, y.dtype)]
+    # "output", then "output1", "output2", ... for a model's further outputs
+    outputs = [DramTensor("output" if index == 0 else f"output{index}", layout.address[name],
+                          graph.tensors[name].shape, graph.tensors[name].dtype)
+               for index, name in enumerate(graph.outputs)]
     metadata = {"model": graph.name, "macs": graph.macs, "plan": plan.to_json(), "groups": group_info,
                 "input_quant": graph.input_quant, "output_dequant": graph.output_dequant,
                 "output_scale": y.scale, "output_zero_point": y.zero_point}

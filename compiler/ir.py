@@ -16,7 +16,8 @@ import numpy as np
 
 from ..hw.errors import InputError
 
-__all__ = ["Op", "Tensor", "NodeAttrs", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT"]
+__all__ = ["Op", "Tensor", "NodeAttrs", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT",
+           "TABLE_OPS", "computed"]
 
 
 def out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = False) -> int:
@@ -44,6 +45,8 @@ class Op(enum.Enum):
     AVGPOOL = "avgpool"            #: QLinearAveragePool / QLinearGlobalAveragePool
     CONCAT = "concat"              #: channel concatenation (same scale and zero point)
     UPSAMPLE = "upsample"          #: nearest Resize by integer factors (keeps the quantization)
+    LOOKUP = "lookup"              #: an elementwise function of one byte (sigmoid, tanh, SiLU, ...) as a table
+    SCALE = "scale"                #: QLinearMul by a per-channel (C, 1, 1) tensor (squeeze-and-excitation)
     CLAMP = "clamp"                #: Relu/Clip as read; folded into its producer by a pass (never lowered)
 
 
@@ -102,6 +105,15 @@ class NodeAttrs:
         diagonal, and the lowering skips the all-zero ``L x L`` weight blocks.
     factors : tuple of int
         UPSAMPLE: the integer ``(height, width)`` factors of a nearest upsampling.
+    table : numpy.ndarray or None
+        LOOKUP, and CONV/DEPTHWISE/FC/AVGPOOL/ADD after the ``fold_lookups`` pass: 256 uint8 output
+        bytes indexed by the byte the op computes (after its clamp); see :mod:`..tables`.
+    multiplier (SCALE)
+        The float32 ratio ``x_scale * s_scale / y_scale`` of onnxruntime's QLinearMul; the inputs are
+        ``x`` and int8 ``(C, 1, 1)`` tensors whose sum is the scale less its zero point.
+    table_input : Tensor or None
+        With ``table`` on a CONV/DEPTHWISE/FC/AVGPOOL/ADD: the quantization the op computes (the
+        table's index), before the table maps it to the node's output tensor.
     selection : bool
         CONV: a 1x1 convolution with a 0/1 weight (at most one 1 per output channel; none: a
         padding channel, the zero point) and bias 0 that moves channels (Slice, Split, a channel
@@ -128,6 +140,19 @@ class NodeAttrs:
     groups: int = 1
     selection: bool = False
     factors: tuple[int, int] = (1, 1)
+    table: np.ndarray | None = None
+    table_input: Tensor | None = None
+
+
+#: Ops whose output may go through a lookup table (the PPU writes their output bytes).
+TABLE_OPS = (Op.CONV, Op.DEPTHWISE, Op.FC, Op.AVGPOOL, Op.ADD)
+
+
+def computed(graph: Graph, node: Node) -> Tensor:
+    """The quantization ``node`` computes before its lookup table (its output tensor when it has none)."""
+    if node.attrs.table_input is not None:
+        return node.attrs.table_input
+    return graph.tensors[node.output]
 
 
 @dataclass
@@ -156,9 +181,23 @@ class Graph:
     nodes: list[Node]
     input: str
     output: str
-    #: onnxruntime's QuantizeLinear of the float input and DequantizeLinear of the output
+    #: onnxruntime's QuantizeLinear of the float input and DequantizeLinear of the output (with several
+    #: outputs, a list of them in the order of :attr:`outputs`)
     input_quant: dict = field(default_factory=dict)
-    output_dequant: dict = field(default_factory=dict)
+    output_dequant: dict | list = field(default_factory=dict)
+    #: The model's outputs after the first (``output``), in the ONNX model's order (a detector's heads).
+    more_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every output tensor, the first being :attr:`output`."""
+        return [self.output, *self.more_outputs]
+
+    def rename_output(self, old: str, new: str) -> None:
+        """An output tensor ``old`` is now called ``new`` (a pass removed the node producing it)."""
+        if self.output == old:
+            self.output = new
+        self.more_outputs = [new if name == old else name for name in self.more_outputs]
 
     def producer(self, tensor: str) -> Node | None:
         for node in self.nodes:
@@ -198,6 +237,19 @@ def check(graph: Graph, *, legal: bool = True) -> None:
         defined.add(node.output)
         out = graph.tensors[node.output]
         ins = [graph.tensors[name] for name in node.inputs]
+        table = node.attrs.table
+        if table is not None:
+            if node.op is not Op.LOOKUP and node.op not in TABLE_OPS:
+                raise IRError(f"{node.name}: a {node.op.value} cannot apply a lookup table")
+            if table.shape != (256,) or table.dtype != np.uint8:
+                raise IRError(f"{node.name}: a lookup table is 256 uint8 bytes, not {table.shape} {table.dtype}")
+            if node.op is not Op.LOOKUP and (node.attrs.table_input is None
+                                             or node.attrs.table_input.shape != out.shape):
+                raise IRError(f"{node.name}: a folded lookup table needs table_input of the output's shape")
+        elif node.attrs.table_input is not None:
+            raise IRError(f"{node.name}: table_input without a table")
+        if node.attrs.table_input is not None:
+            out = node.attrs.table_input      # the op's own checks are on what it computes
         c, h, w = ins[0].shape
         if node.op in WINDOWED:
             k, s, p = node.attrs.kernel, node.attrs.stride, node.attrs.pad
@@ -256,6 +308,14 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                               f"{(c, h * fh, w * fw)}, not {out.shape}")
             if (out.scale, out.zero_point, out.dtype) != (ins[0].scale, ins[0].zero_point, ins[0].dtype):
                 raise IRError(f"{node.name}: a nearest upsampling must keep the quantization of its input")
+        elif node.op is Op.SCALE:
+            if not 2 <= len(ins) <= 4 or out.shape != ins[0].shape or any(
+                    t.shape != (c, 1, 1) or not t.signed for t in ins[1:]):
+                raise IRError(f"{node.name}: a channel scale multiplies a (C, H, W) tensor by one to three int8 "
+                              "(C, 1, 1) parts of its scale")
+        elif node.op is Op.LOOKUP:
+            if len(ins) != 1 or out.shape != ins[0].shape or table is None:
+                raise IRError(f"{node.name}: a lookup maps one tensor to one of its shape through its table")
         elif node.op is Op.CLAMP:
             if legal:
                 raise IRError(f"{node.name}: a {node.op.value} node must be folded into its producer before lowering")
@@ -264,5 +324,8 @@ def check(graph: Graph, *, legal: bool = True) -> None:
                 raise IRError(f"{node.name}: a clamp keeps its input's shape and quantization")
         else:
             raise IRError(f"{node.name}: unknown op {node.op!r}")
-    if graph.output not in defined:
-        raise IRError(f"graph output {graph.output!r} is never produced")
+    for name in graph.outputs:
+        if name not in defined:
+            raise IRError(f"graph output {name!r} is never produced")
+    if len(set(graph.outputs)) != len(graph.outputs):
+        raise IRError(f"graph outputs {graph.outputs} name a tensor twice")

@@ -9,6 +9,10 @@ draws grouped convolutions (any group count dividing the channels), channel slic
 and shuffles (0/1 selection convolutions), concats of any channel counts (legalized
 by ``align_concat_inputs``) and nearest upsampling by integer factors; without it the
 graphs of a seed are those recorded in ``tests/compiler/random_fingerprints.json``.
+With ``tables`` random lookup tables follow some layers: folded into a convolution,
+fully connected layer, average pool or add (as the ``fold_lookups`` pass leaves
+them), or a LOOKUP node of its own (after a pool, a concat, an upsampling, or a
+tensor read twice), with a new quantization for its output.
 Its reference output is :func:`dlfusion.compiler.reference.run_graph`.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, Node, Op, Tensor, check, out_size
+from .ir import TABLE_OPS, Graph, Node, Op, Tensor, check, out_size
 from .passes.annotate import annotate_macs
 from .passes.legalize import align_concat_inputs
 
@@ -39,6 +43,22 @@ class _Builder:
             self.tensors[name] = Tensor(name, tuple(shape), "int8" if self.signed else "uint8",
                                         float(self.rng.uniform(0.01, 0.1)), zp)
         return name
+
+    def lookup(self, x: str) -> str:
+        """A random table after ``x``: folded into its producer where the lowering can, else a LOOKUP."""
+        table = self.rng.integers(0, 256, size=256).astype(np.uint8)
+        producer = next((n for n in self.nodes if n.output == x), None)
+        if producer is not None and producer.op in TABLE_OPS and producer.attrs.table is None \
+                and not any(x in n.inputs for n in self.nodes) and self.rng.random() < 0.7:
+            producer.attrs.table, producer.attrs.table_input = table, self.tensors[x]
+            new = self.tensors.pop(self.tensor(self.tensors[x].shape))
+            self.tensors[x] = Tensor(x, new.shape, new.dtype, new.scale, new.zero_point)
+            return x
+        y = self.tensor(self.tensors[x].shape)
+        t = self.tensors[x]
+        self.nodes.append(Node(f"n{len(self.nodes)}_lookup", Op.LOOKUP, [x], y,
+                               dict(table=table, clamp=t.qrange)))
+        return y
 
     def clamp(self, name: str, relu: bool) -> tuple[int, int]:
         t = self.tensors[name]
@@ -140,7 +160,7 @@ class _Builder:
 
 
 def random_graph(seed: int, *, lanes: int = 16, max_layers: int = 6, max_size: int = 20,
-                 new_ops: bool = False) -> Graph:
+                 new_ops: bool = False, tables: bool = False) -> Graph:
     """A random network with its own seeded weights (see the module docstring)."""
     rng = np.random.default_rng(seed)
     b = _Builder(rng, signed=bool(rng.random() < 0.5))
@@ -154,6 +174,8 @@ def random_graph(seed: int, *, lanes: int = 16, max_layers: int = 6, max_size: i
         if new_ops:
             kinds += ["grouped", "grouped", "slice", "shuffle", "concat_any", "upsample"]
         kind = rng.choice(kinds)
+        if tables and b.nodes and rng.random() < 0.4:
+            name = b.lookup(name)
         if kind == "conv":
             kernel = int(rng.choice([1, 3, 3, 5] if not small else [1, 3]))
             stride = int(rng.choice([1, 2])) if not small else 1

@@ -14,7 +14,7 @@ import numpy as np
 from ..hw.numerics import qlinear_add_params
 
 __all__ = ["qrange", "requantize", "conv2d", "depthwise_conv2d", "fully_connected", "max_pool",
-           "avg_pool", "qlinear_add", "qlinear_add_params"]
+           "avg_pool", "qlinear_add", "qlinear_add_params", "run_graph", "run_graph_outputs"]
 
 
 def qrange(dtype) -> tuple[int, int]:
@@ -135,12 +135,19 @@ def qlinear_add(a, a_scale, a_zp, b, b_scale, b_zp, c_scale, c_zp, dtype, clamp=
 
 def run_graph(graph, x: np.ndarray) -> np.ndarray:
     """Evaluate a :class:`~dlfusion.compiler.ir.Graph` on the quantized input ``x`` (C, H, W)
-    with the ops above: the numpy reference of a whole compiled network."""
-    from .ir import Op
+    with the ops above: the numpy reference of a whole compiled network (its first output; all of
+    them: :func:`run_graph_outputs`)."""
+    return run_graph_outputs(graph, x)[0]
+
+
+def run_graph_outputs(graph, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of the graph on the quantized input ``x``, in the order of ``graph.outputs``."""
+    from .ir import Op, computed
+    from .tables import apply_table
 
     values = {graph.input: x}
     for node in graph.nodes:
-        out = graph.tensors[node.output]
+        out = computed(graph, node)     # what the op computes: the index of its table, if it has one
         ins = [values[name] for name in node.inputs]
         a = node.attrs
         source = graph.tensors[node.inputs[0]]
@@ -176,7 +183,15 @@ def run_graph(graph, x: np.ndarray) -> np.ndarray:
         elif node.op is Op.UPSAMPLE:
             fh, fw = a.factors
             y = np.repeat(np.repeat(ins[0], fh, axis=1), fw, axis=2)
+        elif node.op is Op.LOOKUP:
+            y = ins[0]
+        elif node.op is Op.SCALE:
+            scale = sum(part.astype(np.int32) for part in ins[1:])
+            y = requantize((ins[0].astype(np.int32) - source.zero_point) * scale, a.multiplier, out.zero_point,
+                           dtype, a.clamp)
         else:
             raise ValueError(f"{node.name}: no reference for {node.op}")
+        if a.table is not None:
+            y = apply_table(a.table, y, graph.tensors[node.output].signed)
         values[node.output] = y
-    return values[graph.output]
+    return [values[name] for name in graph.outputs]

@@ -127,7 +127,7 @@ class Binary:
     def header(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,
-            "hw": self.hw.to_dict(),
+            "hw": self.hw.identity(),
             "hw_hash": self.hw.hash,
             "instr_bits": INSTR_BITS,
             "streams": [vars(s) for s in self.streams],
@@ -163,7 +163,7 @@ class Binary:
                               f"{FORMAT_VERSION}; recompile it")
         try:
             header = json.loads(blob[12:12 + header_len])
-            hw = HwConfig.from_dict(header["hw"], source=f"{source} header")
+            hw = HwConfig.from_identity(header["hw"], source=f"{source} header")
             if header["hw_hash"] != hw.hash:
                 raise BinaryError(f"{source}: header HwConfig hash {header['hw_hash']} does not match "
                                   f"its parameters ({hw.hash})")

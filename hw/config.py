@@ -23,6 +23,10 @@ class HwConfigError(InputError):
     """A hardware configuration value is out of range or inconsistent."""
 
 
+#: Parameters added after the first release, at the value that means "this hardware is absent".
+_ABSENT = {"lut_tables": 0}
+
+
 def _is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
@@ -64,6 +68,11 @@ class HwConfig:
     watchdog_cycles : int
         Cycles without any progress after which the accelerator stops with
         the WATCHDOG error (a deadlocked program or barrier).
+    lut_tables : int
+        Post-processing lookup tables per core (0 to 16), each 256 bytes: the
+        REQUANT or ADD output byte indexes one of them (sigmoid, tanh,
+        hard-swish, ... as exact table look-ups). 0 elaborates the PPU without
+        lookup hardware.
     """
 
     cores: int = 4
@@ -79,6 +88,7 @@ class HwConfig:
     queue_depth: int = 8
     fetch_lines: int = 32
     watchdog_cycles: int = 100_000
+    lut_tables: int = 4
 
     def __post_init__(self):
         def check(name, ok, accepted):
@@ -113,6 +123,7 @@ class HwConfig:
               f"a power of two between {2 * self.instr_lines} (two instructions) and 1024")
         check("watchdog_cycles", 2 * self.dram_latency + 64 <= self.watchdog_cycles <= 2**31,
               f"between {2 * self.dram_latency + 64} and 2**31")
+        check("lut_tables", 0 <= self.lut_tables <= 16, "between 0 and 16")
 
     # -- derived sizes ------------------------------------------------------------------
 
@@ -153,6 +164,16 @@ class HwConfig:
     def param_lines(self) -> int:
         return self.param_entries * self.param_lines_per_entry
 
+    @property
+    def lut_lines_per_table(self) -> int:
+        """Lines per 256-entry lookup table: entry ``i`` is byte ``i % L`` of line ``i // L``."""
+        return 256 // self.line_bytes
+
+    @property
+    def lut_lines(self) -> int:
+        """Depth of the lookup-table store in lines (0 without lookup hardware)."""
+        return self.lut_tables * self.lut_lines_per_table
+
     # Double buffering: the compiler splits the weight, parameter and accumulator scratchpads
     # into two slots, one filled or drained while the other is in use.
 
@@ -186,18 +207,28 @@ class HwConfig:
         return self.peak_macs_per_cycle / self.dram_bytes_per_cycle
 
     def buffer_lines(self, buffer: str) -> int:
-        """Depth in lines of a DMA-addressable scratchpad (``act``, ``weight``, ``param``)."""
-        return {"act": self.act_lines, "weight": self.weight_lines, "param": self.param_lines}[buffer]
+        """Depth in lines of a DMA-addressable scratchpad (``act``, ``weight``, ``param``, ``lut``)."""
+        return {"act": self.act_lines, "weight": self.weight_lines, "param": self.param_lines,
+                "lut": self.lut_lines}[buffer]
 
     # -- identity and serialization -----------------------------------------------------
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        """:meth:`to_dict` without the parameters added after the first release that are at the
+        value elaborating the hardware as before they existed (:data:`_ABSENT`).
+
+        The hash and a binary's header are made of it, so such a configuration keeps its hash and
+        its binaries keep their bytes; :meth:`from_identity` reads it back.
+        """
+        return {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
+
     @property
     def hash(self) -> str:
-        """Short content hash: names Verilator builds and tags binaries."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Short content hash of :meth:`identity`: names Verilator builds and tags binaries."""
+        canonical = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(canonical).hexdigest()[:16]
 
     @classmethod
@@ -212,6 +243,12 @@ class HwConfig:
             return cls(**values)
         except HwConfigError as error:
             raise HwConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_identity(cls, values: dict, *, source: str = "configuration") -> HwConfig:
+        """The configuration of an :meth:`identity`: a parameter added after the first release that
+        ``values`` leaves out is absent (written before it existed, or at its absent value)."""
+        return cls.from_dict({**_ABSENT, **values}, source=source)
 
     @classmethod
     def load(cls, path: str | Path | None) -> HwConfig:

@@ -190,8 +190,9 @@ class Dispatcher(wiring.Component):
         bad_field = Signal()
         with m.Switch(opcode):
             with m.Case(Opcode.LOAD):
+                # Buffer lut (3) exists only with lookup tables.
                 m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.dma.buffer.as_value() == 3)]
+                             bad_field.eq(0 if hw.lut_tables else instr.payload.dma.buffer == Buffer.LUT)]
             with m.Case(Opcode.STORE):
                 m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
                              bad_field.eq(instr.payload.dma.buffer != Buffer.ACT)]
@@ -480,7 +481,8 @@ class Core(wiring.Component):
                     m.d.comb += [self.error_code.eq(u.error_code), self.error_pc.eq(u.error_pc)]
 
     def _scratchpads(self, m, dma, pe, ppu):
-        """The act, weight, accumulator and parameter scratchpads and the units' ports on them."""
+        """The act, weight, accumulator and parameter scratchpads, the lookup-table store, and the
+        units' ports on them."""
         hw = self.hw
         lanes = hw.lanes
         line_bits = 8 * lanes
@@ -527,3 +529,17 @@ class Core(wiring.Component):
             param_w.en.eq(Mux(line.valid & (line.payload.buffer == Buffer.PARAM),
                               Const(1, hw.param_lines_per_entry) << line.payload.addr[:chunk_bits], 0)),
         ]
+        if hw.lut_tables:
+            self._lookup_tables(m, ppu, line)
+
+    def _lookup_tables(self, m, ppu, line):
+        """The lookup-table store: a copy per PPU lane (each lane looks up a byte per cycle), all
+        written together by the DMA's line writes to buffer lut, each read by its lane."""
+        hw = self.hw
+        for lane in range(hw.lanes):
+            copy = memory.Memory(shape=8 * hw.lanes, depth=hw.lut_lines, init=[])
+            m.submodules[f"lut{lane}"] = copy
+            write = copy.write_port()
+            m.d.comb += [write.addr.eq(line.payload.addr), write.data.eq(line.payload.data),
+                         write.en.eq(line.valid & (line.payload.buffer == Buffer.LUT))]
+            wiring.connect(m, ppu.lut_read[lane], copy.read_port(domain="ppu_gated"))

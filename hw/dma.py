@@ -116,8 +116,8 @@ class DmaUnit(wiring.Component):
     -------
     req, resp : the core's port on the shared DRAM system.
     line_write : Out(stream.Signature(line_write_layout(hw), always_ready=True)), at most one
-        scratchpad line per cycle (the core decodes the buffer into the act / weight / param
-        write ports).
+        scratchpad line per cycle (the core decodes the buffer into the act / weight / param /
+        lookup-table write ports).
     act_read : In(ReadPort.Signature), an activation read port for STORE.
     stall : Out(1), a request is waiting for the DRAM port this cycle.
     """
@@ -156,7 +156,10 @@ class DmaUnit(wiring.Component):
                 m.d.comb += depth.eq(hw.act_lines)
             with m.Case(Buffer.WEIGHT):
                 m.d.comb += depth.eq(hw.weight_lines)
-            with m.Default():
+            if hw.lut_tables:
+                with m.Case(Buffer.LUT):
+                    m.d.comb += depth.eq(hw.lut_lines)
+            with m.Default():       # param (without tables the dispatcher rejects buffer lut)
                 m.d.comb += depth.eq(hw.param_lines)
 
         m.submodules.loops = loops = TransferLoops()

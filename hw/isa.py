@@ -53,6 +53,7 @@ class Buffer(enum.Enum, shape=2):
     ACT = 0
     WEIGHT = 1
     PARAM = 2
+    LUT = 3      #: the lookup-table store (``BAD_FIELD`` on a HwConfig with ``lut_tables = 0``)
 
 
 class MatmulMode(enum.Enum, shape=2):
@@ -109,6 +110,7 @@ REQUANT_PAYLOAD = data.StructLayout({
     "param_addr": u(12),
     "out_signed": u(1),
     "out_zp": u(8), "clamp_lo": u(8), "clamp_hi": u(8),
+    "lut": u(1), "lut_table": u(4),
 })
 
 ADD_PAYLOAD = data.StructLayout({
@@ -119,6 +121,7 @@ ADD_PAYLOAD = data.StructLayout({
     "param_addr": u(12),
     "in_signed": u(1), "out_signed": u(1),
     "out_zp": u(8), "clamp_lo": u(8), "clamp_hi": u(8),
+    "lut": u(1), "lut_table": u(4),
 })
 
 SYNC_PAYLOAD = data.StructLayout({"unit": Unit})

@@ -1,7 +1,7 @@
 """The post-processing unit: requantization and quantized elementwise add.
 
 Per cycle it turns one vector of ``L`` lanes into one activation line, in a
-five-stage pipeline with real binary32 arithmetic (no lookup tables):
+five-stage pipeline with real binary32 arithmetic:
 
 1. read: accumulators (REQUANT) or two activation lines (ADD);
 2. int32 to float32 (REQUANT adds the int32 bias first);
@@ -9,16 +9,26 @@ five-stage pipeline with real binary32 arithmetic (no lookup tables):
 4. second fused multiply-add (ADD only): ``fma(a, ra, t)``;
 5. round half to even, add the zero point, clamp, write the byte.
 
+An instruction with ``lut`` set (on a HwConfig with lookup tables) goes through
+two more stages instead of writing at stage 5:
+
+6. each lane reads its own copy of the table store at line
+   ``lut_table * 256/L + y // L``;
+7. the lane selects byte ``y % L`` of that line, write the byte.
+
+The extra stages are valid only for a look-up instruction, so an instruction
+without one drains and completes exactly when it would without tables.
+
 Per-lane parameters (bias and multiplier, or ``ra, rb, fixed``) are read from
 the parameter scratchpad when an instruction starts. The unit drains its
 pipeline before the next instruction, so an instruction may read what the
 previous one wrote (a residual add after a requantization).
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from .config import HwConfig
 from .fp import FloatToInt, FusedMultiplyAdd, IntToFloat
@@ -37,6 +47,8 @@ class Ppu(wiring.Component):
     a_read, b_read : In(ReadPort.Signature), two activation read ports (ADD).
     param_read : In(ReadPort.Signature), a parameter scratchpad read port.
     act_write : In(WritePort.Signature), an activation write port.
+    lut_read : In(ReadPort.Signature).array(L), one read port per lane on that lane's copy of the
+        lookup-table store (lines of ``L`` bytes; only with ``hw.lut_tables > 0``).
     add_awake : Out(1), the ADD-only half of the lanes may change state at the next edge.
 
     ``add_domain`` is the clock domain of that half (the second converter, the second FMA and
@@ -48,11 +60,17 @@ class Ppu(wiring.Component):
     """
 
     #: The unit's view of the instruction payload (REQUANT or ADD; SYNC reads it as an empty loop).
+    #: Without lookup tables an instance's ``PAYLOAD`` leaves out ``lut_table``, which it never reads.
     PAYLOAD = data.UnionLayout({"requant": REQUANT_PAYLOAD, "add": ADD_PAYLOAD})
 
     def __init__(self, hw: HwConfig, *, add_domain: str = "sync"):
         self.hw = hw
         self.add_domain = add_domain
+        if not hw.lut_tables:
+            # lut_table is the last field of both payloads: the other fields keep their offsets.
+            self.PAYLOAD = data.UnionLayout({
+                name: data.StructLayout({field: member.shape for field, member in layout if field != "lut_table"})
+                for name, layout in (("requant", REQUANT_PAYLOAD), ("add", ADD_PAYLOAD))})
         lanes = hw.lanes
         act_bits, acc_bits, param_bits = (exact_log2(depth) for depth in
                                           (hw.act_lines, hw.acc_entries, hw.param_entries))
@@ -67,6 +85,7 @@ class Ppu(wiring.Component):
             "b_read": read(act_bits, 8 * lanes),
             "param_read": read(param_bits, 32 * lanes),
             "act_write": In(memory.WritePort.Signature(addr_width=act_bits, shape=8 * lanes)),
+            **({"lut_read": read(ceil_log2(hw.lut_lines), 8 * lanes).array(lanes)} if hw.lut_tables else {}),
         })
 
     def elaborate(self, platform):
@@ -88,11 +107,17 @@ class Ppu(wiring.Component):
         param_step = Signal(range(4))
         sync_op = Signal()
         empty = Signal()            # a loop count is zero
+        lut = Signal()              # the output bytes index table lut_table
+        lut_table = Signal(REQUANT_PAYLOAD["lut_table"].shape) if hw.lut_tables else None
+
+        def latch_lut(fields):
+            return [lut.eq(fields.lut), *([lut_table.eq(fields.lut_table)] if hw.lut_tables else [])]
 
         last0, last1 = loops.last0, loops.last1
 
         control = data.StructLayout({"valid": 1, "write": 1, "last": 1, "out": len(self.act_write.addr)})
-        stage = [Signal(control, name=f"stage{k}") for k in range(1, 6)]
+        # Stages 6 and 7 (the table read and the byte select) exist with lookup tables only.
+        stage = [Signal(control, name=f"stage{k}") for k in range(1, 8 if hw.lut_tables else 6)]
         pipeline_busy = Cat(s.valid for s in stage).any()
 
         def start_loops(fields, **pointers):
@@ -125,6 +150,7 @@ class Ppu(wiring.Component):
                             param_addr.eq(addp.param_addr), in_signed.eq(addp.in_signed),
                             out_signed.eq(addp.out_signed), out_zp.eq(addp.out_zp),
                             clamp_lo.eq(addp.clamp_lo), clamp_hi.eq(addp.clamp_hi),
+                            *latch_lut(addp),
                         ]
                         start_loops(addp, src="a", srcb="b", out="out")
                     with m.Else():
@@ -132,6 +158,7 @@ class Ppu(wiring.Component):
                             param_addr.eq(requant.param_addr),
                             out_signed.eq(requant.out_signed), out_zp.eq(requant.out_zp),
                             clamp_lo.eq(requant.clamp_lo), clamp_hi.eq(requant.clamp_hi),
+                            *latch_lut(requant),
                         ]
                         start_loops(requant, src="acc", out="out")
                     m.next = "PARAMS"
@@ -142,7 +169,7 @@ class Ppu(wiring.Component):
                     m.next = "HALT"
                 with m.Elif(sync_op | empty):
                     m.next = "DONE"
-                with m.Elif(param_addr + count > hw.param_entries):
+                with m.Elif((param_addr + count > hw.param_entries) | (lut & ~self._table_exists(lut_table))):
                     m.d.sync += [self.error.eq(1), self.error_code.eq(ErrorCode.SRAM_RANGE),
                                  self.error_pc.eq(pc)]
                     m.next = "HALT"
@@ -193,8 +220,11 @@ class Ppu(wiring.Component):
             stage[0].valid.eq(issue), stage[0].write.eq(1), stage[0].last.eq(issue & last0 & last1),
             stage[0].out.eq(out),
         ]
-        for k in range(1, 5):
+        for k in range(1, len(stage)):
             m.d.sync += stage[k].eq(stage[k - 1])
+        if hw.lut_tables:
+            # Only a look-up instruction goes on from stage 5 (and only then waits for stages 6, 7).
+            m.d.sync += stage[5].valid.eq(stage[4].valid & lut)
 
         out_bytes = []
         for lane in range(lanes):
@@ -213,10 +243,17 @@ class Ppu(wiring.Component):
             ]
             out_bytes.append(datapath.y)
 
-        write_stage = stage[4]
+        write_stage = Signal(control)
+        write_data = Signal.like(self.act_write.data)
+        if hw.lut_tables:
+            looked_up = self._look_up(m, out_bytes, lut_table, read=stage[4].valid & lut)
+            m.d.comb += [write_stage.eq(Mux(lut, stage[6], stage[4])),
+                         write_data.eq(Mux(lut, Cat(looked_up), Cat(out_bytes)))]
+        else:
+            m.d.comb += [write_stage.eq(stage[4]), write_data.eq(Cat(out_bytes))]
         m.d.comb += [
             self.act_write.addr.eq(write_stage.out), self.act_write.en.eq(write_stage.valid & write_stage.write),
-            self.act_write.data.eq(Cat(out_bytes)),
+            self.act_write.data.eq(write_data),
         ]
         with m.If(write_stage.valid & write_stage.last):
             m.d.comb += [self.done.eq(1), self.done_signal.eq(signal_mask), self.done_pc.eq(pc)]
@@ -228,6 +265,29 @@ class Ppu(wiring.Component):
             self.add_awake.eq(is_add & (self.busy | pipeline_busy)),
         ]
         return m
+
+    def _table_exists(self, lut_table):
+        """Whether ``lut_table`` names a configured table (spelt out so that no comparison is constant)."""
+        tables = self.hw.lut_tables
+        if tables in (0, 1 << REQUANT_PAYLOAD["lut_table"].width):
+            return Const(tables > 0)    # none, or every value of the field
+        return lut_table < tables
+
+    def _look_up(self, m, out_bytes, lut_table, *, read):
+        """Stages 6 and 7: each lane's byte ``y`` looked up in table ``lut_table`` of its own copy of
+        the table store (read while ``read``); returns the looked-up bytes, one per lane, at stage 7."""
+        hw = self.hw
+        byte_bits = exact_log2(hw.lanes)
+        looked_up = []
+        for lane, y in enumerate(out_bytes):
+            port = self.lut_read[lane]
+            # Table t, entry i: byte i % L of line t * 256/L + i // L.
+            m.d.comb += [port.addr.eq(Cat(y[byte_bits:], lut_table)), port.en.eq(read)]
+            byte_select = Signal(byte_bits, name=f"lut_byte{lane}")
+            value = Signal(8, name=f"lut_value{lane}")
+            m.d.sync += [byte_select.eq(y[:byte_bits]), value.eq(port.data.word_select(byte_select, 8))]
+            looked_up.append(value)
+        return looked_up
 
 
 def _widen(byte, is_signed):

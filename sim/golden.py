@@ -36,7 +36,7 @@ progress again. The first error stops the simulation.
 Points the ISA document leaves open, settled here (and in the RTL alike):
 
 * An instruction with a zero count accesses nothing: no range check at all
-  (not even REQUANT/ADD's ``param_addr``).
+  (not even REQUANT/ADD's ``param_addr`` or ``lut_table``).
 * MATMUL checks the weight block address in every mode (the PE reads the block
   even in MAX mode); ``w_row`` only matters, and is only checked, in DEPTHWISE.
 * STORE skips pad iterations (nothing read or written) but their scratchpad
@@ -72,7 +72,8 @@ Cycle model (an estimate; the RTL gives the real count)
 * PE: ``MATMUL`` takes ``n1 * n0 + 2`` cycles (one iteration per cycle plus
   the pipeline).
 * PPU: ``REQUANT`` takes ``n1 * n0 + 6 + 2`` cycles, ``ADD``
-  ``n1 * n0 + 6 + 3`` (pipeline plus parameter reads).
+  ``n1 * n0 + 6 + 3`` (pipeline plus parameter reads); with ``lut`` set, two
+  more (the table read and the byte select).
 * ``SYNC`` and empty instructions (a zero count) take 1 cycle; ``END`` and
   ``BARRIER`` take 1 cycle after draining (and, for a barrier, after the last
   core in its mask arrived).
@@ -162,6 +163,7 @@ class CoreState:
         self.param_lines = np.zeros((hw.param_lines, lanes), np.uint8)
         self.param = self.param_lines.reshape(-1).view("<u4").reshape(hw.param_entries, lanes)
         self.acc = np.zeros((hw.acc_entries, lanes), np.int32)
+        self.lut_lines = np.zeros((hw.lut_lines, lanes), np.uint8)
         self.sems = [0] * NUM_SEMAPHORES
         # dispatcher and units
         self.state = "run"          # run | barrier | ending | done
@@ -181,7 +183,8 @@ class CoreState:
 
     def buffer_lines(self, buffer: Buffer) -> np.ndarray:
         """The DMA's line view of a scratchpad."""
-        views = {Buffer.ACT: self.act, Buffer.WEIGHT: self.weight_lines, Buffer.PARAM: self.param_lines}
+        views = {Buffer.ACT: self.act, Buffer.WEIGHT: self.weight_lines, Buffer.PARAM: self.param_lines,
+                 Buffer.LUT: self.lut_lines}
         return views[buffer]
 
     def sems_ok(self, mask: int) -> bool:
@@ -226,6 +229,7 @@ _UNIT_INDEX = {Unit.DMA: 0, Unit.PE: 1, Unit.PPU: 2}
 _OPCODE_UNIT = {Opcode.LOAD: 0, Opcode.STORE: 0, Opcode.MATMUL: 1, Opcode.REQUANT: 2, Opcode.ADD: 2}
 _COUNTER_BUSY = ("dma_busy", "pe_busy", "ppu_busy")
 _EINSUM_CHUNK = 1 << 14
+_LUT_LATENCY = 2     # PPU pipeline stages a table look-up adds (read, byte select)
 
 
 # --------------------------------------------------------------------------- simulator
@@ -328,6 +332,8 @@ class GoldenSimulator:
             else:
                 op = result["opcode"]
                 if op is Opcode.STORE and result["buffer"] is not Buffer.ACT:
+                    result = ErrorCode.BAD_FIELD
+                elif op is Opcode.LOAD and result["buffer"] is Buffer.LUT and hw.lut_tables == 0:
                     result = ErrorCode.BAD_FIELD
                 elif op is Opcode.BARRIER and (result["core_mask"] >> hw.cores
                                                or not result["core_mask"] >> core.index & 1):
@@ -658,7 +664,8 @@ class GoldenSimulator:
         if count == 0:
             return 1
         params = 3 if add else 2
-        if f["param_addr"] + params > hw.param_entries:
+        lut = bool(f["lut"])
+        if f["param_addr"] + params > hw.param_entries or (lut and f["lut_table"] >= hw.lut_tables):
             raise _Stop(ErrorCode.SRAM_RANGE, 0, 0, 0)
         out_i = _grid2(n1, n0, f["out_addr"], f["out_s1"], f["out_s0"])
         if add:
@@ -685,6 +692,11 @@ class GoldenSimulator:
             bias = core.param[p].view(np.int32)
             mult = core.param[p + 1].view(np.float32)
             y = requantize(core.acc[acc_i], bias, mult, **rounding)
+        y = y.view(np.uint8)
+        if lut:
+            first = f["lut_table"] * hw.lut_lines_per_table
+            table = core.lut_lines[first:first + hw.lut_lines_per_table].reshape(-1)
+            y = table[y]
         keep = _last_occurrence(out_i)
-        core.act[out_i[keep]] = y.view(np.uint8)[keep]
-        return count + 6 + params
+        core.act[out_i[keep]] = y[keep]
+        return count + 6 + params + (_LUT_LATENCY if lut else 0)

@@ -6,9 +6,11 @@ so it runs in program order and is race-free whatever the timing) over a
 small window of every scratchpad: LOADs with random strides and padding,
 MATMULs in every mode with random zero points and strides (including stride-0
 accumulation), REQUANTs and ADDs with random parameters and clamps, STOREs.
-It ends by storing the whole act window and a requantized view of the
-accumulator window to an output region, so every state difference shows up in
-the output.
+On a HwConfig with lookup tables it also loads the whole table store at the
+start, reloads parts of it, and about half of its REQUANTs and ADDs look their
+output up in a random table. It ends by storing the whole act window and a
+requantized view of the accumulator window to an output region, so every state
+difference shows up in the output.
 """
 
 from __future__ import annotations
@@ -69,8 +71,23 @@ def _loops(rng, window: int, dims: int, inner_stride: int | None = None):
             return base, counts, strides
 
 
-def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, dict]:
-    """A random race-free single-core program and its (empty) input dict."""
+def _look_up(rng, hw: HwConfig) -> dict:
+    """The look-up fields of a REQUANT or ADD: none, or a random table (each half the time)."""
+    if rng.random() < 0.5:
+        return {}
+    return dict(lut=1, lut_table=int(rng.integers(0, hw.lut_tables)))
+
+
+def random_program(hw: HwConfig, seed: int, length: int = 24, *, lookups: bool | None = None) -> tuple[Binary, dict]:
+    """A random race-free single-core program and its (empty) input dict.
+
+    ``lookups`` (by default: whether ``hw`` has lookup tables) adds table loads and look-ups;
+    without them a seed gives the program it gave before lookup tables existed.
+    """
+    if lookups is None:
+        lookups = hw.lut_tables > 0
+    if lookups and hw.lut_tables == 0:
+        raise ValueError(f"look-ups need a HwConfig with lookup tables, not lut_tables={hw.lut_tables}")
     rng = np.random.default_rng(seed)
     lanes = hw.lanes
     lpe = hw.param_lines_per_entry
@@ -91,6 +108,12 @@ def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, d
     param_line = dram.allocate(16 * lpe, "params")
     out_lines = ACT_WINDOW + ACC_WINDOW
     output = Tensor("dram_out", dram.allocate(out_lines, "output"), (out_lines * lanes,), "uint8", "flat")
+    segments = [Segment("data", data_line, data), Segment("params", param_line, pack_params(params))]
+    if lookups:
+        table_line = dram.allocate(hw.lut_lines, "tables")
+        tables = np.random.default_rng((seed, 1)).integers(0, 256, size=hw.lut_lines * lanes, dtype=np.uint8)
+        segments.append(Segment("tables", table_line, tables.tobytes()))
+    look_up = (lambda: _look_up(rng, hw)) if lookups else dict
 
     stream = StreamBuilder(0)
     chain = _Chain()
@@ -98,8 +121,12 @@ def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, d
     chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.WEIGHT, dram_addr=data_line,
                 n2=1, n1=1, n0=WEIGHT_WINDOW * lanes)
     chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.ACT, dram_addr=data_line + 7, n2=1, n1=1, n0=ACT_WINDOW)
+    if lookups:
+        chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.LUT, dram_addr=table_line, n2=1, n1=1, n0=hw.lut_lines)
 
     kinds = ["load", "load_weight", "matmul", "matmul", "matmul", "requant", "add", "store", "sync"]
+    if lookups:
+        kinds.append("load_table")
     for _ in range(length):
         kind = kinds[int(rng.integers(len(kinds)))]
         if kind == "load":
@@ -144,7 +171,8 @@ def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, d
             chain.emit(Opcode.REQUANT, Unit.PPU, acc_addr=acc, acc_s1=acc_s1, acc_s0=acc_s0, out_addr=out,
                         out_s1=out_s1, out_s0=out_s0, n1=n1, n0=n0, param_addr=2 * int(rng.integers(0, 4)),
                         out_signed=int(rng.integers(0, 2)), out_zp=int(rng.integers(0, 256)),
-                        clamp_lo=lo if rng.random() < 0.3 else 0x80, clamp_hi=hi if rng.random() < 0.3 else 0x7F)
+                        clamp_lo=lo if rng.random() < 0.3 else 0x80, clamp_hi=hi if rng.random() < 0.3 else 0x7F,
+                        **look_up())
         elif kind == "add":
             # The output either is the A operand in place or overlaps no operand line:
             # an ADD that reads a line an earlier iteration of itself wrote is unspecified.
@@ -164,12 +192,22 @@ def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, d
                        out_addr=out, out_s1=a_s1, out_s0=a_s0, n1=n1, n0=n0,
                        param_addr=8 + 3 * int(rng.integers(0, 2)), in_signed=signed, out_signed=signed,
                        out_zp=int(rng.integers(0, 256)) if rng.random() < 0.3 else 0,
-                       clamp_lo=0x80 if signed else 0, clamp_hi=0x7F if signed else 0xFF)
+                       clamp_lo=0x80 if signed else 0, clamp_hi=0x7F if signed else 0xFF, **look_up())
         elif kind == "store":
             base, (n1, n0), (s1, _) = _loops(rng, ACT_WINDOW, 2, inner_stride=1)
             chain.emit(Opcode.STORE, Unit.DMA, buffer=Buffer.ACT, sram_addr=base, sram_s1=s1, n2=1, n1=n1,
                         n0=n0, dram_addr=output.dram_line + int(rng.integers(0, ACT_WINDOW - n1 * n0 + 1)),
                         dram_s1=n0)
+        elif kind == "load_table":
+            # Part of the table store: whole rows of distinct lines, from anywhere in the data.
+            n0 = int(rng.integers(1, hw.lut_lines_per_table + 1))
+            n1 = int(rng.integers(1, 3)) if 2 * n0 <= hw.lut_lines else 1
+            dram_s1 = int(rng.integers(0, 5))
+            sram = int(rng.integers(0, hw.lut_lines - n1 * n0 + 1))
+            chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.LUT, sram_addr=sram, sram_s1=n0, n2=1, n1=n1, n0=n0,
+                       dram_s1=dram_s1,
+                       dram_addr=data_line + int(rng.integers(0, DATA_LINES - (n1 - 1) * dram_s1 - n0 + 1)),
+                       pad_left=int(rng.integers(0, 2)) if n0 > 1 else 0, pad_value=int(rng.integers(0, 256)))
         else:
             chain.emit(Opcode.SYNC, Unit(int(rng.integers(0, 3))))
     # Make every scratchpad window observable.
@@ -182,6 +220,5 @@ def random_program(hw: HwConfig, seed: int, length: int = 24) -> tuple[Binary, d
     chain.emit(Opcode.STORE, Unit.DMA, buffer=Buffer.ACT, sram_addr=0, n2=1, n1=1, n0=ACC_WINDOW,
                 dram_addr=output.dram_line + ACT_WINDOW)
     chain.write(stream)
-    segments = [Segment("data", data_line, data), Segment("params", param_line, pack_params(params))]
     binary = assemble(hw, [stream], segments, dram, [], [output], {"random_program": seed})
     return binary, {}

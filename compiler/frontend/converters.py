@@ -25,13 +25,24 @@ def _name(node) -> str:
 
 #: Float ops that onnxruntime's QOperator quantizer leaves between a DequantizeLinear and a QuantizeLinear
 #: and that dlfusion runs quantized (as onnxruntime's QDQ format would have them: see :mod:`.qdq`).
-FLOAT_ISLAND_OPS = ("ReduceMean", "Slice", "Split")
+FLOAT_ISLAND_OPS = ("ReduceMean", "Slice", "Split", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu")
+#: Elementwise functions of one value: exact lookup tables (:func:`.nodes.lookup`).
+FUNCTION_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu")
 
 
 @converter("QuantizeLinear")
 def quantize_linear(ctx: Context, node) -> None:
     ir = ctx.ir
     if node.output[0] in ir.tensors:    # the output quantization of a float island (ReduceMean) before it
+        return
+    source = ctx.resolve(node.input[0])
+    if source in ir.tensors:            # after a float function (and a float MaxPool): its own quantization
+        scale, zero = ctx.const(node.input[1], node), ctx.const(node.input[2], node)
+        x = ir.tensors[source]
+        if f32(scale) != np.float32(x.scale) or int(np.asarray(zero).reshape(-1)[0]) != x.zero_point:
+            raise IRError(f"{ctx.where(node)}: requantizes {source!r} (scale {x.scale}, zero point "
+                          f"{x.zero_point}) to scale {float(f32(scale))}; only its own quantization is supported")
+        ctx.alias[node.output[0]] = source
         return
     if node.input[0] != ctx.model_input.name or ir.input:
         raise IRError(f"{ctx.where(node)}: only the model input may be quantized (QuantizeLinear); "
@@ -47,7 +58,8 @@ def quantize_linear(ctx: Context, node) -> None:
 def dequantize_linear(ctx: Context, node) -> None:
     source = ctx.tensor(node.input[0], node)
     readers = ctx.consumers(node.output[0])
-    if node.output[0] != ctx.onnx_graph.output[0].name and readers and \
+    model_outputs = {o.name: o for o in ctx.onnx_graph.output}
+    if node.output[0] not in model_outputs and readers and \
             all(r.op_type in FLOAT_ISLAND_OPS for r in readers):
         scale, zero = ctx.const(node.input[1], node), ctx.const(node.input[2], node)
         if f32(scale) != np.float32(source.scale) or int(np.asarray(zero).reshape(-1)[0]) != source.zero_point:
@@ -56,23 +68,23 @@ def dequantize_linear(ctx: Context, node) -> None:
                           f"({source.scale}, {source.zero_point})")
         ctx.alias[node.output[0]] = source.name     # read by the float op through its DequantizeLinear
         return
-    if node.output[0] != ctx.onnx_graph.output[0].name:
-        raise IRError(f"{ctx.where(node)}: only the model output may be dequantized; this model dequantizes "
+    if node.output[0] not in model_outputs:
+        raise IRError(f"{ctx.where(node)}: only the model outputs may be dequantized; this model dequantizes "
                       f"{source.name!r} in the middle (a float op follows it)")
     # The shape onnxruntime returns (batch 1): the graph's (inferred) output shape when it is static and
     # holds the tensor's elements; else what the IR's (C, H, W) came from: (1, C) after a Flatten or a
     # fully connected layer with H = W = 1, (1, C, H, W) otherwise.
     channels, height, width = source.shape
-    dims = ctx.onnx_graph.output[0].type.tensor_type.shape.dim
+    dims = model_outputs[node.output[0]].type.tensor_type.shape.dim
     shape = [1 if index == 0 and not dim.dim_value else int(dim.dim_value) for index, dim in enumerate(dims)]
     if not (shape and all(shape) and int(np.prod(shape)) == channels * height * width):
         from ..ir import Op
         producer = ctx.ir.producer(source.name)
         flat = ctx.resolve(node.input[0]) != node.input[0] or (producer is not None and producer.op == Op.FC)
         shape = [1, channels] if flat and height == width == 1 else [1, channels, height, width]
-    ctx.ir.output = source.name
-    ctx.ir.output_dequant = {"name": node.output[0], "scale": float(f32(ctx.const(node.input[1], node))),
-                             "zero_point": int(ctx.const(node.input[2], node)), "shape": shape}
+    ctx.outputs[node.output[0]] = (source.name, {
+        "name": node.output[0], "scale": float(f32(ctx.const(node.input[1], node))),
+        "zero_point": int(ctx.const(node.input[2], node)), "shape": shape})
 
 
 @converter("QLinearConv")
@@ -204,6 +216,37 @@ def split(ctx: Context, node) -> None:
     for index, (output, channels) in enumerate(zip(node.output, nodes.split_channels(ctx, node, x), strict=True)):
         name, scale, zero = _island_output(ctx, output, node, x)
         nodes.channel_selection(ctx, node, f"{_name(node)}:{index}", name, x, list(channels), scale, zero)
+
+
+@converter("QLinearSigmoid", "QLinearLeakyRelu")
+def qlinear_function(ctx: Context, node) -> None:
+    nodes.lookup(ctx, node, _name(node), node.output[0], ctx.tensor(node.input[0], node),
+                 node.op_type.removeprefix("QLinear"), ctx.const(node.input[3], node), ctx.const(node.input[4], node))
+
+
+@converter(*FUNCTION_OPS)
+def float_function(ctx: Context, node) -> None:
+    """A function onnxruntime's QOperator quantizer leaves in float (HardSwish, HardSigmoid, Tanh) between
+    a DequantizeLinear and a QuantizeLinear: the same table as its QLinear kernel would use."""
+    x = ctx.tensor(node.input[0], node)
+    readers = ctx.consumers(node.output[0])
+    # a float MaxPool between it and its QuantizeLinear commutes with the (monotone) quantization
+    while len(readers) == 1 and readers[0].op_type == "MaxPool":
+        readers = ctx.consumers(readers[0].output[0])
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+        raise IRError(f"{ctx.where(node)}: its output must go into one QuantizeLinear, directly or through "
+                      f"MaxPool (a float {node.op_type} between quantized ops)")
+    q = readers[0]
+    nodes.lookup(ctx, node, _name(node), node.output[0], x, node.op_type, ctx.const(q.input[1], q),
+                 ctx.const(q.input[2], q))
+
+
+@converter("QLinearMul")
+def qlinear_mul(ctx: Context, node) -> None:
+    const = ctx.const
+    nodes.multiply(ctx, node, _name(node), node.output[0], ctx.tensor(node.input[0], node),
+                   ctx.tensor(node.input[3], node), const(node.input[6], node), const(node.input[7], node),
+                   in_float=False)
 
 
 @converter("Resize", "Upsample")

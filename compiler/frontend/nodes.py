@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import tables
 from ..ir import IRError, Node, Op, Tensor
 from ..passes.legalize import table_multiplier
 from .registry import Context, f32
 
 __all__ = ["requant_multiplier", "conv", "grouped_to_dense", "fully_connected", "add", "global_average_pool",
            "reduce_mean", "average_pool", "channel_selection", "upsample", "slice_channels", "split_channels",
-           "shuffle_permutation", "shuffle", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of"]
+           "shuffle_permutation", "shuffle", "max_pool", "concat", "clamp", "clip_bounds", "quantization_of",
+           "lookup", "multiply", "channel_scale"]
 
 
 def requant_multiplier(x_scale, w_scale, y_scale, channels: int) -> np.ndarray:
@@ -392,3 +394,84 @@ def upsample(ctx: Context, node, name: str, output: str, x: Tensor) -> Tensor:
                           "asymmetric with floor, half_pixel (any rounding)")
     return ctx.emit(Node(name, Op.UPSAMPLE, [x.name], output, dict(factors=(fh, fw))), (c, h * fh, w * fw),
                     *quantization_of(x))
+
+
+#: Float attributes of the elementwise functions and their ONNX defaults.
+_FUNCTION_ATTRS = {"LeakyRelu": {"alpha": 0.01}, "HardSigmoid": {"alpha": 0.2, "beta": 0.5}}
+
+
+def _signed_zero(zero) -> bool:
+    return np.asarray(zero).dtype == np.int8
+
+
+def lookup(ctx: Context, node, name: str, output: str, x: Tensor, function: str, y_scale, y_zero) -> Tensor:
+    """A LOOKUP node of the elementwise ``function`` (an ONNX op name: Sigmoid, Tanh, HardSigmoid,
+    HardSwish, LeakyRelu) from ``x``'s quantization to ``(y_scale, y_zero)``, its table computed as
+    onnxruntime computes it (:mod:`..tables`)."""
+    given = ctx.attrs(node)
+    attrs = {key: float(given.get(key, default)) for key, default in _FUNCTION_ATTRS.get(function, {}).items()}
+    table = tables.unary_table(function, x.scale, x.zero_point, x.signed, f32(y_scale),
+                               int(np.asarray(y_zero).reshape(-1)[0]), _signed_zero(y_zero), **attrs)
+    return ctx.emit(Node(name, Op.LOOKUP, [x.name], output, dict(table=table, source=function)), x.shape,
+                    y_scale, y_zero)
+
+
+def multiply(ctx: Context, node, name: str, output: str, a: Tensor, b: Tensor, y_scale, y_zero, *,
+             in_float: bool) -> Tensor:
+    """An elementwise Mul of a tensor and a lookup of the same tensor (SiLU: ``x * sigmoid(x)``) as one
+    LOOKUP: its value depends on ``x``'s byte only. ``in_float``: onnxruntime runs the Mul in float32
+    between DequantizeLinear and QuantizeLinear nodes (:func:`~..tables.float_mul`) instead of as
+    QLinearMul (:func:`~..tables.qlinear_mul`). A ``(C, H, W)`` tensor times a ``(C, 1, 1)`` one is a
+    :func:`channel_scale`."""
+    if a.shape != b.shape:
+        return channel_scale(ctx, node, name, output, a, b, y_scale, y_zero, in_float=in_float)
+    for x, f in ((a, b), (b, a)):
+        producer = ctx.ir.producer(f.name)
+        if producer is not None and producer.op is Op.LOOKUP and producer.inputs == [x.name]:
+            break
+    else:
+        if a.shape[1:] == (1, 1):       # per-channel values on a 1x1 map: a channel scale as well
+            return channel_scale(ctx, node, name, output, a, b, y_scale, y_zero, in_float=in_float)
+        raise IRError(f"{ctx.where(node)}: only the product of a tensor and a function of the same tensor "
+                      f"(SiLU: x * sigmoid(x)) is supported; {a.name!r} * {b.name!r} multiplies two different "
+                      "tensors (a squeeze-and-excitation scale), which is not supported yet")
+    values = tables.all_inputs(x.signed)
+    f_values = tables.apply_table(producer.attrs.table, values, f.signed)
+    operands = [(values, x), (f_values, f)] if x is a else [(f_values, f), (values, x)]
+    multiply_fn = tables.float_mul if in_float else tables.qlinear_mul
+    y_zero_point = int(np.asarray(y_zero).reshape(-1)[0])
+    product = multiply_fn(operands[0][0], operands[0][1].scale, operands[0][1].zero_point,
+                          operands[1][0], operands[1][1].scale, operands[1][1].zero_point,
+                          f32(y_scale), y_zero_point, _signed_zero(y_zero))
+    function = f"{producer.attrs.source or 'f'}*x"
+    return ctx.emit(Node(name, Op.LOOKUP, [x.name], output, dict(table=product.view(np.uint8), source=function)),
+                    x.shape, y_scale, y_zero)
+
+
+def channel_scale(ctx: Context, node, name: str, output: str, a: Tensor, b: Tensor, y_scale, y_zero, *,
+                  in_float: bool) -> Tensor:
+    """QLinearMul of a ``(C, H, W)`` tensor by a ``(C, 1, 1)`` one (either order) as a SCALE node; the scale
+    ``s`` becomes int8 tensors that add up to ``s - zs`` (LOOKUP nodes), the PE's weights: two, or three
+    when ``s - zs`` reaches 255 (a uint8 sigmoid with zero point 0)."""
+    x, s = (a, b) if b.shape[1:] == (1, 1) else (b, a)
+    if s.shape != (x.shape[0], 1, 1):
+        raise IRError(f"{ctx.where(node)}: broadcasting {a.shape} * {b.shape} is not supported (only a "
+                      "(C, H, W) tensor times a per-channel (C, 1, 1) one)")
+    if in_float:
+        raise IRError(f"{ctx.where(node)}: onnxruntime (x86-64) runs this Mul in float32, not as QLinearMul (its "
+                      "int8 inputs and output are of different types); a per-channel scale is exact only as "
+                      "QLinearMul: quantize with uint8 activations or in QOperator format")
+    rest = tables.all_inputs(s.signed).astype(np.int32) - s.zero_point      # -255 ... 255
+    pieces = []
+    while np.any(rest != 0) or not pieces:
+        pieces.append(np.clip(rest, -128, 127))
+        rest = rest - pieces[-1]
+    parts = []
+    for index, values in enumerate(pieces):
+        part = ctx.emit(Node(f"{name}:scale{index}", Op.LOOKUP, [s.name], f"{name}:scale{index}",
+                             dict(table=values.astype(np.int8).view(np.uint8), source="scale part")),
+                        s.shape, np.float32(1.0), np.int8(0))
+        parts.append(part.name)
+    ratio = np.float32(np.float32(np.float32(x.scale) * np.float32(s.scale)) / f32(y_scale))
+    return ctx.emit(Node(name, Op.SCALE, [x.name, *parts], output, dict(multiplier=ratio)), x.shape, y_scale,
+                    y_zero)

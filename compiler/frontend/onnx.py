@@ -71,8 +71,8 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
     for node in graph.node:
         if node.op_type == "Constant":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    if len(graph.input) - sum(1 for i in graph.input if i.name in constants) != 1 or len(graph.output) != 1:
-        raise IRError(f"{path}: the model must have exactly one input and one output")
+    if len(graph.input) - sum(1 for i in graph.input if i.name in constants) != 1 or not graph.output:
+        raise IRError(f"{path}: the model must have exactly one input and at least one output")
     model_input = next(i for i in graph.input if i.name not in constants)
     dims = [d.dim_value for d in model_input.type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[0] not in (0, 1) or not all(dims[1:]):
@@ -86,6 +86,11 @@ def load_onnx(path: str | Path, name: str | None = None) -> Graph:
     ir = context.ir
     if not ir.input:
         raise IRError(f"{path}: the model input is not quantized by a QuantizeLinear (is it a quantized model?)")
-    if not ir.output:
-        raise IRError(f"{path}: the model output is not produced by a DequantizeLinear of a quantized tensor")
+    missing = [o.name for o in graph.output if o.name not in context.outputs]
+    if missing:
+        raise IRError(f"{path}: the model output(s) {missing} are not produced by a DequantizeLinear of a "
+                      "quantized tensor")
+    ordered = [context.outputs[o.name] for o in graph.output]
+    ir.output, ir.more_outputs = ordered[0][0], [tensor for tensor, _ in ordered[1:]]
+    ir.output_dequant = ordered[0][1] if len(ordered) == 1 else [dequant for _, dequant in ordered]
     return run_passes(ir)

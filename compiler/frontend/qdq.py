@@ -137,7 +137,7 @@ class QdqContext(Context):
 
 #: Float ops whose fused QLinear kernel onnxruntime picks only when the types of their quantized inputs and
 #: output agree (and, for Conv and MatMul, are not int8): else they run in float32 between the Q/DQ nodes.
-_FUSED_IF_TYPES_AGREE = ("Conv", "MatMul", "Gemm", "Add", "AveragePool", "GlobalAveragePool")
+_FUSED_IF_TYPES_AGREE = ("Conv", "MatMul", "Gemm", "Add", "Mul", "AveragePool", "GlobalAveragePool")
 _INT8_NOT_ALLOWED = ("Conv", "MatMul")
 
 
@@ -270,7 +270,7 @@ def dequantize_linear(ctx: QdqContext, node) -> None:
     if not ctx.same_quantization(x, scale, zero):
         raise IRError(f"{ctx.where(node)}: dequantizes {x.name!r} with scale {float(f32(scale))}, zero point "
                       f"{int(zero)} instead of its own ({x.scale}, {x.zero_point})")
-    if node.output[0] == ctx.onnx_graph.output[0].name:   # the model output, read as in a QOperator model
+    if node.output[0] in {o.name for o in ctx.onnx_graph.output}:   # a model output, read as in QOperator
         CONVERTERS["DequantizeLinear"](ctx, node)
     else:
         ctx.alias[node.output[0]] = x.name
@@ -421,6 +421,32 @@ def split(ctx: QdqContext, node) -> None:
         y_scale, y_zero = ctx.quantization(readers[0])
         nodes.channel_selection(ctx, node, f"{node.name or node.output[0]}:{index}", readers[0].output[0], x,
                                 list(channels), y_scale, y_zero)
+
+
+@qdq_converter("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu")
+def function(ctx: QdqContext, node) -> None:
+    """A lookup table; onnxruntime's QLinearSigmoid / QLinearLeakyRelu and its float kernel between the
+    Q/DQ nodes compute the same table."""
+    x, _ = ctx.activation(node.input[0], node)
+    readers = ctx.consumers(node.output[0])
+    if len(readers) == 1 and readers[0].op_type == "MaxPool":
+        # a float MaxPool between it and its QuantizeLinear (the quantizer leaves Tanh, HardSwish ... in float)
+        # commutes with the monotone quantization: the MaxPool reads the table's output
+        pool = readers[0]
+        _, y_scale, y_zero = ctx.output_quantization(pool)
+        output = node.output[0]
+    else:
+        output, y_scale, y_zero = ctx.output_quantization(node)
+    nodes.lookup(ctx, node, node.name or node.output[0], output, x, node.op_type, y_scale, y_zero)
+
+
+@qdq_converter("Mul")
+def mul(ctx: QdqContext, node) -> None:
+    a, _ = ctx.activation(node.input[0], node)
+    b, _ = ctx.activation(node.input[1], node)
+    output, y_scale, y_zero = ctx.output_quantization(node)
+    nodes.multiply(ctx, node, _qlinear_name(node), output, a, b, y_scale, y_zero,
+                   in_float=(node.name or node.output[0]) in ctx.float_ops)
 
 
 @qdq_converter("Resize", "Upsample")

@@ -71,6 +71,9 @@ class Context:
     handled : set of str
         Names (or first outputs) of nodes already converted with another one (the Transpose and
         Reshape of a channel shuffle, the Q/DQ pairs between them); :func:`convert` skips them.
+    outputs : dict of str to tuple
+        Per model output (by ONNX name): the quantized tensor it dequantizes and its DequantizeLinear
+        (scale, zero point, the shape onnxruntime returns).
     """
     onnx_graph: object
     constants: dict
@@ -79,6 +82,7 @@ class Context:
     ir: Graph
     alias: dict = field(default_factory=dict)
     handled: set = field(default_factory=set)
+    outputs: dict = field(default_factory=dict)
 
     # -- reading the ONNX node -----------------------------------------------------------------------
 

@@ -105,6 +105,24 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mnasnet1_0", "MnasNet 1.0 (B1): 3x3/2 stem, separable 3x3, 6 stacks of inverted residuals "
                   "(3x3/5x5 depthwise, expansion 3/6; 24-320 ch), 1x1 to 1280, mean over H, W, fc 1000",
                   224, 32, 1000, "Tan et al., MnasNet, CVPR 2019; torchvision's mnasnet1_0"),
+        ModelSpec("efficientnet_b0", "EfficientNet-B0: 3x3/2 stem (32 ch), 16 MBConv blocks in 7 stages (3x3/5x5 "
+                  "depthwise, expansion 1/6, squeeze-and-excitation with sigmoid gates, SiLU; 16-320 ch), 1x1 to "
+                  "1280, GAP, fc 1000", 224, 32, 1000,
+                  "Tan & Le, EfficientNet, ICML 2019; torchvision's efficientnet_b0"),
+        ModelSpec("mobilenet_v3_small", "MobileNetV3-Small: 3x3/2 stem (16 ch, hard-swish), 11 inverted residuals "
+                  "(3x3/5x5 depthwise, ReLU or hard-swish, squeeze-and-excitation with hard-sigmoid gates; "
+                  "16-96 ch), 1x1 to 576, GAP, fc 1024 hard-swish, fc 1000", 224, 32, 1000,
+                  "Howard et al., Searching for MobileNetV3, ICCV 2019; torchvision's mobilenet_v3_small"),
+        ModelSpec("mobilenet_v3_large", "MobileNetV3-Large: 3x3/2 stem (16 ch, hard-swish), 15 inverted residuals "
+                  "(3x3/5x5 depthwise, ReLU or hard-swish, squeeze-and-excitation with hard-sigmoid gates; "
+                  "16-160 ch), 1x1 to 960, GAP, fc 1280 hard-swish, fc 1000", 224, 32, 1000,
+                  "Howard et al., Searching for MobileNetV3, ICCV 2019; torchvision's mobilenet_v3_large"),
+        ModelSpec("yolo_tiny", "a small YOLOv8n-style detector: SiLU convs, C2f blocks (channel Split, bottlenecks, "
+                  "Concat; 16-256 ch), SPPF (three 5x5 max pools), PAN neck (nearest x2 upsampling, Concat), three "
+                  "heads at strides 8/16/32 (3x3 conv, 1x1 conv to 4 box + 1 objectness + 80 class maps): three "
+                  "outputs", 128, 32, 80,
+                  "after Jocher et al., Ultralytics YOLOv8 (n scale: widths 16-256, depths 1-2-2-1), with a "
+                  "coupled head"),
     )
 }
 
@@ -121,7 +139,8 @@ class ConvBN(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, (k - 1) // 2 if pad is None else pad, groups=groups, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(cout)
-        self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6(), None: nn.Identity()}[act]
+        self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6(), "silu": nn.SiLU(), "hswish": nn.Hardswish(),
+                    None: nn.Identity()}[act]
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
@@ -412,6 +431,186 @@ class MnasNet10(nn.Module):
         return self.classifier(self.dropout(self.layers(x).mean([2, 3])))
 
 
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's channel rounding: the nearest multiple of ``divisor``, never 10 % below ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class SqueezeExcitation(nn.Module):
+    """Global average pool, 1x1 reduce + ``act``, 1x1 expand + ``gate``, times the input per channel."""
+
+    def __init__(self, channels: int, squeezed: int, act: str, gate: str):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+        self.act = {"relu": nn.ReLU(), "silu": nn.SiLU()}[act]
+        self.gate = {"sigmoid": nn.Sigmoid(), "hsigmoid": nn.Hardsigmoid()}[gate]
+
+    def forward(self, x):
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's block: 1x1 expansion (SiLU), k x k depthwise (stride, SiLU), squeeze-and-excitation
+    (a quarter of the block's input channels, sigmoid gate), linear 1x1, residual where the shape allows."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = [] if expand == 1 else [ConvBN(cin, mid, 1, act="silu")]
+        layers += [ConvBN(mid, mid, kernel, stride, groups=mid, act="silu"),
+                   SqueezeExcitation(mid, max(1, cin // 4), "silu", "sigmoid"), ConvBN(mid, cout, 1, act=None)]
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.use_residual else self.block(x)
+
+
+class EfficientNetB0(nn.Module):
+    # (expansion, kernel, first stride, output channels, repeats) of the seven stages (torchvision, B0)
+    STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+              (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [ConvBN(3, 32, 3, 2, act="silu")]
+        cin = 32
+        for expand, kernel, stride, cout, repeats in self.STAGES:
+            for index in range(repeats):
+                layers.append(MBConv(cin, cout, kernel, stride if index == 0 else 1, expand))
+                cin = cout
+        layers.append(ConvBN(cin, 1280, 1, act="silu"))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.dropout(torch.flatten(self.avgpool(self.features(x)), 1)))
+
+
+class MobileNetV3Block(nn.Module):
+    """MobileNetV3's inverted residual: 1x1 expansion (if wider), k x k depthwise (stride), optional
+    squeeze-and-excitation (ReLU, hard-sigmoid gate), linear 1x1, residual where the shape allows."""
+
+    def __init__(self, cin: int, kernel: int, mid: int, cout: int, se: bool, act: str, stride: int):
+        super().__init__()
+        layers: list[nn.Module] = [] if mid == cin else [ConvBN(cin, mid, 1, act=act)]
+        layers.append(ConvBN(mid, mid, kernel, stride, groups=mid, act=act))
+        if se:
+            layers.append(SqueezeExcitation(mid, _make_divisible(mid // 4), "relu", "hsigmoid"))
+        layers.append(ConvBN(mid, cout, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.use_residual else self.block(x)
+
+
+class MobileNetV3(nn.Module):
+    # (input, kernel, expanded, output, squeeze-and-excitation, activation, stride): Tables 1 and 2 of the paper
+    SMALL = ((16, 3, 16, 16, True, "relu", 2), (16, 3, 72, 24, False, "relu", 2), (24, 3, 88, 24, False, "relu", 1),
+             (24, 5, 96, 40, True, "hswish", 2), (40, 5, 240, 40, True, "hswish", 1),
+             (40, 5, 240, 40, True, "hswish", 1), (40, 5, 120, 48, True, "hswish", 1),
+             (48, 5, 144, 48, True, "hswish", 1), (48, 5, 288, 96, True, "hswish", 2),
+             (96, 5, 576, 96, True, "hswish", 1), (96, 5, 576, 96, True, "hswish", 1))
+    LARGE = ((16, 3, 16, 16, False, "relu", 1), (16, 3, 64, 24, False, "relu", 2), (24, 3, 72, 24, False, "relu", 1),
+             (24, 5, 72, 40, True, "relu", 2), (40, 5, 120, 40, True, "relu", 1), (40, 5, 120, 40, True, "relu", 1),
+             (40, 3, 240, 80, False, "hswish", 2), (80, 3, 200, 80, False, "hswish", 1),
+             (80, 3, 184, 80, False, "hswish", 1), (80, 3, 184, 80, False, "hswish", 1),
+             (80, 3, 480, 112, True, "hswish", 1), (112, 3, 672, 112, True, "hswish", 1),
+             (112, 5, 672, 160, True, "hswish", 2), (160, 5, 960, 160, True, "hswish", 1),
+             (160, 5, 960, 160, True, "hswish", 1))
+
+    def __init__(self, blocks, last: int, hidden: int, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [ConvBN(3, 16, 3, 2, act="hswish")]
+        layers += [MobileNetV3Block(*block) for block in blocks]
+        layers.append(ConvBN(blocks[-1][3], last, 1, act="hswish"))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class C2f(nn.Module):
+    """YOLOv8's block: a 1x1 conv, its channels split in halves, ``n`` residual bottlenecks (two 3x3 convs)
+    on the second half, each result kept, all concatenated into a 1x1 conv."""
+
+    def __init__(self, cin: int, cout: int, n: int, shortcut: bool = True):
+        super().__init__()
+        self.half = cout // 2
+        self.cv1 = ConvBN(cin, 2 * self.half, 1, act="silu")
+        self.blocks = nn.ModuleList(nn.Sequential(ConvBN(self.half, self.half, 3, act="silu"),
+                                                  ConvBN(self.half, self.half, 3, act="silu")) for _ in range(n))
+        self.shortcut = shortcut
+        self.cv2 = ConvBN((2 + n) * self.half, cout, 1, act="silu")
+
+    def forward(self, x):
+        parts = list(self.cv1(x).chunk(2, 1))
+        for block in self.blocks:
+            parts.append(parts[-1] + block(parts[-1]) if self.shortcut else block(parts[-1]))
+        return self.cv2(torch.cat(parts, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast: a 1x1 conv, three chained 5x5 stride-1 max pools, all four
+    concatenated into a 1x1 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.cv1 = ConvBN(channels, channels // 2, 1, act="silu")
+        self.pool = nn.MaxPool2d(5, 1, 2)
+        self.cv2 = ConvBN(2 * channels, channels, 1, act="silu")
+
+    def forward(self, x):
+        parts = [self.cv1(x)]
+        for _ in range(3):
+            parts.append(self.pool(parts[-1]))
+        return self.cv2(torch.cat(parts, 1))
+
+
+class YoloTiny(nn.Module):
+    """Backbone (strides 2-32), PAN neck and three heads; ``forward`` returns the stride-8, 16 and 32 maps."""
+
+    WIDTHS = (16, 32, 64, 128, 256)
+    output_names = ("output", "output1", "output2")
+
+    def __init__(self, num_classes: int = 80):
+        super().__init__()
+        w = self.WIDTHS
+        self.stem = nn.Sequential(ConvBN(3, w[0], 3, 2, act="silu"), ConvBN(w[0], w[1], 3, 2, act="silu"),
+                                  C2f(w[1], w[1], 1))
+        self.stage3 = nn.Sequential(ConvBN(w[1], w[2], 3, 2, act="silu"), C2f(w[2], w[2], 2))
+        self.stage4 = nn.Sequential(ConvBN(w[2], w[3], 3, 2, act="silu"), C2f(w[3], w[3], 2))
+        self.stage5 = nn.Sequential(ConvBN(w[3], w[4], 3, 2, act="silu"), C2f(w[4], w[4], 1), SPPF(w[4]))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.top4 = C2f(w[4] + w[3], w[3], 1, shortcut=False)
+        self.top3 = C2f(w[3] + w[2], w[2], 1, shortcut=False)
+        self.down3 = ConvBN(w[2], w[2], 3, 2, act="silu")
+        self.bottom4 = C2f(w[2] + w[3], w[3], 1, shortcut=False)
+        self.down4 = ConvBN(w[3], w[3], 3, 2, act="silu")
+        self.bottom5 = C2f(w[3] + w[4], w[4], 1, shortcut=False)
+        self.heads = nn.ModuleList(nn.Sequential(ConvBN(c, c, 3, act="silu"), nn.Conv2d(c, 5 + num_classes, 1))
+                                   for c in (w[2], w[3], w[4]))
+
+    def forward(self, x):
+        p3 = self.stage3(self.stem(x))
+        p4 = self.stage4(p3)
+        p5 = self.stage5(p4)
+        t4 = self.top4(torch.cat([self.up(p5), p4], 1))
+        n3 = self.top3(torch.cat([self.up(t4), p3], 1))
+        n4 = self.bottom4(torch.cat([self.down3(n3), t4], 1))
+        n5 = self.bottom5(torch.cat([self.down4(n4), p5], 1))
+        return tuple(head(feature) for head, feature in zip(self.heads, (n3, n4, n5), strict=True))
+
+
 _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "tiny_cnn": lambda size, classes: TinyCNN(classes),
     "resnet18": lambda size, classes: ResNet(BasicBlock, [2, 2, 2, 2], classes),
@@ -422,6 +621,10 @@ _BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "regnet_x_400mf": lambda size, classes: RegNetX400MF(classes),
     "shufflenet_v2_x1_0": lambda size, classes: ShuffleNetV2(classes),
     "mnasnet1_0": lambda size, classes: MnasNet10(classes),
+    "efficientnet_b0": lambda size, classes: EfficientNetB0(classes),
+    "mobilenet_v3_small": lambda size, classes: MobileNetV3(MobileNetV3.SMALL, 576, 1024, classes),
+    "mobilenet_v3_large": lambda size, classes: MobileNetV3(MobileNetV3.LARGE, 960, 1280, classes),
+    "yolo_tiny": lambda size, classes: YoloTiny(classes),
 }
 assert _BUILDERS.keys() == MODELS.keys()
 
@@ -484,6 +687,8 @@ def _residual_branch_end(mod: nn.Module) -> ConvBN | None:
         return mod.c
     if isinstance(mod, MnasBlock) and mod.use_residual:
         return mod.layers[-1]
+    if isinstance(mod, (MBConv, MobileNetV3Block)) and mod.use_residual:
+        return mod.block[-1]
     return None
 
 
@@ -571,7 +776,8 @@ def float_onnx_bytes(name: str, input_size: int | None = None, seed: int = 0) ->
         # dependency); the legacy one is deterministic and produces exactly the plain opset-13 graph wanted here.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buf, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                          input_names=[INPUT_NAME], output_names=list(getattr(model, "output_names", [OUTPUT_NAME])),
+                          do_constant_folding=True,
                           export_params=True)
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = IR_VERSION

@@ -18,6 +18,7 @@ from .common import (
     WindowedLayer,
     ceil_div,
     contiguous,
+    lookup_fields,
     split_folded_first,
     to_byte,
     weight_blocks_for,
@@ -136,7 +137,8 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
         stream.emit(Opcode.REQUANT, wait=ACC_FULL | OUT_FREE, signal=ACC_FREE | OUT_FULL | (W_FREE if last else 0),
                     acc_addr=acc_slot, acc_s1=OW, acc_s0=1, out_addr=out_slots[index % 2], out_s1=OW, out_s0=1,
                     n1=count, n0=OW, param_addr=2 * (j - block0), out_signed=int(layer.out_signed),
-                    out_zp=to_byte(layer.out_zp), clamp_lo=to_byte(layer.clamp_lo), clamp_hi=to_byte(layer.clamp_hi))
+                    out_zp=to_byte(layer.out_zp), clamp_lo=to_byte(layer.clamp_lo), clamp_hi=to_byte(layer.clamp_hi),
+                    **lookup_fields(layer.table))
         if last:
             stream.sync(Unit.PPU, signal=W_FREE)
         if index + 2 < len(tiles):

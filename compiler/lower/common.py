@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...hw.asm import StreamBuilder
-from ...hw.isa import PAYLOADS, MatmulMode, Opcode, Unit
+from ...hw.config import HwConfig
+from ...hw.isa import PAYLOADS, Buffer, MatmulMode, Opcode, Unit
 from ..errors import CompileError
-from ..ir import Graph, Node, Op, out_size
+from ..ir import Graph, Node, Op, computed, out_size
 
 __all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE", "W_FULL", "W_FREE",
            "FIELD_MAX_COUNT", "FIELD_MAX_STRIDE", "MAX_KERNEL", "LayerKind", "MATMUL_MODES",
@@ -127,6 +128,9 @@ class WindowedLayer:
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: CONV: ONNX ``group`` (for the MAC count).
     groups: int = 1
+    #: The output bytes go through lookup table 0 (``out_*`` and the clamps are what the REQUANT
+    #: computes, the table's index).
+    table: bool = False
 
     def block_lists(self, lanes: int) -> tuple[tuple[int, ...], ...] | None:
         """:func:`input_block_lists` of the mask (``None`` for a dense convolution)."""
@@ -270,6 +274,26 @@ class AddLayer:
     signed: bool
     clamp_lo: int
     clamp_hi: int
+    #: The output bytes go through lookup table 0.
+    table: bool = False
+
+
+def lookup_fields(table: bool, slot: int = 0) -> dict:
+    """The REQUANT/ADD fields of a look-up in table ``slot`` (none without a table)."""
+    return {"lut": 1, "lut_table": slot} if table else {}
+
+
+def load_table(hw: HwConfig, stream: StreamBuilder, table_line: int | None, slot: int = 0, **sync) -> None:
+    """Load the lookup table at DRAM line ``table_line`` into table ``slot``. Like the parameters, it needs
+    no semaphore of its own: the DMA completes in order, and the PPU instruction that looks it up waits
+    for a later load of the same DMA queue."""
+    if table_line is None:
+        raise CompileError("a layer with a lookup table needs the table's DRAM line")
+    if slot >= hw.lut_tables:
+        raise CompileError(f"lookup table {slot} does not exist: the HwConfig has lut_tables = {hw.lut_tables}")
+    per_table = hw.lut_lines_per_table
+    stream.emit(Opcode.LOAD, buffer=Buffer.LUT, dram_addr=table_line, sram_addr=slot * per_table, n2=1, n1=1,
+                n0=per_table, **sync)
 
 
 def input_block_lists(mask: np.ndarray, lanes: int) -> tuple[tuple[int, ...], ...]:
@@ -306,9 +330,9 @@ def weight_mask(node: Node, in_channels: int) -> np.ndarray | None:
 
 def layer_of(graph: Graph, node: Node) -> WindowedLayer:
     """The windowed layer a CONV/FC/DEPTHWISE/MAXPOOL/AVGPOOL node of ``graph`` computes."""
-    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    x, y = graph.tensors[node.inputs[0]], computed(graph, node)
     lo, hi = node.attrs.clamp
     return WindowedLayer(WINDOWED_KINDS[node.op], x.shape[0], x.shape[1], x.shape[2], y.shape[0],
                          node.attrs.kernel, node.attrs.stride, node.attrs.pad, x.signed, x.zero_point,
                          y.signed, y.zero_point, lo, hi, bool(node.attrs.ceil_mode),
-                         weight_mask(node, x.shape[0]), node.attrs.groups)
+                         weight_mask(node, x.shape[0]), node.attrs.groups, node.attrs.table is not None)

@@ -1,4 +1,5 @@
-"""Lowering of elementwise layers: QLinearAdd of two tensors on the PPU."""
+"""Lowering of elementwise layers on the PPU: QLinearAdd of two tensors, and a lookup table on one
+(an ADD of the tensor with itself, ``ra = 1``, ``rb = fixed = 0``: the identity, then the table)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from .common import (
     ceil_div,
     initial_credits,
     largest_band,
+    load_table,
+    lookup_fields,
     to_byte,
 )
 
@@ -23,8 +26,8 @@ __all__ = ["lower_add"]
 
 
 def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: int, b_line: int, out_line: int,
-              param_line: int, rows: tuple[int, int] | None = None, blocks: tuple[int, int] | None = None,
-              credits: bool = True) -> dict:
+              param_line: int, table_line: int | None = None, rows: tuple[int, int] | None = None,
+              blocks: tuple[int, int] | None = None, credits: bool = True) -> dict:
     """Emit the add, or its part ``rows`` ``[r0, r1)`` x channel ``blocks`` ``[b0, b1)``."""
     lanes = hw.lanes
     H, W = layer.height, layer.width
@@ -44,6 +47,8 @@ def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: i
     a_slots, b_slots, out_slots = (0, slot), (2 * slot, 3 * slot), (4 * slot, 5 * slot)
     if credits:
         initial_credits(stream)
+    if layer.table:
+        load_table(hw, stream, table_line)
     stream.emit(Opcode.LOAD, buffer=Buffer.PARAM, dram_addr=param_line, sram_addr=0, n2=1, n1=3,
                 n0=hw.param_lines_per_entry, dram_s1=hw.param_lines_per_entry, sram_s1=hw.param_lines_per_entry)
     tiles = ceil_div(part_rows, rows)
@@ -70,7 +75,7 @@ def lower_add(hw: HwConfig, layer: AddLayer, stream: StreamBuilder, *, a_line: i
                     out_addr=out_slots[index % 2], out_s1=rows * W, out_s0=1,
                     n1=blocks, n0=count * W, param_addr=0, in_signed=int(layer.signed),
                     out_signed=int(layer.signed), out_zp=0, clamp_lo=to_byte(layer.clamp_lo),
-                    clamp_hi=to_byte(layer.clamp_hi))
+                    clamp_hi=to_byte(layer.clamp_hi), **lookup_fields(layer.table))
         if index + 2 < tiles:
             load(index + 2)
         stream.emit(Opcode.STORE, wait=OUT_FULL, signal=OUT_FREE, buffer=Buffer.ACT,

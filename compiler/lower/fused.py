@@ -48,7 +48,7 @@ from ...hw.asm import StreamBuilder
 from ...hw.config import HwConfig
 from ...hw.isa import Buffer, Opcode, Unit
 from ..errors import CompileError
-from ..ir import Graph, Node, Op
+from ..ir import Graph, Node, Op, computed
 from .common import (
     ACC_FREE,
     ACC_FULL,
@@ -64,6 +64,7 @@ from .common import (
     ceil_div,
     contiguous,
     layer_of,
+    lookup_fields,
     partition,
     split_folded_first,
     to_byte,
@@ -137,6 +138,7 @@ class _Layout:
     weight_base: dict[str, int]           # node -> first weight block
     param_base: dict[str, int]            # node -> first parameter entry
     act_lines: int
+    table_slot: dict[str, int] = field(default_factory=dict)   # node -> its lookup table
 
 
 class FusedGroup:
@@ -182,7 +184,7 @@ class FusedGroup:
         escaping = []
         for tensor in self.produced:
             outside = [c.name for c in graph.consumers(tensor) if c.name not in inside]
-            if outside or tensor == graph.output:
+            if outside or tensor in graph.outputs:
                 escaping.append(tensor)
         if escaping != [self.final.output]:
             others = [t for t in escaping if t != self.final.output]
@@ -326,6 +328,11 @@ class FusedGroup:
         if params > hw.param_entries:
             raise CompileError(f"{self.label} does not fit on chip: its parameters need {params} entries, "
                                f"param_entries = {hw.param_entries} (short by {params - hw.param_entries})")
+        tabled = [node.name for node in self.nodes if node.attrs.table is not None]
+        if len(tabled) > hw.lut_tables:
+            raise CompileError(f"{self.label} does not fit on chip: its layers need {len(tabled)} lookup tables, "
+                               f"lut_tables = {hw.lut_tables}")
+        table_slot = {name: slot for slot, name in enumerate(tabled)}
         for node in self.nodes:
             ow = self.graph.tensors[node.output].shape[2]
             if node.op in _PE_OPS and ow > hw.acc_slot_entries:
@@ -338,7 +345,7 @@ class FusedGroup:
         def attempt(band_rows):
             schedules = [self.schedule(part, band_rows) for part in parts]
             regions, lines = self._regions(schedules, band_rows)
-            return _Layout(band_rows, schedules, parts, regions, weight_base, param_base, lines)
+            return _Layout(band_rows, schedules, parts, regions, weight_base, param_base, lines, table_slot)
 
         # The scratchpad need grows with the band height: check one row, then search the tallest band.
         best = attempt(1)
@@ -418,6 +425,12 @@ class _CoreEmitter:
             loads.append(dict(buffer=Buffer.PARAM, dram_addr=self.constants[node.name]["param_line"],
                               sram_addr=self.layout.param_base[node.name] * lpe, n2=1, n1=entries, n0=lpe,
                               dram_s1=lpe, sram_s1=lpe))
+        for node in self.g.nodes:
+            if node.name in self.layout.table_slot:
+                per_table = hw.lut_lines_per_table
+                loads.append(dict(buffer=Buffer.LUT, dram_addr=self.constants[node.name]["table_line"],
+                                  sram_addr=self.layout.table_slot[node.name] * per_table, n2=1, n1=1,
+                                  n0=per_table))
         for node in self.g.nodes:
             if node.op not in _PE_OPS:
                 continue
@@ -513,8 +526,9 @@ class _CoreEmitter:
         c, _, w = self.graph.tensors[node.output].shape
         blocks = ceil_div(c, self.hw.lanes)
         a_name, b_name = node.inputs
-        out = self.graph.tensors[node.output]
+        out = computed(self.graph, node)
         lo, hi = node.attrs.clamp
+        table = lookup_fields(node.name in self.layout.table_slot, self.layout.table_slot.get(node.name, 0))
         row = first
         while row < end:
             n = min(end - row, FIELD_MAX_COUNT // w)
@@ -527,14 +541,16 @@ class _CoreEmitter:
                 b_addr=self._line(b_name, row, 0, band), b_s1=planes[1], b_s0=1,
                 out_addr=self._line(node.output, row, 0, band), out_s1=planes[2], out_s0=1,
                 n1=blocks, n0=n * w, param_addr=self.layout.param_base[node.name], in_signed=int(out.signed),
-                out_signed=int(out.signed), out_zp=0, clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out))
+                out_signed=int(out.signed), out_zp=0, clamp_lo=to_byte(lo), clamp_hi=to_byte(hi), **table),
+                writes_out))
             row += n
 
     def _windowed(self, node: Node, band: int, first: int, end: int, records, writes_out: bool) -> None:
         hw = self.hw
         lanes = hw.lanes
         x_name = node.inputs[0]
-        x, y = self.graph.tensors[x_name], self.graph.tensors[node.output]
+        x, y = self.graph.tensors[x_name], computed(self.graph, node)
+        table = lookup_fields(node.name in self.layout.table_slot, self.layout.table_slot.get(node.name, 0))
         cout_blocks = ceil_div(y.shape[0], lanes)
         _, h, w = x.shape
         _, _, ow = y.shape
@@ -621,7 +637,7 @@ class _CoreEmitter:
                         acc_addr=acc + (row - y0) * ow, acc_s1=ow, acc_s0=1,
                         out_addr=self._line(node.output, row, j, band), out_s1=ow, out_s0=1, n1=n, n0=ow,
                         param_addr=pbase + 2 * j, out_signed=int(y.signed), out_zp=to_byte(y.zero_point),
-                        clamp_lo=to_byte(lo), clamp_hi=to_byte(hi)), writes_out))
+                        clamp_lo=to_byte(lo), clamp_hi=to_byte(hi), **table), writes_out))
 
     def _contiguous(self, tensor: str, row: int, k: int, h: int, band: int) -> bool:
         first, last = max(0, row), min(h, row + k)

@@ -20,6 +20,7 @@ from .common import AddLayer, Split, ceil_div, layer_of, partition
 from .elementwise import lower_add
 from .fused import FusedGroup
 from .resize import UpsampleLayer, lower_upsample
+from .scale import ScaleLayer, lower_scale
 from .windowed import lower_windowed
 
 __all__ = ["GroupLowering", "lower_group", "core_parts"]
@@ -59,7 +60,8 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
     address : callable
         A DRAM tensor's first line (called in the order tensors are first needed).
     constants : dict
-        Per node, ``weight_line`` and ``param_line`` of its constants in DRAM.
+        Per node, ``weight_line``, ``param_line`` and (with a lookup table) ``table_line`` of its
+        constants in DRAM.
     label : str
         Names the group in errors.
     fused, layout : optional
@@ -89,12 +91,29 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
                 raise CompileError(f"{label}: {error}") from None
             tiles.append(report["tiles"])
         return GroupLowering(tiles=tiles)
-    if node.op is Op.ADD:
-        layer = AddLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, *node.attrs.clamp)
+    if node.op is Op.SCALE:
+        y = graph.tensors[node.output]
+        layer = ScaleLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, x.zero_point, y.signed, y.zero_point,
+                           *node.attrs.clamp)
         for core, (rows, blocks) in enumerate(core_parts(split, cores, x.shape[1], ceil_div(x.shape[0], lanes))):
-            report = lower_add(hw, layer, streams[core], a_line=address(node.inputs[0]),
-                               b_line=address(node.inputs[1]), out_line=out,
-                               param_line=constants[node.name]["param_line"], rows=rows, blocks=blocks,
+            try:
+                report = lower_scale(hw, layer, streams[core], x_line=address(node.inputs[0]),
+                                     part_lines=[address(name) for name in node.inputs[1:]], out_line=out,
+                                     param_line=constants[node.name]["param_line"], rows=rows, blocks=blocks,
+                                     credits=False)
+            except CompileError as error:
+                raise CompileError(f"{label}: {error}") from None
+            tiles.append(report["tiles"])
+        return GroupLowering(tiles=tiles)
+    if node.op in (Op.ADD, Op.LOOKUP):
+        # a LOOKUP is an ADD of its input with itself that adds nothing (see lower_add)
+        a_name, b_name = node.inputs if node.op is Op.ADD else (node.inputs[0], node.inputs[0])
+        clamp = node.attrs.clamp if node.op is Op.ADD else x.qrange
+        layer = AddLayer(x.shape[0], x.shape[1], x.shape[2], x.signed, *clamp, node.attrs.table is not None)
+        for core, (rows, blocks) in enumerate(core_parts(split, cores, x.shape[1], ceil_div(x.shape[0], lanes))):
+            report = lower_add(hw, layer, streams[core], a_line=address(a_name), b_line=address(b_name),
+                               out_line=out, param_line=constants[node.name]["param_line"],
+                               table_line=constants[node.name].get("table_line"), rows=rows, blocks=blocks,
                                credits=False)
             tiles.append(report["tiles"])
         return GroupLowering(tiles=tiles)
@@ -104,7 +123,8 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
         try:
             report = lower_windowed(hw, layer, streams[core], in_line=address(node.inputs[0]), out_line=out,
                                     weight_line=constants[node.name]["weight_line"],
-                                    param_line=constants[node.name]["param_line"], rows=rows, blocks=blocks,
+                                    param_line=constants[node.name]["param_line"],
+                                    table_line=constants[node.name].get("table_line"), rows=rows, blocks=blocks,
                                     credits=False)
         except CompileError as error:
             raise CompileError(f"{label}: {error}") from None

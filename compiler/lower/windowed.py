@@ -39,6 +39,8 @@ from .common import (
     ceil_div,
     contiguous,
     initial_credits,
+    load_table,
+    lookup_fields,
     split_folded_first,
     to_byte,
     weight_blocks_for,
@@ -49,7 +51,8 @@ __all__ = ["lower_windowed"]
 
 
 def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *, in_line: int, out_line: int,
-                   weight_line: int, param_line: int, rows: tuple[int, int] | None = None,
+                   weight_line: int, param_line: int, table_line: int | None = None,
+                   rows: tuple[int, int] | None = None,
                    blocks: tuple[int, int] | None = None, credits: bool = True) -> dict:
     """Emit the layer, or the part of it given by output ``rows`` ``[r0, r1)`` and
     output-channel ``blocks`` ``[b0, b1)``, into ``stream``. Returns the tiling (for reports).
@@ -69,6 +72,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                            f"blocks {block0}..{block1}")
     cout_blocks = block1 - block0
     tiling = plan_tiling(hw, layer, out_rows=row1 - row0, out_blocks=cout_blocks)
+    if layer.table:
+        load_table(hw, stream, table_line)
     if chunk_blocks(hw, layer) is not None:
         if credits:
             initial_credits(stream)
@@ -234,7 +239,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
                         out_addr=out_slots[index % 2] + local * tiling.rows * OW, out_s1=OW, out_s0=1,
                         n1=rows, n0=OW, param_addr=(g % 2) * half_params + 2 * local,
                         out_signed=int(layer.out_signed), out_zp=to_byte(layer.out_zp),
-                        clamp_lo=to_byte(layer.clamp_lo), clamp_hi=to_byte(layer.clamp_hi))
+                        clamp_lo=to_byte(layer.clamp_lo), clamp_hi=to_byte(layer.clamp_hi),
+                        **lookup_fields(layer.table))
         if t == 0 and g + 1 < groups:
             load_weights(g + 1)
         if index + 2 < len(tiles):

@@ -3,8 +3,13 @@
 :data:`FRONTEND_PASSES` turn the graph as the frontend read it into the graph the
 lowering takes:
 
+``remove_unused``
+    the nodes whose output nothing reads (the sigmoid of a SiLU, made one table with its product);
 ``fold_clamps``
     every Relu/Clip (:attr:`~dlfusion.compiler.ir.Op.CLAMP`) into its producer's output clamp;
+``fold_lookups``
+    every lookup table (:attr:`~dlfusion.compiler.ir.Op.LOOKUP`: sigmoid, tanh, SiLU, ...) into the
+    conv, fully connected, average pool or add producing its input, when nothing else reads it;
 ``rescale_concat_inputs``
     a concat input quantized otherwise than the concat's output gets an identity
     requantization layer (onnxruntime's QLinearConcat requantizes it too);
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 
 from ..ir import Graph, IRError, check
 from .annotate import annotate_macs
-from .fold import fold_clamps
+from .fold import fold_clamps, fold_lookups, remove_unused
 from .legalize import align_concat_inputs, rescale_concat_inputs
 
 __all__ = ["Pass", "FRONTEND_PASSES", "run_passes"]
@@ -40,7 +45,8 @@ class Pass:
     run: Callable[[Graph], None]
 
 
-FRONTEND_PASSES = (Pass("fold_clamps", fold_clamps), Pass("rescale_concat_inputs", rescale_concat_inputs),
+FRONTEND_PASSES = (Pass("remove_unused", remove_unused), Pass("fold_clamps", fold_clamps),
+                   Pass("fold_lookups", fold_lookups), Pass("rescale_concat_inputs", rescale_concat_inputs),
                    Pass("align_concat_inputs", align_concat_inputs), Pass("annotate_macs", annotate_macs))
 
 

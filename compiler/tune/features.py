@@ -41,7 +41,7 @@ class _NoConstants(dict):
     """Every node's constants at DRAM line 0 (counts do not depend on addresses)."""
 
     def __missing__(self, name):
-        return {"weight_line": 0, "param_line": 0}
+        return {"weight_line": 0, "param_line": 0, "table_line": 0}
 
 
 _NO_CONSTANTS = _NoConstants()

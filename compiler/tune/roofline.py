@@ -27,7 +27,7 @@ def min_dram_bytes(graph: Graph) -> int:
             value = getattr(node.attrs, key)
             if isinstance(value, np.ndarray):
                 constants += int(value.nbytes)
-    io_bytes = int(np.prod(graph.tensors[graph.input].shape)) + int(np.prod(graph.tensors[graph.output].shape))
+    io_bytes = sum(int(np.prod(graph.tensors[name].shape)) for name in (graph.input, *graph.outputs))
     return constants + io_bytes
 
 

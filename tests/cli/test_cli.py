@@ -149,7 +149,8 @@ def test_models_lists_the_zoo(capsys):
     assert code == 0
     names = [m["name"] for m in json.loads(out)["models"]]
     assert names == ["tiny_cnn", "resnet18", "resnet50", "mobilenet_v2", "vgg16", "squeezenet1_1", "regnet_x_400mf",
-                     "shufflenet_v2_x1_0", "mnasnet1_0"]
+                     "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "mobilenet_v3_small",
+                     "mobilenet_v3_large", "yolo_tiny"]
 
 
 def test_export_rejects_a_too_small_input(tmp_path, capsys):

@@ -148,3 +148,30 @@ def test_random_graphs_of_the_new_ops_equal_reference_on_every_plan(seed, hw):
     upsampling in random graphs: no fusion on one core, maximum fusion and random plans."""
     graph = random_graph(seed, lanes=hw.lanes, new_ops=True)
     _assert_plans_equal_reference(graph, hw, seed, unfused=True)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), hw=st.sampled_from([HW, SMALL]))
+def test_random_graphs_with_lookup_tables_equal_reference_on_every_plan(seed, hw):
+    """Random tables folded into convolutions, fully connected layers, average pools and adds, and lookups
+    of their own, in fused groups (one table slot per layer) and alone."""
+    graph = random_graph(seed, lanes=hw.lanes, new_ops=True, tables=True)
+    _assert_plans_equal_reference(graph, hw, seed, unfused=True)
+
+
+def test_a_fusion_group_needs_a_table_slot_per_table():
+    few = HwConfig(lut_tables=2)
+    for seed in range(2000):
+        graph = random_graph(seed, tables=True, max_layers=8)
+        tabled = [n for n in graph.nodes if n.attrs.table is not None and n.op is not Op.LOOKUP]
+        if len(tabled) < 3:
+            continue
+        names = [n.name for n in graph.nodes[:graph.nodes.index(tabled[2]) + 1]]
+        try:
+            FusedGroup(graph, HW, names).layout(1)
+        except CompileError:
+            continue        # not fusable for another reason
+        with pytest.raises(CompileError, match="need 3 lookup tables, lut_tables = 2"):
+            FusedGroup(graph, few, names).layout(1)
+        return
+    pytest.fail("no random graph with a fusable run of three tables")

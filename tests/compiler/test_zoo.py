@@ -35,6 +35,10 @@ PUBLISHED = {
     "regnet_x_400mf": (71, 0, 1, 5_495_976),
     "shufflenet_v2_x1_0": (56, 19, 1, 2_278_604),
     "mnasnet1_0": (52, 17, 1, 4_383_312),
+    "efficientnet_b0": (81, 16, 1, 5_288_548),
+    "mobilenet_v3_small": (52, 11, 2, 2_542_856),
+    "mobilenet_v3_large": (62, 15, 2, 5_483_032),
+    "yolo_tiny": (51, 0, 0, 3_072_911),      # not published: YOLOv8n's widths and depths, a coupled head
 }
 
 MS = "com.microsoft"
@@ -87,12 +91,12 @@ def zoo_artifacts(tmp_path_factory):
 
 
 def test_models_table():
-    assert set(zoo.MODELS) == set(SIZES)
+    assert set(zoo.MODELS) == set(SIZES) | set(PUBLISHED)
     for name, spec in zoo.MODELS.items():
         assert spec.name == name and spec.description
-        assert spec.default_size == (32 if name == "tiny_cnn" else 224)
-        assert spec.num_classes == (10 if name == "tiny_cnn" else 1000)
-        assert spec.min_size <= SIZES[name]
+        assert spec.default_size == {"tiny_cnn": 32, "yolo_tiny": 128}.get(name, 224)
+        assert spec.num_classes == {"tiny_cnn": 10, "yolo_tiny": 80}.get(name, 1000)
+        assert spec.min_size <= SIZES.get(name, 32)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -112,7 +116,7 @@ def test_min_size_is_accepted_and_below_it_refused(name):
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_published_layer_shapes(name):
     convs, depthwise, fcs, params = PUBLISHED[name]
-    size = 224 if name == "vgg16" else SIZES[name]  # the other counts do not depend on the resolution
+    size = 224 if name == "vgg16" else SIZES.get(name, 32)  # the other counts do not depend on the resolution
     model = zoo.build_float_model(name, size)
     assert zoo.count_layers(model) == {"conv": convs, "depthwise": depthwise, "fc": fcs}
     n = zoo.count_params(model)
@@ -313,3 +317,17 @@ def test_bad_calibration_directory(case, zoo_artifacts, tmp_path):
     with pytest.raises(CalibrationError):
         quantize_model(fpath, out_dir / "old.onnx", calibration=cal)
     assert (out_dir / "old.onnx").read_bytes() == b"previous"  # an existing output is left alone
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large", "yolo_tiny"])
+def test_the_newest_models_run_at_their_min_size_and_refuse_one_pixel_less(name):
+    spec = zoo.MODELS[name]
+    model = zoo.build_float_model(name, spec.min_size)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, spec.min_size, spec.min_size))
+    if name == "yolo_tiny":     # a detector: its three maps at strides 8, 16 and 32
+        assert [tuple(t.shape) for t in out] == [(1, 85, 4, 4), (1, 85, 2, 2), (1, 85, 1, 1)]
+    else:
+        assert tuple(out.shape) == (1, spec.num_classes)
+    with pytest.raises(zoo.ZooError, match=f"input_size {spec.min_size - 1} is below the minimum {spec.min_size}"):
+        zoo.build_float_model(name, spec.min_size - 1)

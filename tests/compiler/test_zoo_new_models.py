@@ -1,8 +1,10 @@
-"""The zoo models of the operators lowered onto the existing instructions (RegNetX-400MF: grouped convs;
-ShuffleNetV2: channel split, concat of 58-channel halves, channel shuffle, mean; MnasNet: mean over H, W)
-at 32 px, in both onnxruntime formats (and both activation types on ShuffleNetV2): the golden simulator's outputs, as
-``dlfusion run --output`` writes them, equal onnxruntime's on the same file bit for bit, on
-{no fusion, 1 core}, {max fusion, all cores} and a random plan."""
+"""The zoo models of the newer operators at 32 px (RegNetX-400MF: grouped convs; ShuffleNetV2: channel split,
+concat of 58-channel halves, channel shuffle, mean; MnasNet: mean over H, W; EfficientNet-B0: SiLU and
+squeeze-and-excitation with sigmoid gates; MobileNetV3: hard-swish and squeeze-and-excitation with hard-sigmoid
+gates; yolo_tiny: a detector's C2f blocks, SPPF, PAN neck and three outputs), in both onnxruntime formats (and
+int8 activations on ShuffleNetV2 and MobileNetV3-Small): the golden simulator's outputs, as ``dlfusion run
+--output`` writes them, equal onnxruntime's on the same file bit for bit, on {no fusion, 1 core}, {max fusion,
+all cores} and a random plan."""
 
 import numpy as np
 import onnx
@@ -26,6 +28,12 @@ MODELS = ("regnet_x_400mf", "shufflenet_v2_x1_0", "mnasnet1_0")
 #: QDQ format onnxruntime runs the neighbours of its tensors read by two nodes in float32 on x86-64: refused,
 #: tests/compiler/frontend/test_qdq_int8.py)
 CASES = [(m, f, "uint8") for m in MODELS for f in ("qoperator", "qdq")] + [("shufflenet_v2_x1_0", "qoperator", "int8")]
+# lookup tables and channel scales: both formats on EfficientNet-B0, int8 on MobileNetV3-Small
+CASES += [("efficientnet_b0", "qoperator", "uint8"), ("efficientnet_b0", "qdq", "uint8"),
+          ("mobilenet_v3_small", "qoperator", "int8"), ("mobilenet_v3_small", "qdq", "uint8"),
+          ("mobilenet_v3_large", "qoperator", "uint8"),
+          # three outputs
+          ("yolo_tiny", "qoperator", "uint8"), ("yolo_tiny", "qdq", "uint8")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids="-".join)

@@ -1,8 +1,8 @@
 """The DMA engine on the Amaranth simulator, behind the real memory system and a DRAM store.
 
-LOADs: every scratchpad line written is recorded (buffer, address, data) and compared with
-the three nested loops of the instruction worked out in numpy (padding lines carry the pad
-value and cost no DRAM read). STOREs: the DRAM store is read back. Range errors stop the
+LOADs (the lookup-table store included): every scratchpad line written is recorded (buffer,
+address, data) and compared with the three nested loops of the instruction worked out in numpy
+(padding lines carry the pad value and cost no DRAM read). STOREs: the DRAM store is read back. Range errors stop the
 unit with the instruction's pc.
 """
 
@@ -119,13 +119,23 @@ def test_long_load_streams_at_the_port_bandwidth():
     assert run.done[0][0] - run.popped[0] <= 24 + HW.dram_latency + 3
 
 
-@pytest.mark.parametrize("buffer", [Buffer.WEIGHT, Buffer.PARAM])
+@pytest.mark.parametrize("buffer", [Buffer.WEIGHT, Buffer.PARAM, Buffer.LUT])
 def test_load_names_its_scratchpad(buffer):
     dram, act = random_contents(3)
     f = dict(buffer=buffer, sram_addr=2, sram_s1=4, dram_addr=11, dram_s1=3, n0=3, n1=2, n2=1)
     writes, _, _, run = run_dma([(Opcode.LOAD, f, 1)], dram, act)
     assert run.error is None
     assert sorted(writes) == expected_load_writes(f, dram)
+
+
+def test_a_table_load_reaches_the_last_line_of_the_store():
+    dram, act = random_contents(8)
+    f = dict(buffer=Buffer.LUT, sram_addr=HW.lut_lines - 2 * HW.lut_lines_per_table, dram_addr=40,
+             n0=HW.lut_lines_per_table, n1=2, n2=1, sram_s1=HW.lut_lines_per_table, dram_s1=HW.lut_lines_per_table)
+    writes, _, _, run = run_dma([(Opcode.LOAD, f, 1)], dram, act)
+    assert run.error is None
+    assert sorted(writes) == expected_load_writes(f, dram)
+    assert max(addr for _, addr, _ in writes) == HW.lut_lines - 1
 
 
 def test_store_writes_the_dram_lines_and_skips_padding():
@@ -159,6 +169,7 @@ def test_sync_and_empty_transfers_complete_in_order():
     (Opcode.LOAD, dict(buffer=Buffer.WEIGHT, sram_addr=HW.weight_lines - 1, n0=1, n1=2, n2=1, sram_s1=1),
      ErrorCode.SRAM_RANGE),
     (Opcode.LOAD, dict(buffer=Buffer.PARAM, sram_addr=HW.param_lines, n0=1, n1=1, n2=1), ErrorCode.SRAM_RANGE),
+    (Opcode.LOAD, dict(buffer=Buffer.LUT, sram_addr=HW.lut_lines - 3, n0=4, n1=1, n2=1), ErrorCode.SRAM_RANGE),
     (Opcode.LOAD, dict(buffer=Buffer.ACT, dram_addr=HW.dram_lines - 2, n0=4, n1=1, n2=1), ErrorCode.DRAM_RANGE),
     (Opcode.STORE, dict(buffer=Buffer.ACT, dram_addr=HW.dram_lines - 1, n0=1, n1=1, n2=2, dram_s2=1),
      ErrorCode.DRAM_RANGE),

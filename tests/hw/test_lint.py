@@ -6,6 +6,7 @@ path a user takes, and is checked to be the simulated design (``generate_verilog
 only Amaranth's unread alias wires.
 """
 
+import dataclasses
 import re
 
 import pytest
@@ -25,7 +26,10 @@ SMALL = HwConfig(cores=1, pe_rows=4, pe_cols=4, act_lines=2048, weight_blocks=10
 TWO_CORES = HwConfig(cores=2, pe_rows=4, pe_cols=4, act_lines=64, weight_blocks=4, acc_entries=16,
                      param_entries=8, dram_bytes=4096, dram_bytes_per_cycle=1, dram_latency=2,
                      queue_depth=2, fetch_lines=16)
-CONFIGS = {"small": SMALL, "two_cores": TWO_CORES}
+# The lookup-table store absent, of a depth that is not a power of two, and with every table the
+# instruction field can name (each elaborates the table check differently).
+CONFIGS = {"small": SMALL, "two_cores": TWO_CORES,
+           **{f"two_cores_{tables}_tables": dataclasses.replace(TWO_CORES, lut_tables=tables) for tables in (0, 3, 16)}}
 
 
 @pytest.fixture(scope="module")

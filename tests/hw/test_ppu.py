@@ -4,12 +4,15 @@ REQUANT is compared with a numpy computation written here from the definition (i
 wrap-around bias, float32 conversion, one rounding of the float32 product, subnormal
 results flushed to zero, round half to even, zero point, clamp) and with the golden
 simulator's :func:`requantize`; ADD with the golden :func:`qlinear_add` on parameters from
-:func:`qlinear_add_params`.
+:func:`qlinear_add_params`. Look-ups (``lut = 1``) index the tables with the raw output byte,
+two cycles later than the same instruction without one.
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import Elaboratable, Fragment, Module
 from amaranth.lib import memory, wiring
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,16 +23,22 @@ from dlfusion.hw.numerics import qlinear_add, qlinear_add_params, requantize
 from dlfusion.hw.ppu import Ppu
 
 HW = TINY
+NO_TABLES = dataclasses.replace(TINY, lut_tables=0)
 LANES = HW.lanes
 OUT = 32    # outputs go to act lines 32.. ; ADD inputs are read from lines below
 
 
 class PpuBench(Elaboratable):
-    def __init__(self, acc, act, params):
-        self.ppu = Ppu(HW)
-        self.acc = memory.Memory(shape=32 * LANES, depth=HW.acc_entries, init=[pack(e, 32) for e in acc])
-        self.act = memory.Memory(shape=8 * LANES, depth=HW.act_lines, init=[pack(line, 8) for line in act])
-        self.param = memory.Memory(shape=32 * LANES, depth=HW.param_entries, init=[pack(e, 32) for e in params])
+    def __init__(self, acc, act, params, tables=None, hw=HW):
+        self.ppu = Ppu(hw)
+        self.acc = memory.Memory(shape=32 * LANES, depth=hw.acc_entries, init=[pack(e, 32) for e in acc])
+        self.act = memory.Memory(shape=8 * LANES, depth=hw.act_lines, init=[pack(line, 8) for line in act])
+        self.param = memory.Memory(shape=32 * LANES, depth=hw.param_entries, init=[pack(e, 32) for e in params])
+        # The table store as the core has it: a copy per lane, table t entry i in byte i % L of line
+        # t * 256/L + i // L.
+        lines = np.zeros((hw.lut_lines, LANES), np.uint8) if tables is None else np.asarray(tables).reshape(-1, LANES)
+        self.luts = [memory.Memory(shape=8 * LANES, depth=hw.lut_lines, init=[pack(line, 8) for line in lines])
+                     for _ in range(LANES if hw.lut_tables else 0)]
 
     def elaborate(self, platform):
         m = Module()
@@ -38,6 +47,9 @@ class PpuBench(Elaboratable):
         m.submodules.act = self.act
         m.submodules.param = self.param
         connect_ppu(m, self.ppu, self.acc, self.act, self.param)
+        for lane, copy in enumerate(self.luts):
+            m.submodules[f"lut{lane}"] = copy
+            wiring.connect(m, self.ppu.lut_read[lane], copy.read_port())
         return m
 
 
@@ -49,16 +61,16 @@ def connect_ppu(m, ppu, acc, act, param):
     wiring.connect(m, ppu.param_read, param.read_port())
 
 
-def run_ppu(instructions, acc, act, params):
+def run_ppu(instructions, acc, act, params, tables=None, hw=HW):
     """Run (opcode, fields) instructions; returns (act scratchpad after, UnitRun)."""
-    bench = PpuBench(acc, act, params)
-    entries = [entry(Ppu.PAYLOAD, encode(op, signal=1 << k, **fields), pc=30 + k)
+    bench = PpuBench(acc, act, params, tables, hw)
+    entries = [entry(bench.ppu.PAYLOAD, encode(op, signal=1 << k, **fields), pc=30 + k)
                for k, (op, fields) in enumerate(instructions)]
     result = {}
 
     async def testbench(ctx):
         result["run"] = await drive(ctx, bench.ppu, entries)
-        result["act"] = np.array([unpack(ctx.get(bench.act.data[i]), LANES, 8) for i in range(HW.act_lines)],
+        result["act"] = np.array([unpack(ctx.get(bench.act.data[i]), LANES, 8) for i in range(hw.act_lines)],
                                  dtype=np.uint8)
 
     simulate(bench, testbench)
@@ -214,3 +226,92 @@ def test_random_requant(n1, n0, signed, seed):
     got, run = run_ppu([(Opcode.REQUANT, fields)], acc, act, params)
     assert run.error is None
     np.testing.assert_array_equal(got, expected)
+
+
+# -- lookup tables ------------------------------------------------------------------------------------
+
+def random_tables(seed):
+    return np.random.default_rng(seed).integers(0, 256, size=(HW.lut_tables, 256)).astype(np.uint8)
+
+
+def looked_up(expected, tables, table, lines):
+    """``expected`` with the bytes of ``lines`` replaced by their entries in ``tables[table]``."""
+    result = expected.copy()
+    result[lines] = tables[table][expected[lines]]
+    return result
+
+
+@pytest.mark.parametrize("table", range(HW.lut_tables))
+def test_requant_looks_up_its_table(table):
+    rng = np.random.default_rng(51 + table)
+    acc, act, params, fields, expected = requant_case(rng, n1=2, n0=3, signed=bool(table % 2), out_s1=4)
+    tables = random_tables(table)
+    got, run = run_ppu([(Opcode.REQUANT, dict(fields, lut=1, lut_table=table))], acc, act, params, tables)
+    assert run.error is None and run.done[0][1:] == (1, 30)
+    np.testing.assert_array_equal(got, looked_up(expected, tables, table, loop(2, 3, OUT, 4, 1)))
+
+
+@pytest.mark.parametrize(("in_signed", "out_signed", "table"), [(True, True, 1), (False, False, 3), (False, True, 0)])
+def test_add_looks_up_its_table(in_signed, out_signed, table):
+    rng = np.random.default_rng(61 + table)
+    act, params, fields, expected = add_case(rng, n1=2, n0=3, in_signed=in_signed, out_signed=out_signed,
+                                             param_addr=4)
+    tables = random_tables(10 + table)
+    acc = np.zeros((HW.acc_entries, LANES), np.int64)
+    got, run = run_ppu([(Opcode.ADD, dict(fields, lut=1, lut_table=table))], acc, act, params, tables)
+    assert run.error is None
+    np.testing.assert_array_equal(got, looked_up(expected, tables, table, loop(2, 3, OUT, 3, 1)))
+
+
+def test_an_int8_minus_one_is_entry_255():
+    rng = np.random.default_rng(71)
+    acc, act, params, fields, _ = requant_case(rng, n1=1, n0=1, signed=True)
+    tables = np.zeros((HW.lut_tables, 256), np.uint8)
+    tables[2, 255] = 0x5A
+    tables[2, 127] = 0x11      # an int8 -1 read as a signed index would pick neither of these
+    tables[2, 0] = 0x22
+    fields.update(clamp_lo=0xFF, clamp_hi=0xFF, lut=1, lut_table=2)       # y = -1 in every lane
+    got, run = run_ppu([(Opcode.REQUANT, fields)], acc, act, params, tables)
+    assert run.error is None
+    assert got[OUT].tolist() == [0x5A] * LANES
+
+
+def test_look_ups_take_two_cycles_more_and_only_they_do():
+    rng = np.random.default_rng(81)
+    acc, act, params, requant, _ = requant_case(rng, n1=2, n0=2, signed=True)
+    _, add_params, add, _ = add_case(rng, n1=1, n0=3, in_signed=True, out_signed=True, param_addr=4)
+    params[4:7] = add_params[4:7]
+    tables = random_tables(5)
+    plain = [(Opcode.REQUANT, requant), (Opcode.ADD, add), (Opcode.REQUANT, requant)]
+    # The same instructions with a look-up in the second one only.
+    mixed = [plain[0], (Opcode.ADD, dict(add, lut=1, lut_table=3)), plain[2]]
+    _, without_tables = run_ppu(plain, acc, act, params, hw=NO_TABLES)
+    _, with_tables = run_ppu(plain, acc, act, params, tables)
+    _, with_look_up = run_ppu(mixed, acc, act, params, tables)
+    assert with_tables.done == without_tables.done and with_tables.popped == without_tables.popped
+    done = [cycle for cycle, _, _ in without_tables.done]
+    assert [cycle for cycle, _, _ in with_look_up.done] == [done[0], done[1] + 2, done[2] + 2]
+    assert with_look_up.popped == [*without_tables.popped[:2], without_tables.popped[2] + 2]
+
+
+@pytest.mark.parametrize(("hw", "op", "table"), [
+    (HW, Opcode.REQUANT, HW.lut_tables),
+    (HW, Opcode.ADD, 15),
+    (NO_TABLES, Opcode.REQUANT, 0),       # without tables every look-up is out of range
+])
+def test_a_look_up_of_a_missing_table_is_a_range_error(hw, op, table):
+    act = np.zeros((HW.act_lines, LANES), np.uint8)
+    acc = np.zeros((HW.acc_entries, LANES), np.int64)
+    params = np.zeros((HW.param_entries, LANES), np.uint32)
+    fields = dict(n1=1, n0=1, lut=1, lut_table=table)
+    _, run = run_ppu([(op, fields)], acc, act, params, hw=hw)
+    assert run.error == (ErrorCode.SRAM_RANGE, 30)
+    _, run = run_ppu([(op, dict(fields, lut=0))], acc, act, params, hw=hw)       # the table is not used
+    assert run.error is None
+
+
+def test_without_tables_the_ppu_has_no_table_ports():
+    with_tables, without = Ppu(HW), Ppu(NO_TABLES)
+    assert "lut_read" in with_tables.signature.members and "lut_read" not in without.signature.members
+    for ppu in (with_tables, without):
+        Fragment.get(ppu, None)     # elaborates (and is used)

@@ -178,10 +178,21 @@ class RefCore:
         self.act = np.zeros((HW.act_lines, L), np.uint8)
         self.weight = np.zeros((HW.weight_lines, L), np.uint8)    # DMA line view
         self.param = np.zeros((HW.param_lines, L), np.uint8)
+        self.lut = np.zeros((HW.lut_lines, L), np.uint8)
         self.acc = [[0] * L for _ in range(HW.acc_entries)]
 
     def lines(self, buffer):
-        return {Buffer.ACT: self.act, Buffer.WEIGHT: self.weight, Buffer.PARAM: self.param}[buffer]
+        return {Buffer.ACT: self.act, Buffer.WEIGHT: self.weight, Buffer.PARAM: self.param,
+                Buffer.LUT: self.lut}[buffer]
+
+    def look_up(self, f, byte):
+        """The output byte through table ``lut_table`` when ``lut`` is set (docs/isa.md)."""
+        if not f.get("lut"):
+            return byte
+        return int(self.lut[f["lut_table"] * (256 // L) + byte // L, byte % L])
+
+    def lut_error(self, f):
+        return f.get("lut") and f["lut_table"] >= HW.lut_tables
 
     def w(self, block, r, c):
         return int(self.weight[block * L + r, c].view(np.int8))
@@ -250,7 +261,7 @@ class RefCore:
     def requant(self, f):
         if f["n1"] * f["n0"] == 0:
             return None
-        if f["param_addr"] + 2 > HW.param_entries:
+        if f["param_addr"] + 2 > HW.param_entries or self.lut_error(f):
             return ErrorCode.SRAM_RANGE
         its = list(self.iterations(f, "acc", "out"))
         if any(a >= HW.acc_entries or o >= HW.act_lines for a, o in its):
@@ -264,13 +275,13 @@ class RefCore:
                 x = wrap32(self.acc[a][c] + bias)
                 xf = round_f32(Fraction(x))
                 f32 = round_f32(xf * frac_of_bits(self.word(p + 1, c)))
-                self.act[o, c] = ref_to_byte(f32, zp, lo, hi) % 256
+                self.act[o, c] = self.look_up(f, ref_to_byte(f32, zp, lo, hi) % 256)
         return None
 
     def add(self, f):
         if f["n1"] * f["n0"] == 0:
             return None
-        if f["param_addr"] + 3 > HW.param_entries:
+        if f["param_addr"] + 3 > HW.param_entries or self.lut_error(f):
             return ErrorCode.SRAM_RANGE
         its = list(self.iterations(f, "a", "b", "out"))
         if any(max(it) >= HW.act_lines for it in its):
@@ -286,7 +297,7 @@ class RefCore:
                 ra, rb, fixed = (frac_of_bits(self.word(p + k, c)) for k in range(3))
                 t = round_f32(b * rb + fixed)
                 r = t if t in (math.inf, -math.inf) else round_f32(a * ra + t)
-                self.act[o, c] = ref_to_byte(r, zp, lo, hi) % 256
+                self.act[o, c] = self.look_up(f, ref_to_byte(r, zp, lo, hi) % 256)
         return None
 
 
@@ -323,6 +334,7 @@ def out_fields(prefix_max):
         "n1": st.integers(1, 4), "n0": st.integers(0, 4),
         "out_signed": st.integers(0, 1), "out_zp": st.integers(0, 255),
         "clamp_lo": st.integers(0, 255), "clamp_hi": st.integers(0, 255),
+        "lut": st.integers(0, 1), "lut_table": st.one_of(st.integers(0, HW.lut_tables - 1), st.integers(0, 15)),
     }
 
 
@@ -389,7 +401,8 @@ def test_store_matches_reference(data, seed):
 
 
 def _setup_words(act=True, weight=True, param=False):
-    """Fill act (256 lines), weight (64 lines) and param (64 lines) from the random DRAM region."""
+    """Fill act (256 lines), weight (64 lines), param (64 lines) and the lookup tables (with param,
+    256 lines) from the random DRAM region."""
     words = []
     if act:
         words.append(load(Buffer.ACT, 0, DATA, HW.act_lines))
@@ -397,6 +410,7 @@ def _setup_words(act=True, weight=True, param=False):
         words.append(load(Buffer.WEIGHT, 0, DATA + 300, HW.weight_lines))
     if param:
         words.append(load(Buffer.PARAM, 0, DATA + 600, HW.param_lines))
+        words.append(load(Buffer.LUT, 0, DATA + 700, HW.lut_lines))
     words.append(encode(Opcode.SYNC, unit=Unit.DMA, signal=0b11))   # data ready for PE and PPU
     return words
 
@@ -407,6 +421,7 @@ def _setup_ref(dram_data, param=False):
     ref.weight[:] = ref.dram[DATA + 300:DATA + 300 + HW.weight_lines]
     if param:
         ref.param[:] = ref.dram[DATA + 600:DATA + 600 + HW.param_lines]
+        ref.lut[:] = ref.dram[DATA + 700:DATA + 700 + HW.lut_lines]
     return ref
 
 
@@ -489,12 +504,12 @@ def test_requant_matches_reference(setup, fill, seed):
     ref = _setup_ref(dram_data, param=True)
     error = ref.matmul(fill)
     if error is not None:
-        assert result.error == ErrorInfo(error, 0, 4)
+        assert result.error == ErrorInfo(error, 0, 5)
         return
     error = ref.requant(f)
     event(f"requant: {error}")
     if error is not None:
-        assert result.error == ErrorInfo(error, 0, 5)
+        assert result.error == ErrorInfo(error, 0, 6)
         return
     assert result.error is None
     np.testing.assert_array_equal(sim.cores[0].act, ref.act)
@@ -529,7 +544,7 @@ def test_add_matches_reference(setup, seed):
     error = ref.add(f)
     event(f"add: {error}")
     if error is not None:
-        assert result.error == ErrorInfo(error, 0, 3)
+        assert result.error == ErrorInfo(error, 0, 4)
         return
     assert result.error is None
     np.testing.assert_array_equal(sim.cores[0].act, ref.act)
@@ -787,16 +802,38 @@ def test_missing_end_runs_into_zeroed_memory():
 
 
 @pytest.mark.parametrize("word", [
-    with_raw_field(encode(Opcode.LOAD, n0=1, n1=1, n2=1), Opcode.LOAD, "buffer", 3),
     encode(Opcode.STORE, buffer=Buffer.WEIGHT, n0=1, n1=1, n2=1),
     encode(Opcode.STORE, buffer=Buffer.PARAM),
     with_raw_field(encode(Opcode.MATMUL, n0=1, n1=1), Opcode.MATMUL, "mode", 3),
     with_raw_field(encode(Opcode.SYNC), Opcode.SYNC, "unit", 3),
     encode(Opcode.BARRIER, core_mask=0b10),
-], ids=["load-buffer", "store-weight", "store-param", "matmul-mode", "sync-unit", "barrier-mask"])
+], ids=["store-weight", "store-param", "matmul-mode", "sync-unit", "barrier-mask"])
 def test_bad_field_reported_at_its_pc(word):
     words = [encode(Opcode.SYNC, unit=Unit.DMA), word, encode(Opcode.END)]
     assert _error(words) == ErrorInfo(ErrorCode.BAD_FIELD, 0, 1)
+
+
+def test_lookup_tables_absent_without_lut_hardware():
+    """lut_tables = 0: a LOAD into the table store is BAD_FIELD (buffer 3 was reserved before tables
+    existed), a look-up is SRAM_RANGE, and the configuration hashes as it did before."""
+    bare = HwConfig(**dict(HW.to_dict(), lut_tables=0))
+    words = [encode(Opcode.SYNC, unit=Unit.DMA), load(Buffer.LUT, 0, DATA, 1), encode(Opcode.END)]
+    assert _error(words, hw=bare) == ErrorInfo(ErrorCode.BAD_FIELD, 0, 1)
+    assert _error(words) is None
+    words = [encode(Opcode.REQUANT, n1=1, n0=1, lut=1, lut_table=0), encode(Opcode.END)]
+    assert _error(words, hw=bare) == ErrorInfo(ErrorCode.SRAM_RANGE, 0, 0)
+    assert _error(words) is None
+    assert HwConfig(lut_tables=0).hash == "43163702cce8366b"      # the default HwConfig before tables
+    assert HwConfig().hash != HwConfig(lut_tables=0).hash
+
+
+def test_lookup_adds_two_cycles_to_its_instruction_only():
+    plain = [encode(Opcode.REQUANT, n1=2, n0=4, out_s0=1), encode(Opcode.ADD, n1=1, n0=3, out_s0=1),
+             encode(Opcode.END)]
+    looked = [encode(Opcode.REQUANT, n1=2, n0=4, out_s0=1, lut=1, lut_table=3),
+              encode(Opcode.ADD, n1=1, n0=3, out_s0=1, lut=1, lut_table=1), encode(Opcode.END)]
+    busy = [simulate(words)[1].counters[0]["ppu_busy"] for words in (plain, looked)]
+    assert busy == [(8 + 8) + (3 + 9), (8 + 8 + 2) + (3 + 9 + 2)]
 
 
 @pytest.mark.parametrize("word, code", [
@@ -809,6 +846,9 @@ def test_bad_field_reported_at_its_pc(word):
     (encode(Opcode.REQUANT, acc_addr=64, n1=1, n0=1, param_addr=0), ErrorCode.SRAM_RANGE),
     (encode(Opcode.ADD, param_addr=HW.param_entries - 2, n1=1, n0=1), ErrorCode.SRAM_RANGE),
     (encode(Opcode.ADD, b_addr=300, n1=1, n0=1), ErrorCode.SRAM_RANGE),
+    (encode(Opcode.REQUANT, n1=1, n0=1, lut=1, lut_table=HW.lut_tables), ErrorCode.SRAM_RANGE),
+    (encode(Opcode.ADD, n1=1, n0=1, lut=1, lut_table=15), ErrorCode.SRAM_RANGE),
+    (load(Buffer.LUT, HW.lut_lines - 1, DATA, 2), ErrorCode.SRAM_RANGE),
     (load(Buffer.WEIGHT, HW.weight_lines - 1, DATA, 2), ErrorCode.SRAM_RANGE),
     (load(Buffer.PARAM, HW.param_lines, DATA, 1), ErrorCode.SRAM_RANGE),
     (load(Buffer.ACT, 0, HW.dram_lines - 1, 2), ErrorCode.DRAM_RANGE),
@@ -836,6 +876,9 @@ def test_range_errors_reported_at_their_pc(word, code):
     encode(Opcode.MATMUL, mode=MatmulMode.MAX, w_row=31, n1=1, n0=1),  # w_row only matters for DEPTHWISE
     encode(Opcode.REQUANT, param_addr=HW.param_entries - 2, n1=1, n0=1),
     encode(Opcode.ADD, param_addr=HW.param_entries - 3, n1=1, n0=1),
+    encode(Opcode.ADD, n1=1, n0=1, lut=0, lut_table=15),            # lut_table only matters with lut
+    encode(Opcode.REQUANT, n1=1, n0=1, lut=1, lut_table=HW.lut_tables - 1),
+    load(Buffer.LUT, HW.lut_lines - 1, DATA, 1),
 ])
 def test_in_range_edge_cases_are_not_errors(word):
     assert _error([word, encode(Opcode.END)]) is None
@@ -892,6 +935,18 @@ def test_binary_roundtrip_runs_identically():
     binary = _copy_binary()
     again = Binary.from_bytes(binary.to_bytes())
     assert run(again, {"x": x}).to_json() == run(binary, {"x": x}).to_json()
+
+
+def test_a_binary_without_lookup_tables_has_the_header_of_before_tables():
+    """A header names lut_tables only when the hardware has tables, so a binary for a configuration
+    without them keeps its bytes, and one written before tables existed still reads."""
+    import json
+    bare = HwConfig(**dict(HW.to_dict(), lut_tables=0))
+    for hw in (bare, HW):
+        blob = _copy_binary(hw).to_bytes()
+        header = json.loads(blob[12:12 + int.from_bytes(blob[8:12], "little")])
+        assert ("lut_tables" in header["hw"]) == (hw.lut_tables > 0)
+        assert Binary.from_bytes(blob).hw == hw
 
 
 def test_binary_for_another_configuration_is_rejected():

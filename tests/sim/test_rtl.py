@@ -7,6 +7,8 @@ malformed programs must stop the RTL with the same error status as the golden
 simulator, within the watchdog.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +31,8 @@ MID = HwConfig(pe_rows=8, pe_cols=8, act_lines=4096, weight_blocks=512, acc_entr
                dram_bytes=1 << 21, dram_bytes_per_cycle=6, dram_latency=21, queue_depth=4, fetch_lines=16,
                watchdog_cycles=5000)
 CONFIGS = {"small": SMALL, "mid": MID}
+#: SMALL without lookup tables, where buffer 3 is still reserved.
+SMALL_NO_TABLES = dataclasses.replace(SMALL, lut_tables=0)
 RTL_SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                               HealthCheck.function_scoped_fixture])
 
@@ -178,6 +182,17 @@ def _semaphore_overflow(s):
     s.end()
 
 
+def _missing_table(s):
+    s.sync(Unit.DMA)
+    s.emit(Opcode.REQUANT, n1=1, n0=1, lut=1, lut_table=SMALL.lut_tables)
+    s.end()
+
+
+def _table_load_range(s):
+    s.emit(Opcode.LOAD, buffer=Buffer.LUT, sram_addr=SMALL.lut_lines - 1, n0=2, n1=1, n2=1)
+    s.end()
+
+
 def _runs_off_the_end(s):
     s.sync(Unit.DMA)
     s.sync(Unit.PE)
@@ -185,7 +200,9 @@ def _runs_off_the_end(s):
 
 MALFORMED = {
     "bad_opcode": (_bad_opcode, ErrorCode.BAD_OPCODE, 1),
-    "bad_buffer": (_bad_buffer, ErrorCode.BAD_FIELD, 1),
+    "bad_buffer": (_bad_buffer, ErrorCode.BAD_FIELD, 1),        # on SMALL_NO_TABLES
+    "missing_table": (_missing_table, ErrorCode.SRAM_RANGE, 1),
+    "table_load_range": (_table_load_range, ErrorCode.SRAM_RANGE, 0),
     "store_from_weights": (_store_from_weights, ErrorCode.BAD_FIELD, 0),
     "sram_range": (_sram_range, ErrorCode.SRAM_RANGE, 1),
     "dram_range": (_dram_range, ErrorCode.DRAM_RANGE, 0),
@@ -197,7 +214,7 @@ MALFORMED = {
 @pytest.mark.parametrize("name", MALFORMED)
 def test_malformed_programs_stop_with_the_same_error(simulators, name):
     build, code, pc = MALFORMED[name]
-    binary = _program(SMALL, build)
+    binary = _program(SMALL_NO_TABLES if name == "bad_buffer" else SMALL, build)
     golden, rtl = run_both(simulators, binary, {})
     assert golden.error is not None and rtl.error is not None
     assert (golden.error.code, golden.error.core, golden.error.pc) == (code, 0, pc)

@@ -136,6 +136,47 @@ def test_barrier_that_never_completes_is_a_watchdog_error(quad):
     assert rtl.cycles < 2 * QUAD.watchdog_cycles + 500
 
 
+def test_every_core_looks_up_its_own_tables(quad):
+    """Each core loads a table of its own into table 1 and applies it (an identity ADD with a
+    look-up) to the same data, all at once: each table store belongs to its core."""
+    hw = QUAD
+    lanes, lines = hw.lanes, 16
+    rng = np.random.default_rng(12)
+    dram = DramAllocator(hw)
+    data = rng.integers(0, 256, size=(lines, lanes), dtype=np.uint8)
+    tables = rng.integers(0, 256, size=(hw.cores, 256), dtype=np.uint8)
+    identity = np.zeros((3, lanes), np.float32)
+    identity[0] = 1.0                                   # ra = 1, rb = 0, fixed = 0
+    source = dram.allocate(lines, "source")
+    params = dram.allocate(3 * hw.param_lines_per_entry, "params")
+    segments = [Segment("source", source, data.tobytes()), Segment("params", params, identity.tobytes())]
+    streams, outputs = [], []
+    for core in range(hw.cores):
+        table = dram.allocate(hw.lut_lines_per_table, f"table {core}")
+        segments.append(Segment(f"table {core}", table, tables[core].tobytes()))
+        output = Tensor(f"y{core}", dram.allocate(lines, f"output {core}"), (lines * lanes,), "uint8", "flat")
+        outputs.append(output)
+        stream = StreamBuilder(core)
+        stream.emit(Opcode.LOAD, signal=1, buffer=Buffer.ACT, dram_addr=source, n2=1, n1=1, n0=lines)
+        stream.emit(Opcode.LOAD, signal=2, buffer=Buffer.PARAM, dram_addr=params, n2=1, n1=1,
+                    n0=3 * hw.param_lines_per_entry)
+        stream.emit(Opcode.LOAD, signal=4, buffer=Buffer.LUT, sram_addr=hw.lut_lines_per_table, dram_addr=table,
+                    n2=1, n1=1, n0=hw.lut_lines_per_table)
+        stream.emit(Opcode.ADD, wait=0b111, signal=8, a_addr=0, a_s0=1, b_addr=0, b_s0=1, out_addr=lines, out_s0=1,
+                    n1=1, n0=lines, clamp_hi=0xFF, lut=1, lut_table=1)
+        stream.emit(Opcode.STORE, wait=8, buffer=Buffer.ACT, sram_addr=lines, dram_addr=output.dram_line, n2=1,
+                    n1=1, n0=lines)
+        stream.end()
+        streams.append(stream)
+    binary = assemble(hw, streams, segments, dram, [], outputs, {})
+    golden, rtl = run_both(quad, binary, {})
+    assert golden.error is None and rtl.error is None, (golden.error, rtl.error)
+    for core in range(hw.cores):
+        expected = tables[core][data].reshape(-1)
+        assert np.array_equal(golden.outputs[f"y{core}"], expected)
+        assert np.array_equal(rtl.outputs[f"y{core}"], expected)
+
+
 def test_compute_bound_layer_scales_with_cores(quad):
     cycles = {}
     for cores in (1, 2, 4):

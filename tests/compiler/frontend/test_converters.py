@@ -142,10 +142,10 @@ def test_flatten_before_a_classifier_is_an_alias(tmp_path):
 def test_an_unsupported_op_names_node_op_format_and_the_supported_ops(tmp_path):
     m = QModel()
     conv = m.conv("conv", "x", 4, 4)
-    m.nodes.append(helper.make_node("QLinearSigmoid", [conv, "conv_scale", "conv_zero", "conv_scale", "conv_zero"],
+    m.nodes.append(helper.make_node("QLinearSoftmax", [conv, "conv_scale", "conv_zero", "conv_scale", "conv_zero"],
                                     ["sig"], name="sig", domain="com.microsoft"))
-    with pytest.raises(IRError, match=r"node 'sig' \(QLinearSigmoid\): unsupported op in this QOperator model; "
-                                      r"supported: QuantizeLinear, .*QLinearConv"):
+    with pytest.raises(IRError, match=r"node 'sig' \(QLinearSoftmax\): unsupported op in this QOperator model; "
+                                      r"supported: QuantizeLinear, .*QLinearConv.*QLinearSigmoid"):
         load_onnx(m.save(tmp_path / "m.onnx", "sig", "conv_scale", "conv_zero"))
 
 

@@ -235,8 +235,8 @@ def test_a_resize_that_is_not_a_pixel_repetition_is_one_line(tmp_path):
 
 
 def test_an_unsupported_op_is_one_line_naming_node_op_format_and_the_supported(tmp_path):
-    conv_op_conv_model(tmp_path / "float.onnx", "Sigmoid", 4, outputs=[1, 8, 4, 4])
-    for fmt, name, op in (("qoperator", "QOperator", "QLinearSigmoid"), ("qdq", "QDQ", "Sigmoid")):
+    conv_op_conv_model(tmp_path / "float.onnx", "Softmax", 4, outputs=[1, 8, 4, 4], axis=1)
+    for fmt, name, op in (("qoperator", "QOperator", "QLinearSoftmax"), ("qdq", "QDQ", "Softmax")):
         path = quantize_model(tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx", num_calibration=2,
                               quant_format=fmt, preprocess=False)
         with pytest.raises(IRError) as error:

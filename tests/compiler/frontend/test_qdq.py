@@ -254,26 +254,37 @@ def sigmoid_model(tmp_path):
                           preprocess=False)
 
 
-UNSUPPORTED = (r"node 'gate' \(Sigmoid\): unsupported op in this QDQ model; supported: QuantizeLinear, "
+UNSUPPORTED = (r"node 'gate' \(Elu\): unsupported op in this QDQ model; supported: QuantizeLinear, "
                r"DequantizeLinear, Conv, Gemm, MatMul, Add, GlobalAveragePool, AveragePool, MaxPool, Relu, Clip, "
-               r"Concat, Flatten, Reshape, Constant, ReduceMean, Slice, Split, Resize, Upsample$")
+               r"Concat, Flatten, Reshape, Constant, ReduceMean, Slice, Split, Sigmoid, Tanh, HardSigmoid, "
+               r"HardSwish, LeakyRelu, Mul, Resize, Upsample$")
+
+
+def elu_model(tmp_path):
+    """:func:`sigmoid_model` with its Sigmoid made an Elu (a float op dlfusion does not support)."""
+    model = onnx.load(str(sigmoid_model(tmp_path)))
+    for node in model.graph.node:
+        if node.op_type == "Sigmoid":
+            node.op_type = "Elu"
+    onnx.save(model, str(tmp_path / "elu.onnx"))
+    return tmp_path / "elu.onnx"
 
 
 def test_an_unsupported_float_op_names_node_op_format_and_the_supported_ops(tmp_path):
-    path = sigmoid_model(tmp_path)
-    assert "Sigmoid" not in SUPPORTED_QDQ_OPS
+    path = elu_model(tmp_path)
+    assert "Elu" not in SUPPORTED_QDQ_OPS
     with pytest.raises(IRError, match=UNSUPPORTED):
         load_onnx(path)
 
 
 def test_compiling_a_qdq_model_with_an_unsupported_op_is_one_line_and_writes_nothing(tmp_path, capsys):
-    path = sigmoid_model(tmp_path)
+    path = elu_model(tmp_path)
     before = set(tmp_path.iterdir())
-    code = main(["compile", str(path), "-o", str(tmp_path / "sigmoid.dlfb")])
+    code = main(["compile", str(path), "-o", str(tmp_path / "elu.dlfb")])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("dlfusion: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "node 'gate' (Sigmoid): unsupported op in this QDQ model; supported: QuantizeLinear" in err
+    assert "node 'gate' (Elu): unsupported op in this QDQ model; supported: QuantizeLinear" in err
     assert set(tmp_path.iterdir()) == before
 
 

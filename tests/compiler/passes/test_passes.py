@@ -29,8 +29,8 @@ def test_frontend_passes_fold_annotate_and_leave_a_legal_graph():
     assert [n.op for n in graph.nodes] == [Op.CONV]
     assert graph.nodes[0].attrs.clamp == (100, 200) and graph.output == "y"
     assert graph.nodes[0].attrs.macs == 8 * 36 * 9 * 4
-    assert [p.name for p in FRONTEND_PASSES] == ["fold_clamps", "rescale_concat_inputs", "align_concat_inputs",
-                                                 "annotate_macs"]
+    assert [p.name for p in FRONTEND_PASSES] == ["remove_unused", "fold_clamps", "fold_lookups",
+                                                 "rescale_concat_inputs", "align_concat_inputs", "annotate_macs"]
     check(graph)
 
 
@@ -80,3 +80,53 @@ def test_macs_of_depthwise_and_fully_connected():
     graph = Graph("g", tensors, nodes, "x", "f")
     annotate_macs(graph)
     assert nodes[0].attrs.macs == 8 * 9 * 9 and nodes[1].attrs.macs == 10 * 8 * 9
+
+
+def _lookup_graph(readers=1):
+    """input -> conv -> lookup (a table) -> [clamp] ... with ``readers`` lookups of the conv's output."""
+    graph = _graph(clamps=())
+    table = np.arange(256, dtype=np.uint8)[::-1].copy()           # 255 - i
+    for index in range(readers):
+        name = f"l{index}"
+        graph.tensors[name] = Tensor(name, (8, 6, 6), "uint8", 0.02, 7)
+        graph.nodes.append(Node(f"lookup{index}", Op.LOOKUP, ["y"], name, dict(table=table, clamp=(0, 255))))
+    graph.output = "l0"
+    graph.more_outputs = [f"l{index}" for index in range(1, readers)]
+    return graph, table
+
+
+def test_fold_lookups_moves_the_table_into_its_producer():
+    graph, table = _lookup_graph()
+    run_passes(graph, check_between=True)
+    (conv,) = graph.nodes
+    assert conv.op is Op.CONV and np.array_equal(conv.attrs.table, table)
+    assert (conv.attrs.table_input.scale, conv.attrs.table_input.zero_point) == (0.1, 100)   # what REQUANT makes
+    assert graph.output == "y" and (graph.tensors["y"].scale, graph.tensors["y"].zero_point) == (0.02, 7)
+
+
+def test_a_lookup_of_a_tensor_read_twice_stays_a_lookup():
+    graph, _ = _lookup_graph(readers=2)
+    run_passes(graph, check_between=True)
+    assert [n.op for n in graph.nodes] == [Op.CONV, Op.LOOKUP, Op.LOOKUP] and graph.nodes[0].attrs.table is None
+    assert graph.outputs == ["l0", "l1"]
+
+
+def test_a_clamp_after_a_lookup_clamps_the_table_and_two_tables_compose():
+    graph, table = _lookup_graph(readers=2)
+    graph.tensors["c"] = Tensor("c", (8, 6, 6), "uint8", 0.02, 7)
+    graph.nodes.append(Node("relu", Op.CLAMP, ["l1"], "c", dict(clamp=(7, 200), source="Relu")))
+    graph.tensors["t"] = Tensor("t", (8, 6, 6), "uint8", 0.03, 1)
+    graph.nodes.append(Node("again", Op.LOOKUP, ["c"], "t", dict(table=table, clamp=(0, 255))))
+    graph.more_outputs = ["t"]
+    run_passes(graph, check_between=True)
+    second = next(n for n in graph.nodes if n.name == "lookup1")
+    i = np.arange(256)
+    assert np.array_equal(second.attrs.table, 255 - np.clip(255 - i, 7, 200))    # clamp, then the second table
+    assert graph.outputs == ["l0", "l1"] and (graph.tensors["l1"].scale, graph.tensors["l1"].zero_point) == (0.03, 1)
+
+
+def test_remove_unused_drops_what_no_output_needs():
+    graph, _ = _lookup_graph(readers=2)
+    graph.more_outputs = []
+    run_passes(graph, check_between=True)
+    assert [n.op for n in graph.nodes] == [Op.CONV] and graph.nodes[0].attrs.table is not None
