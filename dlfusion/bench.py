@@ -221,7 +221,8 @@ def _scaling_plot(rows, path: Path) -> None:
 #: Input resolution per zoo model in the ``zoo`` benchmark: 224 where the slowest plan's RTL run
 #: takes under ten minutes here, a smaller one where it would not (VGG-16: ~60 M cycles at 224).
 ZOO_SIZES = {"tiny_cnn": 32, "resnet18": 224, "resnet50": 112, "mobilenet_v2": 224, "vgg16": 112,
-             "squeezenet1_1": 224, "regnet_x_400mf": 224, "shufflenet_v2_x1_0": 224, "mnasnet1_0": 224}
+             "squeezenet1_1": 224, "regnet_x_400mf": 224, "shufflenet_v2_x1_0": 224, "mnasnet1_0": 224,
+             "efficientnet_b0": 224, "mobilenet_v3_small": 224, "mobilenet_v3_large": 224, "yolo_tiny": 128}
 ZOO_PLANS = (("none", "1"), ("none", "all"), ("max", "all"))
 
 
@@ -238,8 +239,9 @@ def _zoo_job(job: dict) -> dict:
     rtl = RtlSimulator(hw).run(binary, {"input": x})
     if rtl.error is not None:
         raise AcceleratorFault(f"the RTL stopped: {rtl.error}")
-    if not np.array_equal(rtl.outputs["output"], golden.outputs["output"]):
-        raise MismatchError("RTL output differs from the golden simulator")
+    differing = [t.name for t in binary.outputs if not np.array_equal(rtl.outputs[t.name], golden.outputs[t.name])]
+    if differing:
+        raise MismatchError(f"RTL output(s) {differing} differ from the golden simulator's")
     result = {"cycles": int(rtl.cycles), "golden_cycles": int(golden.cycles),
               "compile_seconds": job["compile_seconds"], "groups": job["groups"], "fused_groups": job["fused_groups"],
               "instructions": sum(s.instructions for s in binary.streams),

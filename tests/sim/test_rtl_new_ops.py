@@ -1,8 +1,9 @@
-"""A network of the new operators on the RTL: ShuffleNetV2 1.0x at 32 px (channel slices, concats of
-58-channel halves realigned by selections, channel shuffles: block-sparse selection convolutions that skip
-their all-zero weight blocks, as grouped convolutions do; ReduceMean), fused on both cores, equals the
-golden simulator and the numpy reference bit for bit (the cheapest of the new zoo models on the RTL; it
-reuses the Verilator build of ``test_rtl_networks``' two-core configuration)."""
+"""Networks of the new operators on the RTL, equal to the golden simulator and the numpy reference bit for
+bit (reusing the Verilator build of ``test_rtl_networks``' two-core configuration): ShuffleNetV2 1.0x at 32 px
+(channel slices, concats of 58-channel halves realigned by selections, channel shuffles: block-sparse selection
+convolutions that skip their all-zero weight blocks, as grouped convolutions do; ReduceMean) fused on both cores;
+EfficientNet-B0 at 32 px (lookup tables in REQUANT and in fusion groups, squeeze-and-excitation channel scales)
+unfused on one core and fused on two; the yolo_tiny detector at 32 px on all three of its outputs."""
 
 import numpy as np
 import pytest
