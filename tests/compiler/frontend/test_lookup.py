@@ -160,3 +160,18 @@ def test_squeeze_and_excitation_equals_onnxruntime_in_both_formats(tmp_path_fact
             assert fmt == "qdq" and activation_type == "int8" and "in float32" in str(error), str(error)
             continue
         assert [node.op for node in graph.nodes].count(Op.SCALE) == 1
+
+
+def test_a_channel_scale_that_would_round_differently_is_refused():
+    """Power-of-two scales put QLinearMul's products on exact halves; with an odd output zero point onnxruntime
+    (zero point added before rounding) and REQUANT (after) would differ there: refused by name, in one line."""
+    from types import SimpleNamespace
+
+    from dlfusion.compiler.frontend.nodes import _check_scale_rounding
+    from dlfusion.compiler.ir import Tensor
+    ctx = SimpleNamespace(where=lambda node: "node 'excite' (Mul)")
+    x, s = Tensor("x", (4, 2, 2), "uint8", 2.0 ** -3, 128), Tensor("s", (4, 1, 1), "uint8", 2.0 ** -5, 0)
+    ratio = np.float32(2.0 ** -3 * 2.0 ** -5 / 2.0 ** -7)
+    _check_scale_rounding(ctx, None, x, s, ratio, 4, False)          # even: rounding commutes with it
+    with pytest.raises(IRError, match=r"node 'excite' \(Mul\): this per-channel Mul rounds 650 of its 65536"):
+        _check_scale_rounding(ctx, None, x, s, ratio, 3, False)
