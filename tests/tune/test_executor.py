@@ -221,13 +221,19 @@ def running_child(tmp_path, request):
         child.wait()
 
 
+#: How long a stop may take before the test calls it a hang: stopping takes 0.05-0.4 s on an idle machine, but
+#: once took over 10 s on this 2-core machine while other test runs loaded it (spawned workers starting up).
+STOP_BOUND_SECONDS = 30
+
+
 def _assert_stops(child, pids, signum, cache_dir):
     os.kill(child.pid, signum)
     start = time.monotonic()
-    exited = _wait(lambda: child.poll() is not None, 10)
-    gone = _wait(lambda: all(_gone(pid) for pid in pids), 10)
+    exited = _wait(lambda: child.poll() is not None, STOP_BOUND_SECONDS)
+    gone = _wait(lambda: all(_gone(pid) for pid in pids), STOP_BOUND_SECONDS)
     gone = None if gone is None else time.monotonic() - start
-    assert exited is not None, f"the parent did not exit within 10 s of {signal.Signals(signum).name}"
+    assert exited is not None, \
+        f"the parent did not exit within {STOP_BOUND_SECONDS} s of {signal.Signals(signum).name}"
     assert gone is not None, f"still running after {signal.Signals(signum).name}: {[p for p in pids if not _gone(p)]}"
     print(f"{signal.Signals(signum).name}: parent exited after {exited:.2f} s (status {child.returncode}), "
           f"its workers and their subprocesses gone {gone:.2f} s after the signal")
