@@ -175,7 +175,9 @@ class WindowedLayer:
                                f"{', '.join(kind.value for kind in LayerKind)}") from None
 
     def check(self) -> None:
-        if not 1 <= self.kernel <= MAX_KERNEL:
+        global_pool = (self.kind is LayerKind.AVGPOOL and self.pad == 0
+                       and self.kernel == self.height == self.width <= FIELD_MAX_COUNT)
+        if not 1 <= self.kernel <= MAX_KERNEL and not global_pool:
             raise CompileError(f"kernel must be between 1 and {MAX_KERNEL}, not {self.kernel}")
         if self.stride not in (1, 2):
             raise CompileError(f"stride must be 1 or 2, not {self.stride}")

@@ -30,6 +30,7 @@ from .common import (
     IN_FREE,
     IN_FULL,
     MATMUL_MODES,
+    MAX_KERNEL,
     OUT_FREE,
     OUT_FULL,
     W_FREE,
@@ -45,6 +46,7 @@ from .common import (
     to_byte,
     weight_blocks_for,
 )
+from .globalpool import is_large_global_pool, lower_global_pool
 from .tiling import chunk_blocks, chunked_block_ranges, emit_input_band, plan_tiling
 
 __all__ = ["lower_windowed"]
@@ -61,6 +63,9 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     work; ``credits`` emits the initial "two free slots" credits (once per stream: see
     :func:`initial_credits`)."""
     layer.check()
+    if is_large_global_pool(layer, MAX_KERNEL):
+        return lower_global_pool(hw, layer, stream, in_line=in_line, out_line=out_line, weight_line=weight_line,
+                                 param_line=param_line, table_line=table_line, blocks=blocks, credits=credits)
     lanes = hw.lanes
     k, s = layer.kernel, layer.stride
     OH, OW = layer.out_height, layer.out_width
