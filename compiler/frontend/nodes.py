@@ -473,26 +473,38 @@ def channel_scale(ctx: Context, node, name: str, output: str, a: Tensor, b: Tens
                         s.shape, np.float32(1.0), np.int8(0))
         parts.append(part.name)
     ratio = np.float32(np.float32(np.float32(x.scale) * np.float32(s.scale)) / f32(y_scale))
-    _check_scale_rounding(ctx, node, x, s, ratio, int(np.asarray(y_zero).reshape(-1)[0]), _signed_zero(y_zero))
+    _check_scale_rounding(ctx, node, _reachable(ctx, x), _reachable(ctx, s), x.zero_point, s.zero_point, ratio,
+                          int(np.asarray(y_zero).reshape(-1)[0]), _signed_zero(y_zero))
     return ctx.emit(Node(name, Op.SCALE, [x.name, *parts], output, dict(multiplier=ratio)), x.shape, y_scale,
                     y_zero)
 
 
-def _check_scale_rounding(ctx: Context, node, x: Tensor, s: Tensor, ratio, y_zero: int, y_signed: bool) -> None:
+def _reachable(ctx: Context, t: Tensor) -> np.ndarray:
+    """The values ``t`` can hold: the outputs of the lookup table producing it (a sigmoid gate, a SiLU), else
+    every value of its type."""
+    producer = ctx.ir.producer(t.name)
+    values = tables.all_inputs(t.signed)
+    if producer is not None and producer.attrs.table is not None:
+        values = np.unique(tables.apply_table(producer.attrs.table, values, t.signed))
+    return values
+
+
+def _check_scale_rounding(ctx: Context, node, x_values, s_values, x_zero: int, s_zero: int, ratio, y_zero: int,
+                          y_signed: bool) -> None:
     """Refuse a channel scale whose REQUANT would round differently from onnxruntime's QLinearMul on some input.
 
     REQUANT rounds ``f = float32(product * ratio)`` half to even and then adds the output zero point;
     QLinearMul adds the zero point in float32 first. The two differ only where ``f`` is exactly half-way
-    between integers and the zero point is odd, which needs scales in a small-denominator ratio; all
-    256 x 256 products of the two inputs are checked."""
-    products = ((tables.all_inputs(x.signed).astype(np.int32) - x.zero_point)[:, None]
-                * (tables.all_inputs(s.signed).astype(np.int32) - s.zero_point)[None, :])
+    between integers and the zero point is odd, which needs scales in a small-denominator ratio; every
+    product of the values the two inputs can hold (:func:`_reachable`) is checked."""
+    products = ((np.asarray(x_values).astype(np.int32) - x_zero)[:, None]
+                * (np.asarray(s_values).astype(np.int32) - s_zero)[None, :])
     f = (products.astype(np.float32) * np.float32(ratio)).astype(np.float32)
     lo, hi = (-128, 127) if y_signed else (0, 255)
     ours = np.clip(np.rint(f).astype(np.int64) + y_zero, lo, hi)
     theirs = np.clip(np.rint((f + np.float32(y_zero)).astype(np.float32)).astype(np.int64), lo, hi)
     differ = int(np.count_nonzero(ours != theirs))
     if differ:
-        raise IRError(f"{ctx.where(node)}: this per-channel Mul rounds {differ} of its 65536 possible products "
-                      "exactly half-way with an odd output zero point, where onnxruntime's QLinearMul (zero point "
-                      "added before rounding) and the accelerator's requantization (after) differ; not supported")
+        raise IRError(f"{ctx.where(node)}: this per-channel Mul rounds {differ} of its {products.size} possible "
+                      "products exactly half-way with an odd output zero point, where onnxruntime's QLinearMul (zero "
+                      "point added before rounding) and the accelerator's requantization (after) differ; not supported")

@@ -166,7 +166,12 @@ def nap(spec):
     return spec
 """
 _RUN = """
-import sys
+import faulthandler, signal, sys
+# Python's own Ctrl-C handler whatever the test process left behind (a SIGINT ignored there would be
+# inherited, and Python keeps an inherited "ignore": the child would never see the signal); SIGUSR1 dumps
+# every thread's stack to stderr, for the message of a stop that hangs.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 from dlfusion.compiler.tune.cache import MeasurementCache, measure
 from dlfusion.compiler.tune.executor import LocalExecutor
 import slow_jobs
@@ -232,8 +237,13 @@ def _assert_stops(child, pids, signum, cache_dir):
     exited = _wait(lambda: child.poll() is not None, STOP_BOUND_SECONDS)
     gone = _wait(lambda: all(_gone(pid) for pid in pids), STOP_BOUND_SECONDS)
     gone = None if gone is None else time.monotonic() - start
-    assert exited is not None, \
-        f"the parent did not exit within {STOP_BOUND_SECONDS} s of {signal.Signals(signum).name}"
+    if exited is None:
+        os.kill(child.pid, signal.SIGUSR1)       # its threads' stacks, for the message
+        time.sleep(1)
+        os.set_blocking(child.stderr.fileno(), False)
+        stacks = (child.stderr.read() or b"").decode(errors="replace")[-3000:]
+        raise AssertionError(f"the parent did not exit within {STOP_BOUND_SECONDS} s of "
+                             f"{signal.Signals(signum).name}; its stacks:\n{stacks}")
     assert gone is not None, f"still running after {signal.Signals(signum).name}: {[p for p in pids if not _gone(p)]}"
     print(f"{signal.Signals(signum).name}: parent exited after {exited:.2f} s (status {child.returncode}), "
           f"its workers and their subprocesses gone {gone:.2f} s after the signal")

@@ -168,10 +168,11 @@ def test_a_channel_scale_that_would_round_differently_is_refused():
     from types import SimpleNamespace
 
     from dlfusion.compiler.frontend.nodes import _check_scale_rounding
-    from dlfusion.compiler.ir import Tensor
     ctx = SimpleNamespace(where=lambda node: "node 'excite' (Mul)")
-    x, s = Tensor("x", (4, 2, 2), "uint8", 2.0 ** -3, 128), Tensor("s", (4, 1, 1), "uint8", 2.0 ** -5, 0)
+    values = np.arange(256)
     ratio = np.float32(2.0 ** -3 * 2.0 ** -5 / 2.0 ** -7)
-    _check_scale_rounding(ctx, None, x, s, ratio, 4, False)          # even: rounding commutes with it
+    _check_scale_rounding(ctx, None, values, values, 128, 0, ratio, 4, False)   # even: rounding commutes with it
     with pytest.raises(IRError, match=r"node 'excite' \(Mul\): this per-channel Mul rounds 650 of its 65536"):
-        _check_scale_rounding(ctx, None, x, s, ratio, 3, False)
+        _check_scale_rounding(ctx, None, values, values, 128, 0, ratio, 3, False)
+    # the gate holds only what its table can output: the products of the other values round alike
+    _check_scale_rounding(ctx, None, values, np.arange(0, 256, 4), 128, 0, ratio, 3, False)
