@@ -226,8 +226,9 @@ def running_child(tmp_path, request):
         child.wait()
 
 
-#: How long a stop may take before the test calls it a hang: stopping takes 0.05-0.4 s on an idle machine, but
-#: once took over 10 s on this 2-core machine while other test runs loaded it (spawned workers starting up).
+#: How long a stop may take before the test calls it a hang (stopping takes 0.05-0.4 s; generous for a loaded
+#: CI machine). The child's "hangs" seen in full suite runs were a SIGINT the test process ignored and the child
+#: inherited: _RUN now installs Python's handler itself.
 STOP_BOUND_SECONDS = 30
 
 

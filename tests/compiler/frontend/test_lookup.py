@@ -157,6 +157,10 @@ def test_squeeze_and_excitation_equals_onnxruntime_in_both_formats(tmp_path_fact
         try:
             graph = assert_run_equals_onnxruntime(path, seed)
         except IRError as error:
+            # a scale whose products can land exactly half-way with an odd zero point is refused by name
+            # (README: REQUANT rounds before adding the zero point, QLinearMul after); seen at seed 65536
+            if "exactly half-way with an odd output zero point" in str(error):
+                continue
             assert fmt == "qdq" and activation_type == "int8" and "in float32" in str(error), str(error)
             continue
         assert [node.op for node in graph.nodes].count(Op.SCALE) == 1
