@@ -33,7 +33,7 @@ __all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE",
            "Split", "ceil_div", "to_byte", "partition", "largest_band", "initial_credits", "layer_of",
            "weight_blocks_for",
            "pack_windowed_weights", "params_for", "split_folded_first", "input_block_lists", "weight_mask",
-           "contiguous"]
+           "contiguous", "load_table", "lookup_fields", "load_whole_constants"]
 
 IN_FULL, IN_FREE, ACC_FULL, ACC_FREE, OUT_FULL, OUT_FREE, W_FULL, W_FREE = (1 << i for i in range(8))
 
@@ -296,6 +296,16 @@ def load_table(hw: HwConfig, stream: StreamBuilder, table_line: int | None, slot
     per_table = hw.lut_lines_per_table
     stream.emit(Opcode.LOAD, buffer=Buffer.LUT, dram_addr=table_line, sram_addr=slot * per_table, n2=1, n1=1,
                 n0=per_table, **sync)
+
+
+def load_whole_constants(stream: StreamBuilder, loads: list[dict]) -> None:
+    """The LOADs ``loads`` into the whole weight and parameter scratchpads: the DMA takes both ``W_FREE``
+    credits (both slots) first, the last load signals ``W_FULL`` once. Whoever reads them last gives the two
+    credits back (a fusion group, a channel scale, a large global pool: their constants are loaded once)."""
+    stream.sync(Unit.DMA, wait=W_FREE)
+    for index, fields in enumerate(loads):
+        stream.emit(Opcode.LOAD, wait=W_FREE if index == 0 else 0, signal=W_FULL if index == len(loads) - 1 else 0,
+                    **fields)
 
 
 def input_block_lists(mask: np.ndarray, lanes: int) -> tuple[tuple[int, ...], ...]:

@@ -64,6 +64,7 @@ from .common import (
     ceil_div,
     contiguous,
     layer_of,
+    load_whole_constants,
     lookup_fields,
     partition,
     split_folded_first,
@@ -415,7 +416,6 @@ class _CoreEmitter:
         hw, stream = self.hw, self.stream
         lanes = hw.lanes
         # -- constants: both weight/parameter slots, loaded once ---------------------------------
-        stream.sync(Unit.DMA, wait=W_FREE)
         loads = []
         for node in self.g.nodes:
             if node.name not in self.layout.param_base:
@@ -440,9 +440,7 @@ class _CoreEmitter:
                 loads.append(dict(buffer=Buffer.WEIGHT, dram_addr=self.constants[node.name]["weight_line"],
                                   sram_addr=self.layout.weight_base[node.name] * lanes, n2=1, n1=blocks, n0=lanes,
                                   dram_s1=lanes, sram_s1=lanes))
-        for index, fields in enumerate(loads):
-            stream.emit(Opcode.LOAD, wait=W_FREE if index == 0 else 0,
-                        signal=W_FULL if index == len(loads) - 1 else 0, **fields)
+        load_whole_constants(stream, loads)
         count = len(self.sched.bands)
         self._load_band(0)
         if count > 1:

@@ -28,6 +28,7 @@ from .common import (
     initial_credits,
     largest_band,
     load_table,
+    load_whole_constants,
     lookup_fields,
     split_folded_first,
     to_byte,
@@ -68,11 +69,11 @@ def lower_global_pool(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder,
     if layer.table:
         load_table(hw, stream, table_line)
     lpe = hw.param_lines_per_entry
-    stream.sync(Unit.DMA, wait=W_FREE)      # both weight/parameter slots: the whole scratchpads
-    stream.emit(Opcode.LOAD, wait=W_FREE, buffer=Buffer.PARAM, dram_addr=param_line + 2 * block0 * lpe, sram_addr=0,
-                n2=1, n1=2 * count, n0=lpe, dram_s1=lpe, sram_s1=lpe)
-    stream.emit(Opcode.LOAD, signal=W_FULL, buffer=Buffer.WEIGHT, dram_addr=weight_line + block0 * lanes,
-                sram_addr=0, n2=1, n1=count * lanes, n0=1, dram_s1=1, sram_s1=1)
+    load_whole_constants(stream, [
+        dict(buffer=Buffer.PARAM, dram_addr=param_line + 2 * block0 * lpe, sram_addr=0, n2=1, n1=2 * count, n0=lpe,
+             dram_s1=lpe, sram_s1=lpe),
+        dict(buffer=Buffer.WEIGHT, dram_addr=weight_line + block0 * lanes, sram_addr=0, n2=1, n1=count * lanes, n0=1,
+             dram_s1=1, sram_s1=1)])
     steps = [(j, b) for j in range(count) for b in range(bands)]
 
     def load(index):

@@ -31,6 +31,7 @@ from .common import (
     ceil_div,
     initial_credits,
     largest_band,
+    load_whole_constants,
     to_byte,
 )
 
@@ -81,13 +82,11 @@ def lower_scale(hw: HwConfig, layer: ScaleLayer, stream: StreamBuilder, *, x_lin
     # The whole weight and parameter scratchpads (both W_FREE credits): the parts of the scale as row 0
     # of blocks P j + p, and per block its bias (0) and multiplier.
     lpe = hw.param_lines_per_entry
-    stream.sync(Unit.DMA, wait=W_FREE)
-    stream.emit(Opcode.LOAD, wait=W_FREE, buffer=Buffer.PARAM, dram_addr=param_line + 2 * block0 * lpe, sram_addr=0,
-                n2=1, n1=2 * blocks, n0=lpe, dram_s1=lpe, sram_s1=lpe)
-    for part, line in enumerate(part_lines):
-        stream.emit(Opcode.LOAD, signal=W_FULL if part == parts - 1 else 0, buffer=Buffer.WEIGHT,
-                    dram_addr=line + block0, sram_addr=part * lanes, n2=1, n1=blocks, n0=1, dram_s1=1,
-                    sram_s1=parts * lanes)
+    load_whole_constants(stream, [
+        dict(buffer=Buffer.PARAM, dram_addr=param_line + 2 * block0 * lpe, sram_addr=0, n2=1, n1=2 * blocks, n0=lpe,
+             dram_s1=lpe, sram_s1=lpe),
+        *(dict(buffer=Buffer.WEIGHT, dram_addr=line + block0, sram_addr=part * lanes, n2=1, n1=blocks, n0=1,
+               dram_s1=1, sram_s1=parts * lanes) for part, line in enumerate(part_lines))])
     tiles = ceil_div(row1 - row0, band)
 
     def load(index):
