@@ -31,18 +31,37 @@ def _function(nodes, function: str, x: str, y: str, name: str) -> None:
         nodes.append(helper.make_node(function, [x], [y], name=name, **attrs))
 
 
+def _weights(rng, inits):
+    """``weight(name, shape, fan_in)``: a seeded N(0, 1 / fan_in) float initializer appended to ``inits``."""
+    def weight(name, shape, fan_in):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name))
+        return name
+    return weight
+
+
+def _stem(weight, channels):
+    """conv3x3 of the 3-channel input to ``channels`` (output ``c0``)."""
+    return helper.make_node("Conv", ["input", weight("w0", (channels, 3, 3, 3), 27), weight("b0", (channels,), 9)],
+                            ["c0"], name="conv0", pads=[1] * 4, kernel_shape=[3, 3])
+
+
+def _save(path, name, nodes, inits, size, out_shape):
+    """The float model of ``nodes`` on a (1, 3, size, size) input, opset 14, at ``path``."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          [1, 3, size, size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def functions_model(path, functions, *, seed: int, size: int) -> None:
     """conv3x3 -> f0 -> conv3x3 -> f1, + the f0 output -> f2 -> maxpool 2x2 -> f3 -> conv1x1 (the output)."""
     rng = np.random.default_rng(seed)
     channels = int(rng.integers(3, 40))
     inits = []
-
-    def weight(name, shape, fan_in):
-        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name))
-        return name
-
-    nodes = [helper.make_node("Conv", ["input", weight("w0", (channels, 3, 3, 3), 27), weight("b0", (channels,), 9)],
-                              ["c0"], name="conv0", pads=[1] * 4, kernel_shape=[3, 3])]
+    weight = _weights(rng, inits)
+    nodes = [_stem(weight, channels)]
     _function(nodes, functions[0], "c0", "f0", "f0")
     nodes.append(helper.make_node("Conv", ["f0", weight("w1", (channels, channels, 3, 3), 9 * channels),
                                            weight("b1", (channels,), 9)], ["c1"], name="conv1", pads=[1] * 4,
@@ -54,13 +73,7 @@ def functions_model(path, functions, *, seed: int, size: int) -> None:
     _function(nodes, functions[3], "pooled", "f3", "f3")
     nodes.append(helper.make_node("Conv", ["f3", weight("w2", (5, channels, 1, 1), channels)], ["output"],
                                   name="head", kernel_shape=[1, 1]))
-    graph = helper.make_graph(nodes, "functions",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT,
-                                                             [1, 5, size // 2, size // 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    _save(path, "functions", nodes, inits, size, [1, 5, size // 2, size // 2])
 
 
 @settings(max_examples=10, deadline=None)
@@ -96,11 +109,7 @@ def test_mul_of_two_tensors_is_a_clear_error(tmp_path):
     nodes = [helper.make_node("Conv", ["input", "w0"], ["a"], name="a", kernel_shape=[1, 1]),
              helper.make_node("Conv", ["input", "w1"], ["b"], name="b", kernel_shape=[1, 1]),
              helper.make_node("Mul", ["a", "b"], ["output"], name="product")]
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "float.onnx"))
+    _save(tmp_path / "float.onnx", "m", nodes, inits, 4, [1, 8, 4, 4])
     for fmt in FORMATS:
         path = quantize_model(tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx", num_calibration=2,
                               quant_format=fmt, preprocess=False)
@@ -116,13 +125,8 @@ def se_model(path, *, seed: int, size: int, gate: str, order: int) -> None:
     channels = int(rng.integers(3, 40))
     squeezed = int(rng.integers(1, 9))
     inits = []
-
-    def weight(name, shape, fan_in):
-        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name))
-        return name
-
-    nodes = [helper.make_node("Conv", ["input", weight("w0", (channels, 3, 3, 3), 27), weight("b0", (channels,), 9)],
-                              ["c0"], name="conv0", pads=[1] * 4, kernel_shape=[3, 3])]
+    weight = _weights(rng, inits)
+    nodes = [_stem(weight, channels)]
     _function(nodes, "SiLU", "c0", "x", "act0")
     nodes += [helper.make_node("GlobalAveragePool", ["x"], ["squeeze"], name="squeeze"),
               helper.make_node("Conv", ["squeeze", weight("w1", (squeezed, channels, 1, 1), channels),
@@ -135,12 +139,7 @@ def se_model(path, *, seed: int, size: int, gate: str, order: int) -> None:
     nodes.append(helper.make_node("Mul", ["x", "gate"] if order == 0 else ["gate", "x"], ["excited"], name="excite"))
     nodes.append(helper.make_node("Conv", ["excited", weight("w3", (5, channels, 1, 1), channels)], ["output"],
                                   name="head", kernel_shape=[1, 1]))
-    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                          [1, 3, size, size])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 5, size, size])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    _save(path, "se", nodes, inits, size, [1, 5, size, size])
 
 
 @settings(max_examples=8, deadline=None)
