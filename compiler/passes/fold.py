@@ -63,12 +63,9 @@ def fold_lookups(graph: Graph) -> None:
         else:
             continue
         # the producer now writes the lookup's output tensor
-        out = graph.tensors.pop(node.output)
-        graph.nodes.remove(node)
+        out = graph.tensors[node.output]
+        _bypass(graph, node, source)
         graph.tensors[source] = type(out)(source, out.shape, out.dtype, out.scale, out.zero_point)
-        graph.rename_output(node.output, source)
-        for reader in graph.consumers(node.output):
-            reader.inputs = [source if name == node.output else name for name in reader.inputs]
 
 
 def remove_unused(graph: Graph) -> None:
