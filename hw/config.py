@@ -24,7 +24,10 @@ class HwConfigError(InputError):
 
 
 #: Parameters added after the first release, at the value that means "this hardware is absent".
-_ABSENT = {"lut_tables": 0}
+_ABSENT = {"lut_tables": 0, "sparse_patterns": ()}
+
+#: The N:M weight patterns a PE array can support (``Sparsity`` labels), densest first.
+SPARSE_PATTERNS = ("2:4", "1:4")
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -73,6 +76,13 @@ class HwConfig:
         REQUANT or ADD output byte indexes one of them (sigmoid, tanh,
         hard-swish, ... as exact table look-ups). 0 elaborates the PPU without
         lookup hardware.
+    sparse_patterns : tuple of str
+        The N:M structured weight sparsity patterns the PE array executes
+        (a subset of ``"2:4"``, ``"1:4"``): a sparse MATMUL reads ``M/N``
+        activation lines per cycle (the activation scratchpad is split into
+        that many banks, by line address) and selects, per PE, the activation
+        that the weight's 2-bit index in the metadata store names. ``()``
+        elaborates the dense array.
     """
 
     cores: int = 4
@@ -89,14 +99,28 @@ class HwConfig:
     fetch_lines: int = 32
     watchdog_cycles: int = 100_000
     lut_tables: int = 4
+    sparse_patterns: tuple[str, ...] = SPARSE_PATTERNS
 
     def __post_init__(self):
         def check(name, ok, accepted):
             if not ok:
                 raise HwConfigError(f"{name} must be {accepted}, not {getattr(self, name)!r}")
 
+        patterns = self.sparse_patterns
+        if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)) \
+                or not all(isinstance(p, str) for p in patterns):
+            raise HwConfigError(f"sparse_patterns must be a list of N:M patterns out of "
+                                f"{', '.join(SPARSE_PATTERNS)}, not {patterns!r}")
+        unknown = [p for p in patterns if p not in SPARSE_PATTERNS]
+        if unknown or len(set(patterns)) != len(patterns):
+            raise HwConfigError(f"sparse_patterns: {', '.join(unknown) or 'a repeated pattern'} is not "
+                                f"supported; accepted: any of {', '.join(SPARSE_PATTERNS)}, each once")
+        # Canonical order (the hash does not depend on how the patterns were listed).
+        object.__setattr__(self, "sparse_patterns", tuple(p for p in SPARSE_PATTERNS if p in patterns))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "sparse_patterns":
+                continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise HwConfigError(f"{field.name} must be an integer, not {value!r}")
         check("cores", 1 <= self.cores <= 16, "between 1 and 16")
@@ -174,6 +198,23 @@ class HwConfig:
         """Depth of the lookup-table store in lines (0 without lookup hardware)."""
         return self.lut_tables * self.lut_lines_per_table
 
+    @property
+    def sparse_window(self) -> int:
+        """Activation lines the PE array reads per cycle at most (``M/N`` of the sparsest pattern; 1
+        dense): the activation scratchpad's banks."""
+        return max((int(p.split(":")[1]) // int(p.split(":")[0]) for p in self.sparse_patterns), default=1)
+
+    @property
+    def meta_lines_per_block(self) -> int:
+        """Metadata lines per weight block: ``L x L`` 2-bit indices, index ``(r, c)`` in bits
+        ``2 * ((r * L + c) % 4)`` of byte ``(r * L + c) // 4`` of the block's entry."""
+        return self.pe_rows * self.pe_cols // 4 // self.line_bytes
+
+    @property
+    def meta_lines(self) -> int:
+        """Depth of the metadata store in lines (one entry per weight block; 0 on a dense array)."""
+        return self.weight_blocks * self.meta_lines_per_block if self.sparse_patterns else 0
+
     # Double buffering: the compiler splits the weight, parameter and accumulator scratchpads
     # into two slots, one filled or drained while the other is in use.
 
@@ -207,14 +248,16 @@ class HwConfig:
         return self.peak_macs_per_cycle / self.dram_bytes_per_cycle
 
     def buffer_lines(self, buffer: str) -> int:
-        """Depth in lines of a DMA-addressable scratchpad (``act``, ``weight``, ``param``, ``lut``)."""
+        """Depth in lines of a DMA-addressable scratchpad (``act``, ``weight``, ``param``, ``lut``, ``meta``)."""
         return {"act": self.act_lines, "weight": self.weight_lines, "param": self.param_lines,
-                "lut": self.lut_lines}[buffer]
+                "lut": self.lut_lines, "meta": self.meta_lines}[buffer]
 
     # -- identity and serialization -----------------------------------------------------
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["sparse_patterns"] = list(self.sparse_patterns)
+        return values
 
     def identity(self) -> dict:
         """:meth:`to_dict` without the parameters added after the first release that are at the
@@ -223,7 +266,13 @@ class HwConfig:
         The hash and a binary's header are made of it, so such a configuration keeps its hash and
         its binaries keep their bytes; :meth:`from_identity` reads it back.
         """
-        return {key: value for key, value in self.to_dict().items() if _ABSENT.get(key, object()) != value}
+        absent = {key: (list(value) if isinstance(value, tuple) else value) for key, value in _ABSENT.items()}
+        return {key: value for key, value in self.to_dict().items() if absent.get(key, object()) != value}
+
+    def baseline(self) -> HwConfig:
+        """This configuration without the hardware added after the first release (every parameter of
+        :data:`_ABSENT` at its absent value): it elaborates, hashes and writes binaries as then."""
+        return dataclasses.replace(self, **_ABSENT)
 
     @property
     def hash(self) -> str:
@@ -268,11 +317,12 @@ class HwConfig:
         return cls.from_dict(values, source=str(path))
 
     def to_toml(self) -> str:
-        return "".join(f"{key} = {value}\n" for key, value in self.to_dict().items())
+        return "".join(f"{key} = {json.dumps(value)}\n" for key, value in self.to_dict().items())
 
     def describe(self) -> str:
         return (f"{self.cores} core(s) x {self.pe_rows}x{self.pe_cols} PEs, "
                 f"act {self.act_lines * self.line_bytes // 1024} KiB, "
                 f"weight {self.weight_blocks * self.weight_block_bytes // 1024} KiB, "
                 f"acc {self.acc_entries * 4 * self.pe_cols // 1024} KiB, "
-                f"DRAM {self.dram_bytes_per_cycle} B/cycle latency {self.dram_latency}")
+                f"DRAM {self.dram_bytes_per_cycle} B/cycle latency {self.dram_latency}"
+                + (f", sparse {'/'.join(self.sparse_patterns)}" if self.sparse_patterns else ""))

@@ -20,7 +20,7 @@ from .errors import InputError
 
 __all__ = [
     "INSTR_BITS", "NUM_SEMAPHORES", "Opcode", "Unit", "Buffer", "MatmulMode", "ErrorCode",
-    "INSTRUCTION", "PAYLOADS", "IsaError", "encode", "decode", "encode_program", "decode_program",
+    "Sparsity", "INSTRUCTION", "PAYLOADS", "IsaError", "encode", "decode", "encode_program", "decode_program",
     "unit_of",
 ]
 
@@ -62,11 +62,44 @@ class MatmulMode(enum.Enum, shape=2):
     MAX = 2        #: acc[c] = max(acc[c], x[c] - zp)   (or = when not accumulating)
 
 
+class Sparsity(enum.Enum, shape=2):
+    """The N:M weight pattern of a MATMUL (``MATMUL`` mode only): in every group of M input channels at
+    most N weights are nonzero; the weight block holds the N values of each group and the metadata store
+    their indices, so one iteration reduces ``M/N`` activation lines."""
+    DENSE = 0
+    S2_4 = 1     #: 2:4, two activation lines per iteration
+    S1_4 = 2     #: 1:4, four activation lines per iteration
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """``(N, M)``, or None for DENSE."""
+        return {Sparsity.S2_4: (2, 4), Sparsity.S1_4: (1, 4)}.get(self)
+
+    @property
+    def label(self) -> str:
+        """``"2:4"``, ``"1:4"`` or ``"dense"`` (HwConfig.sparse_patterns uses these)."""
+        pattern = self.pattern
+        return "dense" if pattern is None else f"{pattern[0]}:{pattern[1]}"
+
+    @property
+    def window(self) -> int:
+        """Activation lines one iteration reads (``M/N``; 1 for DENSE)."""
+        pattern = self.pattern
+        return 1 if pattern is None else pattern[1] // pattern[0]
+
+    @classmethod
+    def from_label(cls, label: str) -> Sparsity:
+        for member in cls:
+            if member.label == label:
+                return member
+        raise ValueError(label)
+
+
 class ErrorCode(enum.Enum, shape=4):
     """Error status reported by the hardware and the golden simulator."""
     NONE = 0
     BAD_OPCODE = 1     #: opcode not in :class:`Opcode`
-    BAD_FIELD = 2      #: reserved value in a field (buffer, mode, unit, barrier mask)
+    BAD_FIELD = 2      #: reserved value in a field (buffer, mode, unit, barrier mask, sparse pattern)
     SRAM_RANGE = 3     #: a scratchpad address beyond the buffer depth
     DRAM_RANGE = 4     #: a DRAM line address beyond the DRAM size
     FETCH_RANGE = 5    #: the instruction stream runs past the end of DRAM
@@ -89,6 +122,7 @@ DMA_PAYLOAD = data.StructLayout({
     "n0": u(12), "n1": u(12), "n2": u(12),
     "pad_top": u(4), "pad_bottom": u(4), "pad_left": u(4), "pad_right": u(4),
     "pad_value": u(8),
+    "meta": u(1),
 })
 
 MATMUL_PAYLOAD = data.StructLayout({
@@ -101,6 +135,7 @@ MATMUL_PAYLOAD = data.StructLayout({
     "act_addr": u(16), "act_s1": u(16), "act_s0": u(16),
     "acc_addr": u(16), "acc_s1": u(16), "acc_s0": u(16),
     "n1": u(12), "n0": u(12),
+    "sparse": Sparsity, "act_sg": u(16),
 })
 
 REQUANT_PAYLOAD = data.StructLayout({

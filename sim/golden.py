@@ -125,10 +125,12 @@ from ..hw.isa import (
     IsaError,
     MatmulMode,
     Opcode,
+    Sparsity,
     Unit,
     decode,
 )
 from ..hw.numerics import qlinear_add, requantize, wrap32
+from ..hw.sparse import expand, meta_indices
 from .image import build_dram_image, read_outputs
 from .result import COUNTER_NAMES, ErrorInfo, RunResult
 
@@ -150,6 +152,8 @@ class CoreState:
     acc : numpy.ndarray of int32, shape (acc_entries, L)
     param : numpy.ndarray of uint32, shape (param_entries, L)
         Raw 32-bit words (view as int32 or float32).
+    meta_lines : numpy.ndarray of uint8, shape (meta_lines, L)
+        The metadata store (the 2-bit indices of sparse weight blocks; empty on a dense array).
     sems : list of int
         The 8 semaphores.
     """
@@ -164,6 +168,7 @@ class CoreState:
         self.param = self.param_lines.reshape(-1).view("<u4").reshape(hw.param_entries, lanes)
         self.acc = np.zeros((hw.acc_entries, lanes), np.int32)
         self.lut_lines = np.zeros((hw.lut_lines, lanes), np.uint8)
+        self.meta_lines = np.zeros((hw.meta_lines, lanes), np.uint8)
         self.sems = [0] * NUM_SEMAPHORES
         # dispatcher and units
         self.state = "run"          # run | barrier | ending | done
@@ -181,8 +186,10 @@ class CoreState:
         self.decoded: dict[int, object] = {}
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
 
-    def buffer_lines(self, buffer: Buffer) -> np.ndarray:
-        """The DMA's line view of a scratchpad."""
+    def buffer_lines(self, buffer: Buffer, meta: bool = False) -> np.ndarray:
+        """The DMA's line view of a scratchpad (``meta``: the weight buffer's metadata store)."""
+        if meta:
+            return self.meta_lines
         views = {Buffer.ACT: self.act, Buffer.WEIGHT: self.weight_lines, Buffer.PARAM: self.param_lines,
                  Buffer.LUT: self.lut_lines}
         return views[buffer]
@@ -331,9 +338,16 @@ class GoldenSimulator:
                 result = ErrorCode.BAD_FIELD if valid else ErrorCode.BAD_OPCODE
             else:
                 op = result["opcode"]
-                if op is Opcode.STORE and result["buffer"] is not Buffer.ACT:
+                if op is Opcode.STORE and (result["buffer"] is not Buffer.ACT or result["meta"]):
                     result = ErrorCode.BAD_FIELD
                 elif op is Opcode.LOAD and result["buffer"] is Buffer.LUT and hw.lut_tables == 0:
+                    result = ErrorCode.BAD_FIELD
+                elif op is Opcode.LOAD and result["meta"] and (result["buffer"] is not Buffer.WEIGHT
+                                                               or not hw.sparse_patterns):
+                    result = ErrorCode.BAD_FIELD
+                elif op is Opcode.MATMUL and result["sparse"] is not Sparsity.DENSE and (
+                        result["sparse"].label not in hw.sparse_patterns or result["mode"] is not MatmulMode.MATMUL
+                        or result["act_sg"] % 2 == 0):
                     result = ErrorCode.BAD_FIELD
                 elif op is Opcode.BARRIER and (result["core_mask"] >> hw.cores
                                                or not result["core_mask"] >> core.index & 1):
@@ -563,7 +577,7 @@ class GoldenSimulator:
         dram = (f["dram_addr"] + i2 * f["dram_s2"] + (i1 - f["pad_top"]) * f["dram_s1"]
                 + (i0 - f["pad_left"])).reshape(-1)
         buffer = f["buffer"]
-        lines = core.buffer_lines(buffer)
+        lines = core.buffer_lines(buffer, bool(f["meta"]))
         sram_bad = sram >= len(lines)
         dram_bad = ~pad & (dram >= hw.dram_lines)
         bad = sram_bad | dram_bad
@@ -604,17 +618,23 @@ class GoldenSimulator:
         if count == 0:
             return 1
         mode = f["mode"]
+        sparse = f["sparse"]
+        window = sparse.window
         act_i = _grid2(n1, n0, f["act_addr"], f["act_s1"], f["act_s0"])
+        # The activation lines of each iteration: one, or the M/N lines of a sparse window.
+        lines_i = act_i[:, None] + np.arange(window, dtype=np.int64)[None, :] * f["act_sg"]
         w_i = _grid2(n1, n0, f["w_addr"], f["w_s1"], f["w_s0"])
         acc_i = _grid2(n1, n0, f["acc_addr"], f["acc_s1"], f["acc_s0"])
-        if ((act_i >= hw.act_lines).any() or (w_i >= hw.weight_blocks).any()
+        if ((lines_i >= hw.act_lines).any() or (w_i >= hw.weight_blocks).any()
                 or (acc_i >= hw.acc_entries).any() or (mode is MatmulMode.DEPTHWISE and f["w_row"] >= lanes)):
             raise _Stop(ErrorCode.SRAM_RANGE, 0, 0, 0)
         signed = bool(f["in_signed"])
-        x = core.act[act_i]
+        x = core.act[lines_i].reshape(count, window * lanes)
         x = (x.view(np.int8) if signed else x).astype(np.int32) - _byte(f["in_zp"], signed)
-        if mode is MatmulMode.MATMUL:
-            v = self._matmul_values(core, x, w_i, count)
+        if sparse is not Sparsity.DENSE:
+            v = self._matmul_values(x, w_i, count, lambda block: self.expanded_weight(core, block, sparse))
+        elif mode is MatmulMode.MATMUL:
+            v = self._matmul_values(x, w_i, count, lambda block: core.weight[block])
         elif mode is MatmulMode.DEPTHWISE:
             v = x * core.weight[w_i, f["w_row"], :].astype(np.int32)
         else:
@@ -637,22 +657,29 @@ class GoldenSimulator:
                 acc[targets] = wrap32(acc[targets].astype(np.int64) + reduced)
         return count + 2
 
+    def expanded_weight(self, core: CoreState, block: int, sparse: Sparsity) -> np.ndarray:
+        """The ``(M/N * L, L)`` dense weight a sparse block stands for: value ``W[r][c]`` sits at window
+        channel ``(r // N) * M + index[r][c]``, the index from the block's metadata entry."""
+        per_block = self.hw.meta_lines_per_block
+        entry = core.meta_lines[block * per_block:(block + 1) * per_block]
+        return expand(core.weight[block], meta_indices(entry, self.hw.lanes), sparse)
+
     @staticmethod
-    def _matmul_values(core: CoreState, x: np.ndarray, w_i: np.ndarray, count: int) -> np.ndarray:
-        """v[n, c] = sum_r x[n, r] * W[w_i[n], r, c] (exact: |v| < 2**21)."""
+    def _matmul_values(x: np.ndarray, w_i: np.ndarray, count: int, weight_of) -> np.ndarray:
+        """v[n, c] = sum_r x[n, r] * weight_of(w_i[n])[r, c] (exact: |v| < 2**23)."""
         blocks, inverse = np.unique(w_i, return_inverse=True)
-        lanes = x.shape[1]
-        v = np.empty((count, lanes), np.int64)
+        v = np.empty((count, weight_of(blocks[0]).shape[1]), np.int64)
         if len(blocks) * 8 <= count:
             # Few distinct blocks (typical): one float64 matmul per block, exact for |v| < 2**53.
             xf = x.astype(np.float64)
             for j, block in enumerate(blocks):
                 sel = inverse == j
-                v[sel] = (xf[sel] @ core.weight[block].astype(np.float64)).astype(np.int64)
+                v[sel] = (xf[sel] @ weight_of(block).astype(np.float64)).astype(np.int64)
             return v
+        weights = np.stack([weight_of(block).astype(np.int32) for block in blocks])
         for start in range(0, count, _EINSUM_CHUNK):
             stop = min(count, start + _EINSUM_CHUNK)
-            w = core.weight[w_i[start:stop]].astype(np.int32)
+            w = weights[inverse[start:stop]]
             v[start:stop] = np.einsum("nr,nrc->nc", x[start:stop], w)
         return v
 

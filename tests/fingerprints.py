@@ -71,7 +71,7 @@ def fingerprint(graph, hw: HwConfig) -> dict:
 
 
 def fingerprints(models=None, sizes=SIZES, hw: HwConfig | None = None) -> dict:
-    hw = hw or HwConfig(lut_tables=0)   # recorded before lookup tables: the headers read as then
+    hw = hw or HwConfig().baseline()   # recorded before lookup tables and sparsity: the headers read as then
     result = {}
     for model in models or list(MODELS):
         for size in sizes:

@@ -29,8 +29,8 @@ RECORD = Path(__file__).with_name("random_fingerprints.json")
 # before tables existed: the random graphs have none, so nothing else in their binaries depends on them.
 CONFIGS = {
     "quad": HwConfig(cores=4, pe_rows=4, pe_cols=4, act_lines=2048, weight_blocks=1024, acc_entries=256,
-                     param_entries=64, dram_bytes=1 << 22, dram_bytes_per_cycle=4, dram_latency=12, lut_tables=0),
-    "default": HwConfig(lut_tables=0),
+                     param_entries=64, dram_bytes=1 << 22, dram_bytes_per_cycle=4, dram_latency=12).baseline(),
+    "default": HwConfig().baseline(),
 }
 SEEDS = range(24)
 

@@ -19,7 +19,9 @@ measures the same programs (none looks anything up) on the configurations with `
 which must not change them either; only what names the configuration differs by design there
 (each binary's header, hence its SHA-256, which is then not compared) and the one case whose
 meaning depends on it (``malformed_bad_buffer``: buffer 3 is the table store when there are
-tables, so its LOAD is no longer malformed; reported as expected).
+tables, so its LOAD is no longer malformed; reported as expected). ``--sparse 2:4,1:4`` does the
+same with the sparse PE array (none of the programs is sparse): the dense programs must keep their
+cycles, counters and outputs on it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
     "small2": HwConfig(cores=2, pe_rows=4, pe_cols=4, act_lines=2048, weight_blocks=1024, acc_entries=256,
                        param_entries=64, dram_bytes=1 << 20, dram_bytes_per_cycle=4, dram_latency=8,
-                       watchdog_cycles=3000, lut_tables=0),
-    "default": HwConfig(lut_tables=0),
+                       watchdog_cycles=3000).baseline(),
+    "default": HwConfig().baseline(),
 }
 #: The cases whose meaning depends on the lookup tables (see the module docstring).
 DEPENDS_ON_TABLES = {"malformed_bad_buffer"}
@@ -165,16 +167,18 @@ def _load(cases_dir: Path, name: str):
     return binary, inputs
 
 
-def config_named(config: str, lut_tables: int) -> HwConfig:
-    return dataclasses.replace(CONFIGS[config], lut_tables=lut_tables)
+def config_named(config: str, lut_tables: int, sparse: tuple[str, ...] = ()) -> HwConfig:
+    return dataclasses.replace(CONFIGS[config], lut_tables=lut_tables, sparse_patterns=sparse)
 
 
-def prepare(config: str, cases_dir: Path, *, reuse: bool, lut_tables: int = 0) -> tuple[dict, str]:
+def prepare(config: str, cases_dir: Path, *, reuse: bool, lut_tables: int = 0,
+            sparse: tuple[str, ...] = ()) -> tuple[dict, str]:
     """The cases of ``config`` (made, or read back with ``reuse``) and the Verilog of the current ``hw/``."""
     from dlfusion.hw.top import generate_verilog
 
-    hw = config_named(config, lut_tables)
-    cases_dir = cases_dir / (f"{config}-lut{lut_tables}" if lut_tables else config)
+    hw = config_named(config, lut_tables, sparse)
+    suffix = (f"-lut{lut_tables}" if lut_tables else "") + "".join(f"-s{p.replace(':', 'of')}" for p in sparse)
+    cases_dir = cases_dir / f"{config}{suffix}"
     index_path = cases_dir / "index.json"
     if reuse and index_path.exists():
         names = json.loads(index_path.read_text())
@@ -190,10 +194,11 @@ def prepare(config: str, cases_dir: Path, *, reuse: bool, lut_tables: int = 0) -
     return cases, verilog
 
 
-def measure(config: str, cases: dict, verilog: str, build_dir: Path, *, log, lut_tables: int = 0) -> dict:
+def measure(config: str, cases: dict, verilog: str, build_dir: Path, *, log, lut_tables: int = 0,
+            sparse: tuple[str, ...] = ()) -> dict:
     from dlfusion.sim.rtl import RtlSimulator
 
-    hw = config_named(config, lut_tables)
+    hw = config_named(config, lut_tables, sparse)
     # A build root of its own, with the Verilog generated before any simulation: edits of hw/
     # made while the models build cannot leak into the measurement, and the shared
     # build/rtl models of the other users are not replaced.
@@ -230,9 +235,12 @@ def main(argv=None) -> int:
                         help="where the binaries and inputs are kept")
     parser.add_argument("--lut-tables", type=int, default=0,
                         help="with --check: lookup tables of the configurations (the record's: 0)")
+    parser.add_argument("--sparse", default="",
+                        help="with --check: sparse patterns of the configurations, e.g. 2:4,1:4 (the record's: none)")
     args = parser.parse_args(argv)
-    if args.lut_tables and args.write:
-        parser.error("--lut-tables is for --check: the record is of configurations without tables")
+    if (args.lut_tables or args.sparse) and args.write:
+        parser.error("--lut-tables and --sparse are for --check: the record is of configurations without them")
+    sparse = tuple(p for p in args.sparse.split(",") if p)
     configs = args.configs.split(",")
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
@@ -244,7 +252,8 @@ def main(argv=None) -> int:
     cases_dir = Path(args.cases)
     build_dir = cases_dir / ("rtl-write" if args.write else "rtl-check")
     tables = args.lut_tables
-    prepared = {config: prepare(config, cases_dir, reuse=bool(args.check), lut_tables=tables) for config in configs}
+    prepared = {config: prepare(config, cases_dir, reuse=bool(args.check), lut_tables=tables, sparse=sparse)
+                for config in configs}
     log("cases and Verilog ready: " + ", ".join(f"{config} ({len(cases)} binaries)"
                                                 for config, (cases, _) in prepared.items()))
     if args.write:
@@ -260,12 +269,12 @@ def main(argv=None) -> int:
     total = 0
 
     def compared(case):
-        # With tables the header of every binary names them: its SHA-256 differs by design.
-        return {key: value for key, value in case.items() if not (tables and key == "binary_sha256")} \
+        # With tables or sparsity the header of every binary names them: its SHA-256 differs by design.
+        return {key: value for key, value in case.items() if not ((tables or sparse) and key == "binary_sha256")} \
             if case is not None else None
 
     for config in configs:
-        now = measure(config, *prepared[config], build_dir, log=log, lut_tables=tables)
+        now = measure(config, *prepared[config], build_dir, log=log, lut_tables=tables, sparse=sparse)
         before = recorded[config]["cases"]
         for name in sorted(set(before) | set(now["cases"])):
             total += 1

@@ -26,6 +26,7 @@ from dlfusion.hw.isa import (
     ErrorCode,
     MatmulMode,
     Opcode,
+    Sparsity,
     Unit,
     encode,
     encode_program,
@@ -179,11 +180,26 @@ class RefCore:
         self.weight = np.zeros((HW.weight_lines, L), np.uint8)    # DMA line view
         self.param = np.zeros((HW.param_lines, L), np.uint8)
         self.lut = np.zeros((HW.lut_lines, L), np.uint8)
+        self.meta = np.zeros((HW.meta_lines, L), np.uint8)
         self.acc = [[0] * L for _ in range(HW.acc_entries)]
 
-    def lines(self, buffer):
+    def lines(self, buffer, meta=0):
+        if meta:
+            return self.meta
         return {Buffer.ACT: self.act, Buffer.WEIGHT: self.weight, Buffer.PARAM: self.param,
                 Buffer.LUT: self.lut}[buffer]
+
+    def index(self, block, r, c):
+        """The 2-bit metadata index of weight ``(r, c)`` of ``block`` (docs/isa.md, machine model)."""
+        k = r * L + c
+        entry = self.meta[block * HW.meta_lines_per_block:(block + 1) * HW.meta_lines_per_block].reshape(-1)
+        return int(entry[k // 4]) >> (2 * (k % 4)) & 3
+
+    @staticmethod
+    def matmul_bad_field(f):
+        sparse = f.get("sparse", Sparsity.DENSE)
+        return sparse is not Sparsity.DENSE and (sparse.label not in HW.sparse_patterns
+                                                 or f["mode"] is not MatmulMode.MATMUL or f["act_sg"] % 2 == 0)
 
     def look_up(self, f, byte):
         """The output byte through table ``lut_table`` when ``lut`` is set (docs/isa.md)."""
@@ -202,7 +218,7 @@ class RefCore:
                               .tobytes(), "little")
 
     def dma(self, f, store):
-        buf = self.act if store else self.lines(f["buffer"])
+        buf = self.act if store else self.lines(f["buffer"], f.get("meta", 0))
         its = []
         for i2 in range(f["n2"]):
             for i1 in range(f["n1"]):
@@ -234,16 +250,23 @@ class RefCore:
 
     def matmul(self, f):
         its = list(self.iterations(f, "act", "w", "acc"))
+        sparse = f.get("sparse", Sparsity.DENSE)
+        window = sparse.window
         for a, w, c in its:
-            if a >= HW.act_lines or w >= HW.weight_blocks or c >= HW.acc_entries:
+            if (any(a + j * f.get("act_sg", 0) >= HW.act_lines for j in range(window))
+                    or w >= HW.weight_blocks or c >= HW.acc_entries):
                 return ErrorCode.SRAM_RANGE
             if f["mode"] is MatmulMode.DEPTHWISE and f["w_row"] >= L:
                 return ErrorCode.SRAM_RANGE
         signed = f["in_signed"]
         zp = signed_byte(f["in_zp"], signed)
         for a, w, c in its:
-            x = [signed_byte(int(v), signed) - zp for v in self.act[a]]
-            if f["mode"] is MatmulMode.MATMUL:
+            x = [signed_byte(int(v), signed) - zp for j in range(window) for v in self.act[a + j * f.get("act_sg", 0)]]
+            if sparse is not Sparsity.DENSE:
+                n, m = sparse.pattern
+                v = [sum(self.w(w, r, col) * x[(r // n) * m + self.index(w, r, col)] for r in range(L))
+                     for col in range(L)]
+            elif f["mode"] is MatmulMode.MATMUL:
                 v = [sum(x[r] * self.w(w, r, col) for r in range(L)) for col in range(L)]
             elif f["mode"] is MatmulMode.DEPTHWISE:
                 v = [x[col] * self.w(w, f["w_row"], col) for col in range(L)]
@@ -325,6 +348,7 @@ def matmul_fields():
         "acc_addr": st.integers(0, 63), "acc_s1": st.one_of(st.just(0), st.integers(0, 6)),
         "acc_s0": st.one_of(st.just(0), st.integers(0, 2)),
         "n1": st.integers(1, 4), "n0": st.integers(0, 5),
+        "sparse": st.sampled_from(list(Sparsity)), "act_sg": st.one_of(st.integers(0, 9), st.integers(20, 70)),
     })
 
 
@@ -408,6 +432,7 @@ def _setup_words(act=True, weight=True, param=False):
         words.append(load(Buffer.ACT, 0, DATA, HW.act_lines))
     if weight:
         words.append(load(Buffer.WEIGHT, 0, DATA + 300, HW.weight_lines))
+        words.append(load(Buffer.WEIGHT, 0, DATA + 400, HW.meta_lines, meta=1))
     if param:
         words.append(load(Buffer.PARAM, 0, DATA + 600, HW.param_lines))
         words.append(load(Buffer.LUT, 0, DATA + 700, HW.lut_lines))
@@ -419,6 +444,7 @@ def _setup_ref(dram_data, param=False):
     ref = RefCore(initial_dram(dram_data))
     ref.act[:] = ref.dram[DATA:DATA + HW.act_lines]
     ref.weight[:] = ref.dram[DATA + 300:DATA + 300 + HW.weight_lines]
+    ref.meta[:] = ref.dram[DATA + 400:DATA + 400 + HW.meta_lines]
     if param:
         ref.param[:] = ref.dram[DATA + 600:DATA + 600 + HW.param_lines]
         ref.lut[:] = ref.dram[DATA + 700:DATA + 700 + HW.lut_lines]
@@ -433,7 +459,14 @@ def test_matmul_matches_reference(first, second, seed):
                               encode(Opcode.END)]
     sim, result = simulate(words, dram_data)
     ref = _setup_ref(dram_data)
-    for pc, f in ((3, first), (4, second)):
+    pcs = (len(words) - 3, len(words) - 2)
+    # The dispatcher reaches both MATMULs before the first starts (it waits for the loads).
+    for pc, f in zip(pcs, (first, second), strict=True):
+        if ref.matmul_bad_field(f):
+            event(f"matmul pc {pc}: BAD_FIELD")
+            assert result.error == ErrorInfo(ErrorCode.BAD_FIELD, 0, pc)
+            return
+    for pc, f in zip(pcs, (first, second), strict=True):
         error = ref.matmul(f)
         event(f"matmul pc {pc}: {error}")
         if error is not None:
@@ -494,7 +527,7 @@ def test_requant_matches_reference(setup, fill, seed):
     # fill all 64 accumulators with a valid random MATMUL / DEPTHWISE / MAX
     fill = dict(fill, accumulate=0, w_row=fill["w_row"] % L, w_addr=fill["w_addr"] % HW.weight_blocks, w_s1=0,
                 w_s0=0, act_addr=fill["act_addr"] % 190, act_s1=4, act_s0=1, acc_addr=0, acc_s1=4, acc_s0=1,
-                n1=16, n0=4)
+                n1=16, n0=4, sparse=Sparsity.DENSE)
     dram_data = random_dram(seed)
     dram_data.append(_param_data(params)[0])
     words = _setup_words(param=True) + [
@@ -504,12 +537,12 @@ def test_requant_matches_reference(setup, fill, seed):
     ref = _setup_ref(dram_data, param=True)
     error = ref.matmul(fill)
     if error is not None:
-        assert result.error == ErrorInfo(error, 0, 5)
+        assert result.error == ErrorInfo(error, 0, len(words) - 3)
         return
     error = ref.requant(f)
     event(f"requant: {error}")
     if error is not None:
-        assert result.error == ErrorInfo(error, 0, 6)
+        assert result.error == ErrorInfo(error, 0, len(words) - 2)
         return
     assert result.error is None
     np.testing.assert_array_equal(sim.cores[0].act, ref.act)
@@ -823,8 +856,8 @@ def test_lookup_tables_absent_without_lut_hardware():
     words = [encode(Opcode.REQUANT, n1=1, n0=1, lut=1, lut_table=0), encode(Opcode.END)]
     assert _error(words, hw=bare) == ErrorInfo(ErrorCode.SRAM_RANGE, 0, 0)
     assert _error(words) is None
-    assert HwConfig(lut_tables=0).hash == "43163702cce8366b"      # the default HwConfig before tables
-    assert HwConfig().hash != HwConfig(lut_tables=0).hash
+    assert HwConfig().baseline().hash == "43163702cce8366b"      # the default HwConfig before tables
+    assert HwConfig().hash != HwConfig(lut_tables=0).hash != HwConfig().baseline().hash
 
 
 def test_lookup_adds_two_cycles_to_its_instruction_only():
