@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_golden import DATA, HW, load, make_binary, simulate  # the tiny configuration, its helpers
 
 from dlfusion.hw.config import HwConfig
 from dlfusion.hw.isa import Buffer, ErrorCode, MatmulMode, Opcode, Sparsity, Unit, encode
 from dlfusion.hw.sparse import compress, meta_entry, satisfies
 from dlfusion.sim.result import ErrorInfo
-
-from test_golden import DATA, HW, load, make_binary, simulate  # the tiny configuration, its helpers
 
 HW16 = HwConfig(cores=1, act_lines=256, weight_blocks=16, acc_entries=64, param_entries=16, dram_bytes=1 << 20)
 SPARSE = [s for s in Sparsity if s is not Sparsity.DENSE]
