@@ -21,7 +21,7 @@ from ..hw.isa import Opcode
 from ..hw.numerics import qlinear_add_params
 from .errors import CompileError
 from .ir import WINDOWED, Graph, Op, computed
-from .lower.common import ceil_div, initial_credits, layer_of, pack_windowed_weights, params_for
+from .lower.common import ceil_div, initial_credits, layer_of, pack_windowed, params_for
 from .lower.group import lower_group
 from .plan import Plan, group_label
 
@@ -29,8 +29,9 @@ __all__ = ["place_constants", "ActivationLayout", "emit_program"]
 
 
 def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str, dict], int]:
-    """DRAM segments of every node's weights, parameters and lookup table from line 0; per node its
-    ``weight_line``, ``param_line`` and ``table_line``; the first line after them."""
+    """DRAM segments of every node's weights (and a sparse layer's metadata), parameters and lookup table
+    from line 0; per node its ``weight_line``, ``meta_line``, ``param_line`` and ``table_line``; the first
+    line after them."""
     lanes = hw.lanes
     segments: list[Segment] = []
     cursor = 0
@@ -40,7 +41,7 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
         if node.op in WINDOWED:
             layer = layer_of(graph, node)
             out_channels = graph.tensors[node.output].shape[0]
-            blocks = pack_windowed_weights(layer, node.attrs.weight, lanes)
+            blocks, meta = pack_windowed(layer, node.attrs.weight, lanes)
             if node.op is Op.MAXPOOL:
                 bias, multiplier = np.zeros(out_channels, np.int32), np.ones(out_channels, np.float32)
             elif node.op is Op.AVGPOOL:
@@ -55,6 +56,10 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
                 cursor += len(blocks) * lanes
             else:
                 entry["weight_line"] = 0
+            if meta is not None:
+                entry["meta_line"] = cursor
+                segments.append(Segment(f"meta:{node.name}", cursor, meta.tobytes()))
+                cursor += len(meta) * hw.meta_lines_per_block
             entry["param_line"] = cursor
             segments.append(Segment(f"params:{node.name}", cursor, pack_params(params)))
             cursor += params.shape[0] * hw.param_lines_per_entry

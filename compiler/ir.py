@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.errors import InputError
+from ..hw.isa import Sparsity
 
 __all__ = ["Op", "Tensor", "NodeAttrs", "Node", "Graph", "IRError", "check", "out_size", "WINDOWED", "TRANSIENT",
            "TABLE_OPS", "computed"]
@@ -114,6 +115,9 @@ class NodeAttrs:
     table_input : Tensor or None
         With ``table`` on a CONV/DEPTHWISE/FC/AVGPOOL/ADD: the quantization the op computes (the
         table's index), before the table maps it to the node's output tensor.
+    sparsity : Sparsity
+        CONV/FC: the N:M pattern its weights run with on the sparse PE array (set by the
+        ``choose_sparsity`` pass from the int8 weights and the HwConfig; DENSE otherwise).
     selection : bool
         CONV: a 1x1 convolution with a 0/1 weight (at most one 1 per output channel; none: a
         padding channel, the zero point) and bias 0 that moves channels (Slice, Split, a channel
@@ -142,6 +146,7 @@ class NodeAttrs:
     factors: tuple[int, int] = (1, 1)
     table: np.ndarray | None = None
     table_input: Tensor | None = None
+    sparsity: Sparsity = Sparsity.DENSE
 
 
 #: Ops whose output may go through a lookup table (the PPU writes their output bytes).

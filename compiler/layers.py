@@ -14,14 +14,16 @@ import numpy as np
 from ..hw.asm import DramAllocator, StreamBuilder, assemble, pack_params, pack_weight_blocks
 from ..hw.binary import Binary, Segment, Tensor
 from ..hw.config import HwConfig
-from ..hw.isa import Opcode
+from ..hw.isa import Opcode, Sparsity
 from . import reference
 from .errors import CompileError
-from .lower.common import AddLayer, WindowedLayer, pack_windowed_weights, params_for
+from .lower.common import AddLayer, WindowedLayer, detect_sparsity, pack_windowed, params_for
 from .lower.elementwise import lower_add
 from .lower.group import core_parts
 from .lower.windowed import lower_windowed
+from .passes.sparsity import SparseExec
 from .plan import SPLITS, Split
+from .prune import parse_pattern, prune_weight
 
 __all__ = ["LayerCase", "split_streams", "build_windowed", "build_conv", "build_fc",
            "build_dwconv", "build_pool", "build_add",
@@ -82,9 +84,20 @@ def _multiplier(rng, channels, fan_in):
 
 def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width: int, out_channels: int | None = None,
                    kernel: int = 3, stride: int = 1, pad: int | None = None, seed: int = 0, in_signed: bool = True,
-                   out_signed: bool = True, relu: bool = False, cores: int = 1, split: str = "rows") -> LayerCase:
+                   out_signed: bool = True, relu: bool = False, cores: int = 1, split: str = "rows",
+                   prune: str | None = None, sparse_exec: str = "auto") -> LayerCase:
     """A random conv / depthwise / maxpool / avgpool layer on a ``channels x height x width`` input,
-    split over ``cores`` cores by output ``rows`` or output ``channels``."""
+    split over ``cores`` cores by output ``rows`` or output ``channels``.
+
+    ``prune`` (``"2:4"``, ``"1:4"``) prunes a convolution's seeded weights by magnitude along input
+    channels (a depthwise layer has one input channel per filter: it stays dense); ``sparse_exec``
+    (auto, on, off) says whether a convolution whose weights follow a pattern of ``hw`` runs sparse."""
+    pruning = parse_pattern(prune) if prune is not None else None
+    try:
+        mode = SparseExec(sparse_exec)
+    except ValueError:
+        raise CompileError(f"sparse_exec must be one of {', '.join(m.value for m in SparseExec)}, "
+                           f"not {sparse_exec!r}") from None
     rng = np.random.default_rng(seed)
     out_channels = channels if out_channels is None else out_channels
     pad = kernel // 2 if pad is None else pad
@@ -105,6 +118,10 @@ def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width
     weight = bias = None
     if kind == "conv":
         weight = rng.integers(-127, 128, size=(out_channels, channels, kernel, kernel)).astype(np.int8)
+        if pruning is not None:
+            weight = prune_weight(weight, pruning)
+        if mode is not SparseExec.OFF:
+            layer.sparsity = detect_sparsity(weight, channels, hw.lanes, hw.sparse_patterns)
         bias = rng.integers(-3000, 3000, size=out_channels).astype(np.int32)
         multiplier = _multiplier(rng, out_channels, channels * kernel * kernel)
         expected = reference.conv2d(x, in_zp, weight, bias, stride, pad, multiplier, out_zp, out_dtype, (lo, hi))
@@ -125,10 +142,15 @@ def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width
         expected = reference.max_pool(x, kernel, stride, pad)
     else:
         raise CompileError(f"unknown layer kind {kind!r}; accepted: conv, depthwise, maxpool, avgpool")
+    if mode is SparseExec.ON and layer.sparsity is Sparsity.DENSE:
+        why = ("a depthwise or pooling layer always runs dense" if kind != "conv" else
+               f"its weights follow none of the HwConfig's patterns ({', '.join(hw.sparse_patterns) or 'none'}) "
+               f"along its {channels} input channels in whole windows of input blocks")
+        raise CompileError(f"--sparse-exec on: the {kind} layer cannot run sparse: {why}")
 
     lanes = hw.lanes
     dram = DramAllocator(hw)
-    blocks = pack_windowed_weights(layer, weight, lanes)
+    blocks, meta = pack_windowed(layer, weight, lanes)
     params = params_for(bias, multiplier, out_channels, lanes)
     in_tensor = Tensor("x", 0, (channels, height, width), np.dtype(in_dtype).name)
     out_tensor = Tensor("y", 0, (out_channels, layer.out_height, layer.out_width), np.dtype(out_dtype).name)
@@ -138,15 +160,25 @@ def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width
     param_line = dram.allocate(params.shape[0] * hw.param_lines_per_entry, "parameters")
     segments = [Segment("weights", weight_line, pack_weight_blocks(blocks)),
                 Segment("params", param_line, pack_params(params))]
+    meta_line = None
+    if meta is not None:
+        meta_line = dram.allocate(len(meta) * hw.meta_lines_per_block, "metadata")
+        segments.append(Segment("metadata", meta_line, meta.tobytes()))
+
     def emit(stream, rows, blocks):
         return lower_windowed(hw, layer, stream, in_line=in_tensor.dram_line, out_line=out_tensor.dram_line,
-                              weight_line=weight_line, param_line=param_line, rows=rows, blocks=blocks)
+                              weight_line=weight_line, param_line=param_line, meta_line=meta_line, rows=rows,
+                              blocks=blocks)
 
     streams, tiling = split_streams(hw, cores, split, layer.out_height, -(-out_channels // lanes), emit)
     description = {"layer": kind, "channels": channels, "height": height, "width": width,
                    "out_channels": out_channels, "kernel": kernel, "stride": stride, "pad": pad,
                    "out_height": layer.out_height, "out_width": layer.out_width, "seed": seed,
-                   "cores": len(streams), "cores_requested": cores, "split": split, **tiling}
+                   "cores": len(streams), "cores_requested": cores, "split": split, **tiling,
+                   "sparsity": layer.sparsity.label, "pruned": pruning.label if pruning is not None else None,
+                   "weight_bytes": len(blocks) * lanes * lanes + (0 if meta is None else meta.size)}
+    if weight is not None:
+        description["weight_density"] = round(float(np.count_nonzero(weight)) / weight.size, 4)
     binary = assemble(hw, streams, segments, dram, [in_tensor], [out_tensor],
                       {"layer": description, "macs": layer.macs})
     return LayerCase(binary, {"x": x}, {"y": expected}, layer.macs, description)

@@ -17,9 +17,10 @@ from .common import (
     W_FULL,
     WindowedLayer,
     ceil_div,
-    contiguous,
+    load_weight_blocks,
     lookup_fields,
     split_folded_first,
+    step_instructions,
     to_byte,
     weight_blocks_for,
 )
@@ -30,7 +31,7 @@ __all__ = ["lower_chunked"]
 
 def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, tiling: Tiling, *, in_line: int,
                    out_line: int, weight_line: int, param_line: int, rows: tuple[int, int],
-                   blocks: tuple[int, int]) -> dict:
+                   blocks: tuple[int, int], meta_line: int | None = None) -> dict:
     """A convolution whose weights for one output block exceed half the weight scratchpad.
 
     Tiles are (output block, row band) pairs; each loads its input band (all input
@@ -42,11 +43,11 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
     PPU returns those two credits after the last requantization, so parts follow each other
     in one stream (:func:`chunked_block_ranges`)."""
     lanes = hw.lanes
-    k, s = layer.kernel, layer.stride
+    k = layer.kernel
     OH, OW = layer.out_height, layer.out_width
     taps = k * k
     cin_blocks = ceil_div(layer.in_channels, lanes)
-    span = layer.span(lanes)    # input blocks per output block (all of them but for a block-sparse weight)
+    span = layer.step_count(lanes)    # weight blocks per output block and tap
     per_block = weight_blocks_for(layer, lanes)
     chunk = chunk_blocks(hw, layer)
     chunks = [(c0, min(span, c0 + chunk)) for c0 in range(0, span, chunk)]
@@ -60,7 +61,7 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
     in_slots = [0, tiling.in_slot]
     out_slots = [2 * tiling.in_slot, 2 * tiling.in_slot + tiling.out_slot]
     acc_slots = [0, tiling.rows * OW]
-    in_plane = tiling.in_rows * tiling.in_width
+    in_plane = tiling.plane
 
     # Both weight/parameter credits, then every output block's parameters.
     stream.sync(Unit.DMA, wait=W_FREE)
@@ -72,10 +73,10 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
         index, c = units[u]
         j = tiles[index][0]
         c0, c1 = chunks[c]
-        stream.emit(Opcode.LOAD, wait=W_FREE if u >= 2 else 0, signal=W_FULL, buffer=Buffer.WEIGHT,
-                    dram_addr=weight_line + (j * per_block + c0) * lanes, dram_s1=lanes, dram_s2=span * lanes,
-                    sram_addr=(u % 2) * half_weights * lanes, sram_s1=lanes, sram_s2=(c1 - c0) * lanes,
-                    n2=taps, n1=c1 - c0, n0=lanes)
+        load_weight_blocks(stream, hw, layer, wait=W_FREE if u >= 2 else 0, signal=W_FULL, weight_line=weight_line,
+                           meta_line=meta_line, first=j * per_block + c0, count=c1 - c0,
+                           sram_block=(u % 2) * half_weights, taps=taps, dram_tap_stride=span,
+                           sram_tap_stride=c1 - c0)
 
     def band(index):
         t = tiles[index][1]
@@ -100,22 +101,14 @@ def lower_chunked(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, til
         single_pixel = count * OW == 1
         for c, (c0, c1) in enumerate(chunks):
             wslot = (u % 2) * half_weights
-            sources = layer.input_blocks(j, lanes)[c0:c1]
+            steps = layer.steps(j, lanes)[c0:c1]
             instructions = []
             for ky in range(k):
                 for kx in range(k):
-                    w0 = wslot + (ky * k + kx) * (c1 - c0)
-                    act0 = in_slot + ky * tiling.in_width + kx
-                    if single_pixel and contiguous(sources):
-                        instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0 + sources[0] * in_plane,
-                                                 act_s0=in_plane, n1=1, n0=c1 - c0, acc_s0=0, acc_s1=0))
-                    elif single_pixel:
-                        instructions += [dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane, n1=1, n0=1, acc_s0=0,
-                                              acc_s1=0) for n, cb in enumerate(sources)]
-                    else:
-                        for n, cb in enumerate(sources):
-                            instructions.append(dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane, n1=count, n0=OW,
-                                                     act_s1=s * tiling.in_width, act_s0=s, acc_s1=OW, acc_s0=1))
+                    instructions += step_instructions(
+                        steps, layer, w0=wslot + (ky * k + kx) * (c1 - c0), act0=in_slot + ky * tiling.in_width + kx,
+                        in_plane=in_plane, single_pixel=single_pixel, rows=count, out_width=OW,
+                        in_width=tiling.in_width)
             if c == 0:
                 instructions[0:1] = split_folded_first(instructions[0])
             for n, fields in enumerate(instructions):

@@ -23,7 +23,8 @@ import numpy as np
 
 from ...hw.asm import StreamBuilder
 from ...hw.config import HwConfig
-from ...hw.isa import PAYLOADS, Buffer, MatmulMode, Opcode, Unit
+from ...hw.isa import PAYLOADS, Buffer, MatmulMode, Opcode, Sparsity, Unit
+from ...hw.sparse import compress, meta_entry, satisfies
 from ..errors import CompileError
 from ..ir import Graph, Node, Op, computed, out_size
 
@@ -33,7 +34,8 @@ __all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE",
            "Split", "ceil_div", "to_byte", "partition", "largest_band", "initial_credits", "layer_of",
            "weight_blocks_for",
            "pack_windowed_weights", "params_for", "split_folded_first", "input_block_lists", "weight_mask",
-           "contiguous", "load_table", "lookup_fields", "load_whole_constants"]
+           "contiguous", "load_table", "lookup_fields", "load_whole_constants", "Step", "step_instructions",
+           "load_weight_blocks", "weight_loads", "detect_sparsity"]
 
 IN_FULL, IN_FREE, ACC_FULL, ACC_FREE, OUT_FULL, OUT_FREE, W_FULL, W_FREE = (1 << i for i in range(8))
 
@@ -131,6 +133,25 @@ class WindowedLayer:
     #: The output bytes go through lookup table 0 (``out_*`` and the clamps are what the REQUANT
     #: computes, the table's index).
     table: bool = False
+    #: CONV: the N:M pattern its MATMULs run with (:func:`detect_sparsity`); windows of ``M/N`` input
+    #: blocks are one sparse step each, the input blocks left over dense steps.
+    sparsity: Sparsity = Sparsity.DENSE
+
+    def steps(self, block: int, lanes: int) -> tuple[Step, ...]:
+        """What output-channel block ``block`` reduces per tap, in weight order: one weight block each."""
+        sources = self.input_blocks(block, lanes)
+        window = self.sparsity.window
+        if window == 1:
+            return tuple(Step(b, 1) for b in sources)
+        windows = len(sources) // window
+        return (tuple(Step(sources[i * window], window) for i in range(windows))
+                + tuple(Step(b, 1) for b in sources[windows * window:]))
+
+    def step_count(self, lanes: int) -> int:
+        """Weight blocks per output-channel block and tap (the input blocks, fewer when sparse)."""
+        span = self.span(lanes)
+        window = self.sparsity.window
+        return span // window + span % window
 
     def block_lists(self, lanes: int) -> tuple[tuple[int, ...], ...] | None:
         """:func:`input_block_lists` of the mask (``None`` for a dense convolution)."""
@@ -191,10 +212,18 @@ class WindowedLayer:
                                f"input with padding {self.pad}")
 
 
+@dataclass(frozen=True)
+class Step:
+    """One weight block's share of a convolution tap: input blocks ``block`` to ``block + window - 1``
+    (one, dense; ``M/N`` consecutive ones, sparse)."""
+    block: int
+    window: int
+
+
 def weight_blocks_for(layer: WindowedLayer, lanes: int) -> int:
     """Weight blocks per output-channel block."""
     if layer.kind is LayerKind.CONV:
-        return layer.kernel * layer.kernel * layer.span(lanes)
+        return layer.kernel * layer.kernel * layer.step_count(lanes)
     if layer.kind is LayerKind.DEPTHWISE:
         return ceil_div(layer.kernel * layer.kernel, lanes)
     if layer.kind is LayerKind.AVGPOOL:
@@ -203,10 +232,16 @@ def weight_blocks_for(layer: WindowedLayer, lanes: int) -> int:
 
 
 def pack_windowed_weights(layer: WindowedLayer, weight: np.ndarray | None, lanes: int) -> np.ndarray:
-    """Weight blocks in the order the lowering addresses them: (out block, tap, in block).
+    """Weight blocks in the order the lowering addresses them: (out block, tap, step).
 
     ``weight`` is (K, C, k, k) for conv, (C, 1, k, k) for depthwise, unused for pools.
     """
+    return pack_windowed(layer, weight, lanes)[0]
+
+
+def pack_windowed(layer: WindowedLayer, weight: np.ndarray | None, lanes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`pack_windowed_weights`, and for a sparse layer the metadata entries of its blocks
+    (``(blocks, L*L/4)`` bytes; zero for its dense steps), else ``None``."""
     k = layer.kernel
     cout_blocks = ceil_div(layer.out_channels, lanes)
     per_block = weight_blocks_for(layer, lanes)
@@ -217,6 +252,8 @@ def pack_windowed_weights(layer: WindowedLayer, weight: np.ndarray | None, lanes
         padded[:layer.out_channels, :layer.in_channels] = weight
         # [ob, oc, ib, ic, ky, kx] -> [ob, ky, kx, ib, ic (row), oc (col)]
         view = padded.reshape(cout_blocks, lanes, cin_blocks, lanes, k, k).transpose(0, 4, 5, 2, 3, 1)
+        if layer.sparsity is not Sparsity.DENSE:
+            return _pack_sparse(layer, view, lanes)
         lists = layer.block_lists(lanes)
         if lists is not None:     # only the input blocks each output block reads
             view = np.stack([view[j][:, :, list(lists[j])] for j in range(cout_blocks)])
@@ -228,7 +265,112 @@ def pack_windowed_weights(layer: WindowedLayer, weight: np.ndarray | None, lanes
         blocks[:] = taps.reshape(cout_blocks, lanes, per_block, lanes).transpose(0, 2, 3, 1).reshape(-1, lanes, lanes)
     elif layer.kind is LayerKind.AVGPOOL:
         blocks[:] = 1
-    return blocks
+    return blocks, None
+
+
+def _pack_sparse(layer: WindowedLayer, view: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The compressed blocks and metadata of a sparse convolution; ``view`` is
+    ``[out block, ky, kx, in block, in lane, out lane]``."""
+    cout_blocks, k = view.shape[0], layer.kernel
+    values, metas = [], []
+    zero_meta = np.zeros(lanes * lanes // 4, np.uint8)
+    for j in range(cout_blocks):
+        for ky in range(k):
+            for kx in range(k):
+                for step in layer.steps(j, lanes):
+                    window = view[j, ky, kx, step.block:step.block + step.window].reshape(-1, lanes)
+                    if step.window == 1:
+                        values.append(window)
+                        metas.append(zero_meta)
+                    else:
+                        block, index = compress(window, layer.sparsity)
+                        values.append(block)
+                        metas.append(meta_entry(index))
+    return np.stack(values).astype(np.int8), np.stack(metas)
+
+
+def detect_sparsity(weight: np.ndarray, in_channels: int, lanes: int, patterns: tuple[str, ...]) -> Sparsity:
+    """The sparsest of ``patterns`` (HwConfig.sparse_patterns) that the ``(K, C, k, k)`` int8 weight
+    satisfies along its input channels and that has a whole window of input blocks, else DENSE."""
+    span = ceil_div(in_channels, lanes)
+    by_channel = np.moveaxis(weight, 1, -1)
+    padding = -in_channels % 4
+    if padding:
+        by_channel = np.concatenate([by_channel, np.zeros((*by_channel.shape[:-1], padding), weight.dtype)], axis=-1)
+    for sparsity in sorted((Sparsity.from_label(p) for p in patterns), key=lambda s: -s.window):
+        if sparsity.window <= span and satisfies(by_channel, sparsity):
+            return sparsity
+    return Sparsity.DENSE
+
+
+def step_instructions(steps: tuple[Step, ...], layer: WindowedLayer, *, w0: int, act0: int, in_plane: int,
+                      single_pixel: bool, rows: int = 1, out_width: int = 1, in_width: int = 1) -> list[dict]:
+    """The MATMUL fields of one convolution tap over ``steps`` (weight blocks ``w0`` on, the input
+    slot's tap origin ``act0``, channel blocks ``in_plane`` lines apart). Over a tile, one MATMUL per
+    step sweeps its ``rows x out_width`` pixels; for a single pixel (fully connected) the steps of one
+    window size at a constant stride fold into one MATMUL's loop (accumulating into one entry)."""
+    def sparse_fields(step):
+        if step.window == 1:
+            return {}
+        return {"sparse": layer.sparsity, "act_sg": in_plane}
+
+    if not single_pixel:
+        s = layer.stride
+        return [dict(w_addr=w0 + n, act_addr=act0 + step.block * in_plane, n1=rows, n0=out_width,
+                     act_s1=s * in_width, act_s0=s, acc_s1=out_width, acc_s0=1, **sparse_fields(step))
+                for n, step in enumerate(steps)]
+    if all(step.window == 1 for step in steps):
+        blocks = tuple(step.block for step in steps)
+        if contiguous(blocks):
+            return [dict(w_addr=w0, w_s0=1, act_addr=act0 + blocks[0] * in_plane, act_s0=in_plane, n1=1,
+                         n0=len(blocks), acc_s0=0, acc_s1=0)]
+        return [dict(w_addr=w0 + n, act_addr=act0 + b * in_plane, n1=1, n0=1, acc_s0=0, acc_s1=0)
+                for n, b in enumerate(blocks)]
+    runs: list[list[int]] = []      # indices of steps of one window size at a constant stride
+    for n, step in enumerate(steps):
+        last = steps[runs[-1][-1]] if runs else None
+        if last is not None and last.window == step.window and step.block - last.block == step.window:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    instructions = []
+    for run in runs:
+        first = steps[run[0]]
+        instructions.append(dict(w_addr=w0 + run[0], w_s0=1, act_addr=act0 + first.block * in_plane,
+                                 act_s0=first.window * in_plane, n1=1, n0=len(run), acc_s0=0, acc_s1=0,
+                                 **sparse_fields(first)))
+    return instructions
+
+
+def weight_loads(hw: HwConfig, layer: WindowedLayer, *, weight_line: int, meta_line: int | None, first: int,
+                 count: int, sram_block: int, taps: int = 1, dram_tap_stride: int = 0,
+                 sram_tap_stride: int = 0) -> list[dict]:
+    """The LOAD fields of weight blocks ``[first, first + count)`` of ``layer`` (from its DRAM weights at
+    ``weight_line``) into the weight scratchpad from block ``sram_block`` (with ``taps``, that many such
+    runs, ``dram_tap_stride`` / ``sram_tap_stride`` blocks apart): for a sparse layer their metadata
+    first (from ``meta_line``), so that the weights' completion covers both."""
+    loads = []
+
+    def load(lines, dram_line, **extra):
+        far = {"dram_s2": dram_tap_stride * lines, "sram_s2": sram_tap_stride * lines} if taps > 1 else {}
+        loads.append(dict(buffer=Buffer.WEIGHT, dram_addr=dram_line + first * lines, sram_addr=sram_block * lines,
+                          n2=taps, n1=count, n0=lines, dram_s1=lines, sram_s1=lines, **far, **extra))
+
+    if layer.sparsity is not Sparsity.DENSE:
+        if meta_line is None:
+            raise CompileError("a sparse layer needs the DRAM line of its weights' metadata")
+        load(hw.meta_lines_per_block, meta_line, meta=1)
+    load(hw.lanes, weight_line)
+    return loads
+
+
+def load_weight_blocks(stream: StreamBuilder, hw: HwConfig, layer: WindowedLayer, *, wait: int = 0,
+                       signal: int = 0, **where) -> None:
+    """Emit :func:`weight_loads`: the first LOAD waits on ``wait``, the last signals ``signal``."""
+    loads = weight_loads(hw, layer, **where)
+    for index, fields in enumerate(loads):
+        stream.emit(Opcode.LOAD, wait=wait if index == 0 else 0, signal=signal if index == len(loads) - 1 else 0,
+                    **fields)
 
 
 def params_for(bias: np.ndarray, multiplier: np.ndarray, channels: int, lanes: int) -> np.ndarray:
@@ -347,4 +489,5 @@ def layer_of(graph: Graph, node: Node) -> WindowedLayer:
     return WindowedLayer(WINDOWED_KINDS[node.op], x.shape[0], x.shape[1], x.shape[2], y.shape[0],
                          node.attrs.kernel, node.attrs.stride, node.attrs.pad, x.signed, x.zero_point,
                          y.signed, y.zero_point, lo, hi, bool(node.attrs.ceil_mode),
-                         weight_mask(node, x.shape[0]), node.attrs.groups, node.attrs.table is not None)
+                         weight_mask(node, x.shape[0]), node.attrs.groups, node.attrs.table is not None,
+                         node.attrs.sparsity)

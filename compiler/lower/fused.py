@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from ...hw.asm import StreamBuilder
 from ...hw.config import HwConfig
-from ...hw.isa import Buffer, Opcode, Unit
+from ...hw.isa import Buffer, Opcode, Sparsity, Unit
 from ..errors import CompileError
 from ..ir import Graph, Node, Op, computed
 from .common import (
@@ -68,8 +68,10 @@ from .common import (
     lookup_fields,
     partition,
     split_folded_first,
+    step_instructions,
     to_byte,
     weight_blocks_for,
+    weight_loads,
 )
 
 __all__ = ["FusedGroup", "FUSABLE_OPS"]
@@ -94,10 +96,12 @@ class _Region:
     rows: int                 # capacity in rows (per slot for the output)
     circular: bool = True
     slots: int = 1
+    odd: bool = False         # read by a sparse convolution: planes an odd number of lines apart
 
     @property
     def plane(self) -> int:
-        return self.rows * self.width
+        plane = self.rows * self.width
+        return plane + 1 if self.odd and plane % 2 == 0 else plane
 
     @property
     def lines(self) -> int:
@@ -306,13 +310,16 @@ class FusedGroup:
         c, _, w = self.graph.tensors[out].shape
         regions[out] = _Region(cursor, ceil_div(c, lanes), w, band_rows, circular=False, slots=2)
         cursor += regions[out].lines
+        # The regions a sparse convolution reads (its MATMULs' window lines are a plane apart).
+        sparse_read = {self.root(node.inputs[0])[0] for node in self.nodes
+                       if node.op in _PE_OPS and node.attrs.sparsity is not Sparsity.DENSE}
         for tensor in [*self.inputs, *(node.output for node in self.nodes)]:
             if tensor == out or tensor in self.alias:
                 continue
             c, _, w = self.graph.tensors[tensor].shape
             rows = max(self._capacity(s, tensor, tensor in self.inputs) for s in schedules)
             # A concat's inputs are written into its region: it must hold their rows too.
-            regions[tensor] = _Region(cursor, ceil_div(c, lanes), w, rows)
+            regions[tensor] = _Region(cursor, ceil_div(c, lanes), w, rows, odd=tensor in sparse_read)
             cursor += regions[tensor].lines
         return regions, cursor
 
@@ -434,12 +441,12 @@ class _CoreEmitter:
         for node in self.g.nodes:
             if node.op not in _PE_OPS:
                 continue
-            blocks = ceil_div(self.graph.tensors[node.output].shape[0], lanes) * \
-                weight_blocks_for(layer_of(self.graph, node), lanes)
+            layer = layer_of(self.graph, node)
+            blocks = ceil_div(self.graph.tensors[node.output].shape[0], lanes) * weight_blocks_for(layer, lanes)
             if blocks:
-                loads.append(dict(buffer=Buffer.WEIGHT, dram_addr=self.constants[node.name]["weight_line"],
-                                  sram_addr=self.layout.weight_base[node.name] * lanes, n2=1, n1=blocks, n0=lanes,
-                                  dram_s1=lanes, sram_s1=lanes))
+                loads += weight_loads(hw, layer, weight_line=self.constants[node.name]["weight_line"],
+                                      meta_line=self.constants[node.name].get("meta_line"), first=0, count=blocks,
+                                      sram_block=self.layout.weight_base[node.name])
         load_whole_constants(stream, loads)
         count = len(self.sched.bands)
         self._load_band(0)
@@ -570,17 +577,20 @@ class _CoreEmitter:
                 acc = (self.acc_count % 2) * hw.acc_slot_entries
                 self.acc_count += 1
                 instructions = []   # (fields, overwrite)
-                if single and layer.kind is LayerKind.CONV and contiguous(in_blocks := layer.input_blocks(j, lanes)):
-                    span = len(in_blocks)
+                if single and layer.kind is LayerKind.CONV and contiguous(layer.input_blocks(j, lanes)):
+                    steps = layer.steps(j, lanes)
                     for n_tap, (ky, kx) in enumerate(taps):
                         iy, ix = y0 * s - p + ky, -p + kx
                         if not (0 <= iy < h and 0 <= ix < w):
                             continue
-                        fields = dict(w_addr=wbase + j * per_block + (ky * k + kx) * span, w_s0=1,
-                                      act_addr=self._line(x_name, iy, in_blocks[0], band) + ix, act_s0=x_plane,
-                                      acc_addr=acc, acc_s0=0, acc_s1=0, n1=1, n0=span)
-                        parts = split_folded_first(fields) if n_tap == 0 else [fields]
-                        instructions += [(part, n_tap == 0 and i == 0) for i, part in enumerate(parts)]
+                        tap_fields = step_instructions(
+                            steps, layer, w0=wbase + j * per_block + (ky * k + kx) * len(steps),
+                            act0=self._line(x_name, iy, 0, band) + ix, in_plane=x_plane, single_pixel=True)
+                        for n_part, fields in enumerate(tap_fields):
+                            fields = dict(fields, acc_addr=acc)
+                            parts = split_folded_first(fields) if n_tap == 0 and n_part == 0 else [fields]
+                            instructions += [(part, n_tap == 0 and n_part == 0 and i == 0)
+                                             for i, part in enumerate(parts)]
                 elif single and layer.kind in (LayerKind.MAXPOOL, LayerKind.AVGPOOL) \
                         and self._contiguous(x_name, y0 * s - p, k, h, band):
                     iy0, iy1 = max(0, y0 * s - p), min(h, y0 * s - p + k)
@@ -596,15 +606,16 @@ class _CoreEmitter:
                         if oy1 <= oy0 or ox1 <= ox0:
                             continue
                         if layer.kind is LayerKind.CONV:
-                            in_blocks = layer.input_blocks(j, lanes)
-                            sources = [(cb, wbase + j * per_block + (ky * k + kx) * len(in_blocks) + n, 0)
-                                       for n, cb in enumerate(in_blocks)]
+                            steps = layer.steps(j, lanes)
+                            sources = [(step.block, wbase + j * per_block + (ky * k + kx) * len(steps) + n, 0,
+                                        {"sparse": layer.sparsity, "act_sg": x_plane} if step.window > 1 else {})
+                                       for n, step in enumerate(steps)]
                         elif layer.kind is LayerKind.DEPTHWISE:
                             tap = ky * k + kx
-                            sources = [(j, wbase + j * per_block + tap // lanes, tap % lanes)]
+                            sources = [(j, wbase + j * per_block + tap // lanes, tap % lanes, {})]
                         else:
-                            sources = [(j, wbase + j * per_block if per_block else 0, 0)]
-                        for n_src, (in_block, w_addr, w_row) in enumerate(sources):
+                            sources = [(j, wbase + j * per_block if per_block else 0, 0, {})]
+                        for n_src, (in_block, w_addr, w_row, sparse) in enumerate(sources):
                             oy = oy0
                             while oy < oy1:
                                 iy = oy * s - p + ky
@@ -612,7 +623,7 @@ class _CoreEmitter:
                                 fields = dict(w_addr=w_addr, w_row=w_row,
                                               act_addr=self._line(x_name, iy, in_block, band) + ox0 * s - p + kx,
                                               act_s1=s * w, act_s0=s, acc_addr=acc + (oy - y0) * ow + ox0,
-                                              acc_s1=ow, acc_s0=1, n1=n, n0=ox1 - ox0)
+                                              acc_s1=ow, acc_s0=1, n1=n, n0=ox1 - ox0, **sparse)
                                 instructions.append((fields, n_tap == 0 and n_src == 0))
                                 oy += n
                 for index, (fields, overwrite) in enumerate(instructions):

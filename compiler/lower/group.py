@@ -124,7 +124,8 @@ def lower_group(graph: Graph, hw: HwConfig, nodes: list[str], cores: int, split:
             report = lower_windowed(hw, layer, streams[core], in_line=address(node.inputs[0]), out_line=out,
                                     weight_line=constants[node.name]["weight_line"],
                                     param_line=constants[node.name]["param_line"],
-                                    table_line=constants[node.name].get("table_line"), rows=rows, blocks=blocks,
+                                    table_line=constants[node.name].get("table_line"),
+                                    meta_line=constants[node.name].get("meta_line"), rows=rows, blocks=blocks,
                                     credits=False)
         except CompileError as error:
             raise CompileError(f"{label}: {error}") from None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...hw.asm import StreamBuilder
 from ...hw.config import HwConfig
-from ...hw.isa import Buffer, Opcode
+from ...hw.isa import Buffer, Opcode, Sparsity
 from ..errors import CompileError
 from .common import (
     FIELD_MAX_COUNT,
@@ -20,7 +20,7 @@ from .common import (
     weight_blocks_for,
 )
 
-__all__ = ["Tiling", "plan_tiling", "chunk_blocks", "chunked_block_ranges", "emit_input_band"]
+__all__ = ["Tiling", "channel_plane", "plan_tiling", "chunk_blocks", "chunked_block_ranges", "emit_input_band"]
 
 
 @dataclass
@@ -31,7 +31,14 @@ class Tiling:
     group_blocks: int   # output-channel blocks per weight group
     in_slot: int        # lines
     out_slot: int       # lines
+    plane: int          # lines from one input channel block to the next (odd for a sparse layer)
 
+
+def channel_plane(layer: WindowedLayer, in_rows: int, in_width: int) -> int:
+    """Lines per input channel block of a tile: ``in_rows * in_width``, made odd for a sparse layer (the
+    lines of a sparse MATMUL's window are a plane apart and must fall in distinct activation banks)."""
+    plane = in_rows * in_width
+    return plane + 1 if layer.sparsity is not Sparsity.DENSE and plane % 2 == 0 else plane
 
 def chunk_blocks(hw: HwConfig, layer: WindowedLayer) -> int | None:
     """Input-channel blocks per weight chunk when one output-channel block's weights do not
@@ -86,11 +93,12 @@ def plan_tiling(hw: HwConfig, layer: WindowedLayer, out_rows: int | None = None,
         in_blocks = cin_blocks if layer.kind is LayerKind.CONV else candidate_group
         for rows in range(min(out_rows, FIELD_MAX_COUNT), 0, -1):
             in_rows = (rows - 1) * s + k
-            in_slot = in_blocks * in_rows * in_width
+            plane = channel_plane(layer, in_rows, in_width)
+            in_slot = in_blocks * plane
             out_slot = candidate_group * rows * ow
             if 2 * in_slot + 2 * out_slot <= hw.act_lines and 2 * rows * ow <= hw.acc_entries \
                     and in_rows * in_width * s <= FIELD_MAX_STRIDE:
-                best = Tiling(rows, in_rows, in_width, candidate_group, in_slot, out_slot)
+                best = Tiling(rows, in_rows, in_width, candidate_group, in_slot, out_slot, plane)
                 break
         if best is not None:
             break
@@ -116,7 +124,7 @@ def emit_input_band(stream: StreamBuilder, layer: WindowedLayer, tiling: Tiling,
     valid_cols = min(W, tiling.in_width - p)
     stream.emit(Opcode.LOAD, wait=IN_FREE, signal=IN_FULL, buffer=Buffer.ACT,
                 dram_addr=in_line + first_block * H * W + max(0, first_row) * W, dram_s1=W, dram_s2=H * W,
-                sram_addr=sram_addr, sram_s1=tiling.in_width, sram_s2=tiling.in_rows * tiling.in_width,
+                sram_addr=sram_addr, sram_s1=tiling.in_width, sram_s2=tiling.plane,
                 n2=blocks, n1=in_rows, n0=tiling.in_width,
                 pad_top=pad_top, pad_bottom=in_rows - pad_top - valid_rows, pad_left=p,
                 pad_right=tiling.in_width - p - valid_cols, pad_value=to_byte(pad_value))

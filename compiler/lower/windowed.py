@@ -38,11 +38,12 @@ from .common import (
     LayerKind,
     WindowedLayer,
     ceil_div,
-    contiguous,
     initial_credits,
     load_table,
+    load_weight_blocks,
     lookup_fields,
     split_folded_first,
+    step_instructions,
     to_byte,
     weight_blocks_for,
 )
@@ -54,7 +55,7 @@ __all__ = ["lower_windowed"]
 
 def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *, in_line: int, out_line: int,
                    weight_line: int, param_line: int, table_line: int | None = None,
-                   rows: tuple[int, int] | None = None,
+                   meta_line: int | None = None, rows: tuple[int, int] | None = None,
                    blocks: tuple[int, int] | None = None, credits: bool = True) -> dict:
     """Emit the layer, or the part of it given by output ``rows`` ``[r0, r1)`` and
     output-channel ``blocks`` ``[b0, b1)``, into ``stream``. Returns the tiling (for reports).
@@ -83,7 +84,8 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
         if credits:
             initial_credits(stream)
         reports = [lower_chunked(hw, layer, stream, tiling, in_line=in_line, out_line=out_line,
-                                  weight_line=weight_line, param_line=param_line, rows=(row0, row1), blocks=part)
+                                  weight_line=weight_line, param_line=param_line, meta_line=meta_line,
+                                  rows=(row0, row1), blocks=part)
                    for part in chunked_block_ranges(hw, block0, block1)]
         return dict(reports[0], tiles=sum(r["tiles"] for r in reports),
                     weight_groups=sum(r["weight_groups"] for r in reports))
@@ -132,10 +134,9 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
             return
         first, last = group_range(g)
         for j in range(first, last):
-            stream.emit(Opcode.LOAD, signal=W_FULL, buffer=Buffer.WEIGHT,
-                        dram_addr=weight_line + j * per_block * lanes,
-                        sram_addr=((g % 2) * half_weights + (j - first) * per_block) * lanes,
-                        n2=1, n1=per_block, n0=lanes, dram_s1=lanes, sram_s1=lanes)
+            load_weight_blocks(stream, hw, layer, signal=W_FULL, weight_line=weight_line, meta_line=meta_line,
+                               first=j * per_block, count=per_block,
+                               sram_block=(g % 2) * half_weights + (j - first) * per_block)
 
     def load_weights(g):
         load_params(g)
@@ -168,7 +169,7 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
     if len(tiles) > 1:
         load_input(1)
     acc_count = 0
-    in_plane = tiling.in_rows * tiling.in_width
+    in_plane = tiling.plane
     for index, (g, t) in enumerate(tiles):
         oy0 = row0 + t * tiling.rows
         rows = min(tiling.rows, row1 - oy0)
@@ -182,24 +183,13 @@ def lower_windowed(hw: HwConfig, layer: WindowedLayer, stream: StreamBuilder, *,
             acc_count += 1
             instructions = []   # (fields) for this output block
             if layer.kind is LayerKind.CONV:
-                sources = layer.input_blocks(j, lanes)
-                span = len(sources)
+                steps = layer.steps(j, lanes)
                 for ky in range(k):
                     for kx in range(k):
-                        tap = ky * k + kx
-                        w0 = wslot + local * per_block + tap * span
-                        act0 = in_slot + ky * tiling.in_width + kx
-                        if single_pixel and contiguous(sources):
-                            instructions.append(dict(w_addr=w0, w_s0=1, act_addr=act0 + sources[0] * in_plane,
-                                                     act_s0=in_plane, n1=1, n0=span, acc_s0=0, acc_s1=0))
-                        elif single_pixel:
-                            instructions += [dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane, n1=1, n0=1,
-                                                  acc_s0=0, acc_s1=0) for n, cb in enumerate(sources)]
-                        else:
-                            for n, cb in enumerate(sources):
-                                instructions.append(dict(w_addr=w0 + n, act_addr=act0 + cb * in_plane,
-                                                         n1=rows, n0=OW, act_s1=s * tiling.in_width, act_s0=s,
-                                                         acc_s1=OW, acc_s0=1))
+                        instructions += step_instructions(
+                            steps, layer, w0=wslot + local * per_block + (ky * k + kx) * len(steps),
+                            act0=in_slot + ky * tiling.in_width + kx, in_plane=in_plane, single_pixel=single_pixel,
+                            rows=rows, out_width=OW, in_width=tiling.in_width)
             else:
                 block_base = in_slot + local * in_plane
                 foldable = single_pixel and layer.kind in (LayerKind.MAXPOOL, LayerKind.AVGPOOL)
