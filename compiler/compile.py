@@ -11,13 +11,16 @@ from ..hw.binary import Binary
 from ..hw.config import HwConfig
 from .emit import emit_program
 from .ir import Graph, check
+from .passes.sparsity import choose_sparsity
 from .plan import Plan
 
 __all__ = ["compile_graph"]
 
 
-def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = True) -> Binary:
-    """Lower ``graph`` with ``plan`` to a binary for ``hw``.
+def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = True,
+                  sparse_exec: str = "auto") -> Binary:
+    """Lower ``graph`` with ``plan`` to a binary for ``hw``; ``sparse_exec`` (auto, on, off) says which
+    convolutions run sparse (:func:`~.passes.sparsity.choose_sparsity`).
 
     Raises
     ------
@@ -28,5 +31,6 @@ def compile_graph(graph: Graph, hw: HwConfig, plan: Plan, *, check_ir: bool = Tr
     """
     if check_ir:
         check(graph)
+    choose_sparsity(graph, hw, sparse_exec)
     plan.validate(graph, hw)
     return emit_program(graph, hw, plan)

@@ -32,6 +32,7 @@ from .errors import CompileError
 from .ir import Graph
 from .lower.common import Split
 from .lower.fused import FusedGroup
+from .passes.sparsity import choose_sparsity
 
 __all__ = ["Split", "Fusion", "SPLITS", "FUSIONS", "Group", "Plan", "PLAN_FORMAT", "MAX_GROUP_NODES", "make_plan",
            "random_plan", "group_fits", "group_label"]
@@ -137,14 +138,16 @@ def group_fits(graph: Graph, hw: HwConfig, names: list[str], cores: int) -> str 
 
 
 def make_plan(graph: Graph, hw: HwConfig, *, fusion: Fusion | str = Fusion.NONE, cores: int = 1,
-              split: Split | str = Split.ROWS) -> Plan:
+              split: Split | str = Split.ROWS, sparse_exec: str = "auto") -> Plan:
     """The obvious plans on ``cores`` cores: every layer its own group (``fusion="none"``), or
     (``fusion="max"``) from the first node on, the longest run of nodes that fuses and fits
     on chip, then the same from the next node. Fused groups are split by rows, so a fused
     group whose output has fewer rows than ``cores`` (past a global pooling) would leave
-    cores idle: ``max`` does not fuse into such a group."""
+    cores idle: ``max`` does not fuse into such a group. What fits depends on which layers run
+    sparse (``sparse_exec``, as the plan will be compiled with)."""
     if fusion not in FUSIONS:
         raise CompileError(f"unknown fusion {fusion!r}; accepted: {', '.join(FUSIONS)}")
+    choose_sparsity(graph, hw, sparse_exec)
     names = [node.name for node in graph.nodes]
     groups = []
     if fusion == Fusion.NONE:
@@ -165,9 +168,10 @@ def make_plan(graph: Graph, hw: HwConfig, *, fusion: Fusion | str = Fusion.NONE,
     return plan
 
 
-def random_plan(graph: Graph, hw: HwConfig, seed: int, *, max_group: int = 6) -> Plan:
+def random_plan(graph: Graph, hw: HwConfig, seed: int, *, max_group: int = 6, sparse_exec: str = "auto") -> Plan:
     """A random valid plan: groups of up to ``max_group`` nodes that fuse and fit, random core
     counts, random split axes for single-node groups (fused groups split by rows)."""
+    choose_sparsity(graph, hw, sparse_exec)
     rng = np.random.default_rng(seed)
     names = [node.name for node in graph.nodes]
     groups = []

@@ -640,6 +640,18 @@ def _spec(name: str) -> ModelSpec:
         raise ZooError(f"unknown model {name!r}; the zoo has {', '.join(MODELS)}") from None
 
 
+def split_name(name: str) -> tuple[str, str | None]:
+    """A zoo name and its pruning pattern: ``"resnet50:2of4"`` is ``("resnet50", "2:4")``, ``"resnet50"``
+    is ``("resnet50", None)`` (the pattern is checked by :func:`~..prune.parse_pattern`)."""
+    base, _, pattern = str(name).partition(":")
+    return base, (pattern.replace("of", ":") if pattern else None)
+
+
+def is_zoo_name(name: str) -> bool:
+    """Whether ``name`` is a zoo model, pruned (``resnet50:2of4``) or not."""
+    return split_name(name)[0] in MODELS
+
+
 def _check_size(spec: ModelSpec, input_size: int) -> int:
     if isinstance(input_size, bool):
         raise ZooError(f"{spec.name}: input_size must be an int, got {input_size!r}")
@@ -800,12 +812,18 @@ def export_float_onnx(name: str, input_size: int | None, path: str | os.PathLike
 
 def export_quantized(name: str, input_size: int | None, path: str | os.PathLike, seed: int = 0,
                      calibration: str | os.PathLike = "random", num_calibration: int = 8,
-                     activation_type: str = "uint8", quant_format: str = "qoperator") -> Path:
+                     activation_type: str = "uint8", quant_format: str = "qoperator", lanes: int = 16) -> Path:
     """Float export + :func:`.quantize.quantize_model` into ``path`` (atomic; nothing is cached).
 
     ``quant_format``: ``"qoperator"`` (default) or ``"qdq"``, see :data:`.quantize.QUANT_FORMATS`.
-    ``seed`` seeds both the weights and the random calibration images.
+    ``seed`` seeds both the weights and the random calibration images. A pruned name
+    (``resnet50:2of4``) is pruned before quantization (:func:`export_pruned`, for PE arrays of ``lanes``).
     """
+    base, pattern = split_name(name)
+    if pattern is not None:
+        return export_pruned(base, pattern, input_size, path, seed=seed, calibration=calibration,
+                             num_calibration=num_calibration, activation_type=activation_type,
+                             quant_format=quant_format, lanes=lanes)[0]
     path = Path(path)
     spec = _spec(name)
     size = _check_size(spec, spec.default_size if input_size is None else input_size)
@@ -815,3 +833,48 @@ def export_quantized(name: str, input_size: int | None, path: str | os.PathLike,
         quantize_model(float_path, path, calibration=calibration, num_calibration=num_calibration, seed=seed,
                        activation_type=activation_type, quant_format=quant_format)
     return path
+
+
+def export_pruned(model: str | os.PathLike, pattern: str, input_size: int | None, path: str | os.PathLike,
+                  seed: int = 0, calibration: str | os.PathLike = "random", num_calibration: int = 8,
+                  activation_type: str = "uint8", quant_format: str = "qoperator",
+                  lanes: int = 16) -> tuple[Path, dict]:
+    """A zoo model (exported at ``input_size``) or a float ``.onnx`` file, N:M pruned
+    (:func:`.prune.prune_model`), quantized as :func:`export_quantized` does, into ``path`` (atomic);
+    and the report (pruned and dense layers), after checking the quantized weights keep the pattern."""
+    from ..prune import parse_pattern
+    from .prune import check_quantized, prune_model
+    sparsity = parse_pattern(pattern)
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="dlfusion-prune-") as tmp:
+        if Path(model).suffix == ".onnx":
+            if input_size is not None:
+                raise ZooError(f"--input-size is for zoo models; {model} has its own input size")
+            try:
+                proto = onnx.load(os.fspath(model))
+            except FileNotFoundError:
+                raise ZooError(f"model file {str(model)!r} does not exist") from None
+            except Exception as error:
+                raise ZooError(f"{model}: not a readable ONNX model ({type(error).__name__})") from None
+            quantized = [n.op_type for n in proto.graph.node
+                         if n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "QuantizeLinear",
+                                                                             "DequantizeLinear")]
+            if quantized:
+                raise ZooError(f"{model} is already quantized ({quantized[0]}): prune its float model, then "
+                               "quantize (dlfusion prune quantizes it)")
+        else:
+            spec = _spec(str(model))
+            size = _check_size(spec, spec.default_size if input_size is None else input_size)
+            proto = onnx.load_from_string(float_onnx_bytes(str(model), size, seed))
+        report = prune_model(proto, sparsity, lanes)
+        float_path = Path(tmp) / "pruned_float.onnx"
+        onnx.save(proto, os.fspath(float_path))
+        quantized_path = Path(tmp) / "pruned.onnx"
+        quantize_model(float_path, quantized_path, calibration=calibration, num_calibration=num_calibration,
+                       seed=seed, activation_type=activation_type, quant_format=quant_format)
+        broken = check_quantized(onnx.load(os.fspath(quantized_path)), report)
+        if broken:
+            layer, why = next(iter(broken.items()))
+            raise ZooError(f"after quantization {len(broken)} pruned layer(s) break {sparsity.label}: {layer}: {why}")
+        atomic_write_bytes(path, quantized_path.read_bytes())
+    return path, report.to_json()

@@ -29,6 +29,7 @@ from ..ir import WINDOWED, Graph, Op
 from ..lower.common import Split, ceil_div, layer_of
 from ..lower.fused import FusedGroup
 from ..lower.group import lower_group
+from ..passes.sparsity import choose_sparsity
 from .errors import TuneError
 
 __all__ = ["GroupFeatures", "Workload", "Candidate"]
@@ -41,7 +42,7 @@ class _NoConstants(dict):
     """Every node's constants at DRAM line 0 (counts do not depend on addresses)."""
 
     def __missing__(self, name):
-        return {"weight_line": 0, "param_line": 0, "table_line": 0}
+        return {"weight_line": 0, "param_line": 0, "table_line": 0, "meta_line": 0}
 
 
 _NO_CONSTANTS = _NoConstants()
@@ -101,10 +102,14 @@ class Workload:
     ----------
     graph : Graph
     hw : HwConfig
+    sparse_exec : str
+        ``auto``, ``on`` or ``off``: which layers run sparse (:func:`~..passes.sparsity.choose_sparsity`,
+        applied to ``graph`` for ``hw`` here, as compiling does).
     """
 
-    def __init__(self, graph: Graph, hw: HwConfig):
+    def __init__(self, graph: Graph, hw: HwConfig, sparse_exec: str = "auto"):
         self.graph, self.hw = graph, hw
+        self.sparse = choose_sparsity(graph, hw, sparse_exec)
         self.names = [node.name for node in graph.nodes]
         self.position = {name: index for index, name in enumerate(self.names)}
         self.node = {node.name: node for node in graph.nodes}
@@ -199,7 +204,8 @@ class Workload:
                 continue
             y = graph.tensors[node.output]
             rows = schedule.end[node.output][-1] - schedule.start[node.output]
-            # the input blocks the lowering multiplies (those of nonzero weight blocks for a block-sparse conv)
-            sources = layer_of(graph, node).span(lanes) if node.op in (Op.CONV, Op.FC) else 1
+            # the steps the lowering multiplies (the input blocks of nonzero weight blocks for a block-sparse
+            # conv, windows of M/N blocks for an N:M sparse one)
+            sources = layer_of(graph, node).step_count(lanes) if node.op in (Op.CONV, Op.FC) else 1
             cycles += ceil_div(y.shape[0], lanes) * node.attrs.kernel ** 2 * sources * rows * y.shape[2]
         return cycles
