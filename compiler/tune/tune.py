@@ -77,17 +77,20 @@ def resolve_strategies(names: Sequence[str] | str) -> list[str]:
     return [name for name in STRATEGIES if name in wanted]
 
 
-def _zoo_digest() -> str:
-    """The model zoo's and the quantizer's sources: a changed zoo is exported again."""
+def _zoo_digest(pruned: bool = False) -> str:
+    """The model zoo's and the quantizer's sources (and the pruners' for a pruned model): a changed zoo is
+    exported again."""
+    from .. import prune
+    from ..frontend import prune as prune_onnx
     from ..frontend import quantize, zoo
     digest = hashlib.sha256()
-    for module in (zoo, quantize):
+    for module in (zoo, quantize, *((prune, prune_onnx) if pruned else ())):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:12]
 
 
 def load_model(model: str, input_size: int | None = None, *, build_dir: str | Path | None = None,
-               ) -> tuple[Graph, str]:
+               lanes: int = 16) -> tuple[Graph, str]:
     """A zoo model (exported and quantized once, then reused from ``<build>/tune/onnx``) or a
     quantized ONNX file, as a graph; and its source name ``model@size``.
 
@@ -108,19 +111,25 @@ def load_model(model: str, input_size: int | None = None, *, build_dir: str | Pa
             raise TuneError(str(error)) from None
         size = graph.tensors[graph.input].shape[1]
         return graph, f"{path.stem}@{size}"
-    if model not in zoo.MODELS:
-        raise TuneError(f"unknown model {model!r}; give a zoo model ({', '.join(zoo.MODELS)}) or a quantized .onnx")
-    spec = zoo.MODELS[model]
+    base, pattern = zoo.split_name(model)
+    if base not in zoo.MODELS:
+        raise TuneError(f"unknown model {model!r}; give a zoo model ({', '.join(zoo.MODELS)}; NAME:2of4 or NAME:1of4 "
+                        "pruned) or a quantized .onnx")
+    if pattern is not None:
+        from ..prune import parse_pattern
+        pattern = parse_pattern(pattern).label
+    spec = zoo.MODELS[base]
     size = spec.default_size if input_size is None else input_size
     if isinstance(size, bool) or not isinstance(size, int) or size < spec.min_size:
         raise TuneError(f"{model}: input size {size!r} is below the minimum {spec.min_size}")
     directory = Path(build_dir) if build_dir is not None else default_build_dir()
-    onnx_path = directory / "tune" / "onnx" / f"{model}-{size}-{_zoo_digest()}.onnx"
+    pruned = f"-{pattern.replace(':', 'of')}-l{lanes}" if pattern is not None else ""
+    onnx_path = directory / "tune" / "onnx" / f"{base}{pruned}-{size}-{_zoo_digest(bool(pruned))}.onnx"
     if not onnx_path.exists():
         _log.info("exporting and quantizing %s at %dx%d...", model, size, size)
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        zoo.export_quantized(model, size, onnx_path)      # atomic: a reader never sees half a file
-    return load_onnx(onnx_path, name=model), f"{model}@{size}"
+        zoo.export_quantized(model, size, onnx_path, lanes=lanes)      # atomic: a reader never sees half a file
+    return load_onnx(onnx_path, name=model.replace(":", "-")), f"{model}@{size}"
 
 
 def check_inputs(hw: HwConfig, strategies: Sequence[str], rule_dir: str | Path | None = None) -> None:

@@ -24,7 +24,7 @@ from ..compiler.errors import CompileError
 from ..compiler.plan import Plan
 from ..compiler.tune.errors import TuneError
 from ..compiler.tune.features import Workload
-from .options import UsageError, add_command, add_hw, add_json, load_hw, print_json
+from .options import UsageError, add_command, add_hw, add_json, add_sparse_exec, load_hw, print_json
 
 __all__ = ["add_commands", "cmd_compile", "choose_plan"]
 
@@ -33,7 +33,8 @@ _log = logging.getLogger(__name__)
 
 def add_commands(sub) -> None:
     p = add_command(sub, "compile", help="compile a quantized ONNX model to a .dlfb binary (and its plan)")
-    p.add_argument("model", help="quantized QOperator .onnx file, or a zoo model name (dlfusion models)")
+    p.add_argument("model", help="quantized .onnx file (QOperator or QDQ), or a zoo model name (dlfusion models; "
+                                 "NAME:2of4 or NAME:1of4 prunes it first, as dlfusion prune does)")
     p.add_argument("--input-size", type=int, default=None, help="zoo models: input resolution")
     add_hw(p)
     p.add_argument("--cores", type=int, default=None,
@@ -51,17 +52,19 @@ def add_commands(sub) -> None:
                         "of .npy inputs")
     p.add_argument("--plan", help="compile with this plan JSON instead")
     p.add_argument("-o", "--output", required=True, help="binary to write; the plan goes beside it")
+    add_sparse_exec(p)
     add_json(p)
     p.set_defaults(func=cmd_compile)
 
 
-def _load_zoo_model(name: str, input_size: int | None):
+def _load_zoo_model(name: str, input_size: int | None, lanes: int):
     from ..compiler.frontend import load_onnx, zoo
     with tempfile.TemporaryDirectory(prefix="dlfusion-compile-") as tmp:
-        path = Path(tmp) / f"{name}.onnx"
-        _log.info("exporting and quantizing %s at %s px...", name, input_size or "default")
-        zoo.export_quantized(name, input_size, path)
-        return load_onnx(path, name=name)
+        path = Path(tmp) / "model.onnx"
+        _log.info("exporting%s and quantizing %s at %s px...", " pruning" if ":" in name else "", name,
+                  input_size or "default")
+        zoo.export_quantized(name, input_size, path, lanes=lanes)
+        return load_onnx(path, name=name.replace(":", "-"))
 
 
 def _load_onnx_any(path: Path, calibration: str | None):
@@ -99,14 +102,14 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
     if args.fusion or args.cores or args.split:
         fusion, cores, split = args.fusion or "none", args.cores or hw.cores, args.split or "rows"
         _log.info("planning %s: fusion %s, %d cores, split %s...", graph.name, fusion, cores, split)
-        plan = make_plan(graph, hw, fusion=fusion, cores=cores, split=split)
+        plan = make_plan(graph, hw, fusion=fusion, cores=cores, split=split, sparse_exec=args.sparse_exec)
         info = {"plan_source": f"fusion={fusion} cores={cores} split={split}",
                 "why": "--fusion, --cores or --split given: every group on the given cores"}
         if cores > 1:
-            workload = Workload(graph, hw)
+            workload = Workload(graph, hw, args.sparse_exec)
             try:
                 estimate, single = plan_estimate(workload, plan), plan_estimate(
-                    workload, make_plan(graph, hw, fusion="none", cores=1))
+                    workload, make_plan(graph, hw, fusion="none", cores=1, sparse_exec=args.sparse_exec))
             except (TuneError, CompileError):
                 return plan, info
             info["roofline_cycles"], info["roofline_cycles_one_core"] = round(estimate), round(single)
@@ -115,7 +118,7 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
                                    "roofline cycles); without --fusion, --cores and --split compile picks per layer")
                 _log.warning("%s", info["warning"])
         return plan, info
-    workload = Workload(graph, hw)
+    workload = Workload(graph, hw, args.sparse_exec)
     try:
         rule, cost_model = load_rule(hw, args.rule_dir), load_cost_model(hw, args.rule_dir)
     except TuneError as error:
@@ -141,25 +144,31 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
 def cmd_compile(args) -> int:
     from ..compiler.compile import compile_graph
     from ..compiler.frontend import zoo
+    from ..compiler.passes.sparsity import choose_sparsity
     hw = load_hw(args)
     source = Path(args.model)
     if source.suffix == ".onnx":
         graph = _load_onnx_any(source, args.calibration)
-    elif args.model in zoo.MODELS:
-        graph = _load_zoo_model(args.model, args.input_size)
+    elif zoo.is_zoo_name(args.model):
+        graph = _load_zoo_model(args.model, args.input_size, hw.lanes)
     else:
-        raise UsageError(f"{args.model!r}: give a quantized .onnx file or a zoo model ({', '.join(zoo.MODELS)})")
+        raise UsageError(f"{args.model!r}: give a quantized .onnx file or a zoo model ({', '.join(zoo.MODELS)}, "
+                         "optionally NAME:2of4 or NAME:1of4)")
+    sparse = choose_sparsity(graph, hw, args.sparse_exec)
     started = time.perf_counter()
     plan, plan_info = choose_plan(graph, hw, args)
     _log.info("lowering %d layers in %d groups...", len(graph.nodes), len(plan.groups))
-    binary = compile_graph(graph, hw, plan)
+    binary = compile_graph(graph, hw, plan, sparse_exec=args.sparse_exec)
     output = Path(args.output)
     binary.write(output)
     plan.write(output.with_suffix(".plan.json"))
     summary = {"binary": str(output), "plan": str(output.with_suffix(".plan.json")), "model": graph.name,
                "layers": len(graph.nodes), "groups": len(plan.groups), "macs": graph.macs, "hw": hw.hash,
                "instructions": sum(s.instructions for s in binary.streams),
-               "compile_seconds": round(time.perf_counter() - started, 3), **plan_info}
+               "compile_seconds": round(time.perf_counter() - started, 3),
+               "sparse_layers": {name: sparsity.label for name, sparsity in sparse.items()},
+               "weight_bytes": sum(len(s.data) for s in binary.segments if s.name.split(":")[0] in ("weights", "meta")),
+               **plan_info}
     if args.json:
         print_json(summary)
     else:

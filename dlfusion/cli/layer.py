@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 from ..hw.errors import EXIT_MISMATCH
-from .options import UsageError, add_command, add_hw, add_json, load_hw, print_json
+from .options import UsageError, add_command, add_hw, add_json, add_sparse_exec, load_hw, print_json
 from .run import BACKENDS, run_backend
 
 __all__ = ["add_commands", "cmd_layer", "layer_report"]
@@ -32,6 +32,10 @@ def add_commands(sub) -> None:
     p.add_argument("--split", choices=("rows", "channels"), default="rows",
                    help="split axis: output rows (weights loaded by every core) or output channels "
                         "(input loaded by every core)")
+    p.add_argument("--prune", metavar="N:M", default=None,
+                   help="prune the seeded conv/fc weights to 2:4 or 1:4 by magnitude along input channels "
+                        "(a dwconv stays dense)")
+    add_sparse_exec(p)
     p.add_argument("--backend", choices=BACKENDS, default="golden")
     add_hw(p)
     p.add_argument("--save", help="also write the binary to this .dlfb path")
@@ -43,6 +47,10 @@ def add_commands(sub) -> None:
 def _build_layer(args, hw):
     from ..compiler import layers
     common = dict(seed=args.seed, cores=args.cores, split=args.split)
+    if args.kind in ("conv", "fc", "dwconv"):
+        common.update(prune=args.prune, sparse_exec=args.sparse_exec)
+    elif args.prune is not None or args.sparse_exec == "on":
+        raise UsageError(f"--prune and --sparse-exec on are for conv, fc and dwconv layers, not {args.kind}")
     if args.kind == "conv":
         return layers.build_conv(hw, h=args.h, w=args.w, cin=args.cin, cout=args.cout, k=args.k,
                                  stride=args.stride, pad=args.pad, **common)
@@ -79,6 +87,9 @@ def layer_report(case, result) -> dict:
         "counters": result.counters,
         "error": None if result.error is None else result.error.to_json(),
     }
+    for name in ("sparsity", "weight_bytes"):
+        if name in case.description:
+            payload[name] = case.description[name]
     if result.error is None:
         payload["output_sha256"] = _sha256(result.outputs["y"])
     for name in ("cycles_per_second", "sim_seconds"):

@@ -15,7 +15,7 @@ from ..compiler.tune.executor import EXECUTORS
 from ..hw.config import HwConfig
 from ..hw.errors import InputError
 
-__all__ = ["UsageError", "add_command", "add_hw", "add_json", "add_simulation_options", "load_hw",
+__all__ = ["UsageError", "add_command", "add_hw", "add_json", "add_sparse_exec", "add_simulation_options", "load_hw",
            "make_executor", "measurement_cache", "print_json", "show_progress"]
 
 
@@ -33,6 +33,13 @@ def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 def add_hw(parser: argparse.ArgumentParser, help: str = "HwConfig TOML file (default: built-in defaults)") -> None:
     parser.add_argument("--hw", metavar="TOML", help=help)
+
+
+def add_sparse_exec(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sparse-exec", choices=("auto", "on", "off"), default="auto",
+                        help="layers whose int8 weights follow an N:M pattern of the HwConfig (sparse_patterns) run on "
+                             "the sparse PE array: auto (where they do), on (an error naming the layers that cannot), "
+                             "off (the same weights on the dense datapath)")
 
 
 def add_json(parser: argparse.ArgumentParser, help: str = "print the result as JSON (and no progress)") -> None:
