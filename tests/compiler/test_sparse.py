@@ -165,7 +165,8 @@ def test_pruned_zoo_model_matches_onnxruntime(pruned_model):
         for mode in ("auto", "off"):
             plan = make_plan(graph, HW, fusion=fusion, cores=cores, sparse_exec=mode)
             binary = compile_graph(graph, HW, plan, sparse_exec=mode)
-            result = GoldenSimulator(HW).run(binary, {"input": quantize_input(x, quant).reshape(binary.inputs[0].shape)})
+            x_q = quantize_input(x, quant).reshape(binary.inputs[0].shape)
+            result = GoldenSimulator(HW).run(binary, {"input": x_q})
             assert result.error is None, str(result.error)
             ours = model_outputs(binary, result.outputs)
             for output, value in reference.items():
