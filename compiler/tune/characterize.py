@@ -50,7 +50,7 @@ __all__ = ["LayerSpec", "Grid", "GRIDS", "resolve_grid", "CharacterizationError"
 _log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("layer", "kind", "k", "stride", "cin", "cout", "h", "w", "out_h", "out_w", "macs", "cores", "split",
-               "cores_used", "cycles", "speedup", "utilization", "best", "dram_bytes", "dma_stall")
+               "cores_used", "cycles", "speedup", "utilization", "best", "dram_bytes", "dma_stall", "sparsity")
 
 
 class CharacterizationError(DlfusionError):
@@ -91,6 +91,8 @@ class LayerSpec:
     h, w : int
         Input size (1 x 1 for fc).
     stride : int
+    prune : str or None
+        conv/fc: the N:M pattern (``"2:4"``, ``"1:4"``) its seeded weights are pruned to; it runs sparse.
     """
     kind: str
     k: int
@@ -99,13 +101,23 @@ class LayerSpec:
     h: int
     w: int
     stride: int = 1
+    prune: str | None = None
 
     @property
     def name(self) -> str:
+        pruned = f"_{self.prune.replace(':', 'of')}" if self.prune else ""
         if self.kind == "fc":
-            return f"fc_{self.cin}to{self.cout}"
+            return f"fc_{self.cin}to{self.cout}{pruned}"
         kind = "dwconv" if self.kind == "depthwise" else "conv"
-        return f"{kind}{self.k}x{self.k}s{self.stride}_{self.h}x{self.w}_{self.cin}to{self.cout}"
+        return f"{kind}{self.k}x{self.k}s{self.stride}_{self.h}x{self.w}_{self.cin}to{self.cout}{pruned}"
+
+    @property
+    def density(self) -> float:
+        """N/M of the pattern its weights run with (1 dense)."""
+        if not self.prune:
+            return 1.0
+        n, m = self.prune.split(":")
+        return int(n) / int(m)
 
     @property
     def seed(self) -> int:
@@ -127,18 +139,20 @@ class LayerSpec:
         oh, ow = self.out_hw
         return layer_features(self.kind, kernel=self.k, stride=self.stride, in_channels=self.cin,
                               out_channels=self.cout, in_height=self.h, in_width=self.w, out_height=oh,
-                              out_width=ow, macs=self.macs)
+                              out_width=ow, macs=self.macs, density=self.density)
 
     def estimated_cycles(self, hw: HwConfig) -> float:
         """A one-core bound (compute or DRAM) used only to keep a grid within its time budget."""
         oh, ow = self.out_hw
         rate = hw.lanes if self.kind == "depthwise" else hw.macs_per_cycle
-        weights = self.cout * self.k * self.k * (1 if self.kind == "depthwise" else self.cin)
+        weights = self.cout * self.k * self.k * (1 if self.kind == "depthwise" else self.cin) * self.density
         dram_bytes = self.cin * self.h * self.w + self.cout * oh * ow + weights
-        return max(self.macs / rate, dram_bytes / hw.dram_bytes_per_cycle)
+        return max(self.macs * self.density / rate, dram_bytes / hw.dram_bytes_per_cycle)
 
     def build(self, hw: HwConfig, cores: int, split: str) -> layers.LayerCase:
         common = dict(seed=self.seed, cores=cores, split=split)
+        if self.prune:
+            common.update(prune=self.prune, sparse_exec="on")
         if self.kind == "conv":
             return layers.build_conv(hw, h=self.h, w=self.w, cin=self.cin, cout=self.cout, k=self.k,
                                      stride=self.stride, **common)
@@ -165,6 +179,10 @@ class Grid:
     every_core_count : bool
         Measure at every core count 1..cores; otherwise at the powers of two below
         ``cores`` and ``cores``.
+    sparse_spatial, sparse_channels : tuple of int
+        Pruned layers, at every pattern of the HwConfig's ``sparse_patterns``: per size and channel
+        multiple (at least 4 blocks, a whole 1:4 window) a 3x3 and a 1x1 convolution ``c -> c``; and the
+        fully connected layer ``fc_in[-1] * lanes -> fc_out[-1] * lanes``.
     """
     name: str
     spatial: tuple[int, ...]
@@ -174,6 +192,8 @@ class Grid:
     max_cycles: int
     downsampling: bool = False
     every_core_count: bool = False
+    sparse_spatial: tuple[int, ...] = ()
+    sparse_channels: tuple[int, ...] = ()
 
     def candidates(self, hw: HwConfig) -> list[LayerSpec]:
         lanes = hw.lanes
@@ -190,6 +210,14 @@ class Grid:
         for a in self.fc_in:
             for b in self.fc_out:
                 specs.append(LayerSpec("fc", 1, a * lanes, b * lanes, 1, 1))
+        for pattern in hw.sparse_patterns:
+            for s in self.sparse_spatial:
+                for m in self.sparse_channels:
+                    c = m * lanes
+                    specs += [LayerSpec("conv", 3, c, c, s, s, prune=pattern), LayerSpec("conv", 1, c, c, s, s,
+                                                                                         prune=pattern)]
+            if self.sparse_spatial and self.fc_in:
+                specs.append(LayerSpec("fc", 1, self.fc_in[-1] * lanes, self.fc_out[-1] * lanes, 1, 1, prune=pattern))
         unique = list(dict.fromkeys(specs))
         return [spec for spec in unique if spec.estimated_cycles(hw) <= self.max_cycles]
 
@@ -203,10 +231,11 @@ class Grid:
 GRIDS = {
     # CI: about 30 layers, 5 runs each on a 4-core configuration; a few minutes at most on 2 CPUs.
     "small": Grid("small", spatial=(4, 8, 16), channels=(1, 4, 16), fc_in=(8, 32, 128), fc_out=(2, 8, 32),
-                  max_cycles=40_000),
+                  max_cycles=40_000, sparse_spatial=(8,), sparse_channels=(4,)),
     # make bench: network-like sizes (7..56 pixels, up to 32 * lanes channels, stride-2 layers).
     "full": Grid("full", spatial=(7, 14, 28, 56), channels=(1, 2, 4, 8, 16, 32), fc_in=(16, 64, 256),
-                 fc_out=(4, 16, 64), max_cycles=600_000, downsampling=True, every_core_count=True),
+                 fc_out=(4, 16, 64), max_cycles=600_000, downsampling=True, every_core_count=True,
+                 sparse_spatial=(7, 14, 28, 56), sparse_channels=(4, 8, 16, 32)),
 }
 
 
@@ -322,7 +351,7 @@ def _rows(specs, core_counts, results, hw) -> list[dict]:
                          "speedup": round(base / r["cycles"], 4),
                          "utilization": round(spec.macs / (hw.macs_per_cycle * r["cores_used"] * r["cycles"]), 5),
                          "best": int(r["cycles"] == best), "dram_bytes": r["dram_bytes"],
-                         "dma_stall": sum(c["dma_stall"] for c in r["counters"])})
+                         "dma_stall": sum(c["dma_stall"] for c in r["counters"]), "sparsity": spec.prune or ""})
     return rows
 
 
@@ -341,7 +370,7 @@ def read_samples(csv_path: str | Path) -> list[Sample]:
     with open(csv_path, newline="") as file:
         for row in csv.DictReader(file):
             spec = LayerSpec(row["kind"], int(row["k"]), int(row["cin"]), int(row["cout"]), int(row["h"]),
-                             int(row["w"]), int(row["stride"]))
+                             int(row["w"]), int(row["stride"]), row.get("sparsity") or None)
             cores = int(row["cores"])
             choice = (cores, "rows" if cores == 1 else row["split"])
             by_layer.setdefault(row["layer"], (spec, {}))[1][choice] = int(row["cycles"])

@@ -69,13 +69,18 @@ Choice = tuple[int, str]
 # -- features -------------------------------------------------------------------------------------
 
 def layer_features(kind: str, *, kernel: int, stride: int, in_channels: int, out_channels: int, in_height: int,
-                   in_width: int, out_height: int, out_width: int, macs: int) -> dict:
+                   in_width: int, out_height: int, out_width: int, macs: int, density: float = 1.0) -> dict:
     """The raw features of one layer (``kind``: ``conv``, ``depthwise``, ``fc``, ``add``, ``maxpool``,
     ``avgpool``, ``concat``, as :class:`~dlfusion.compiler.ir.Op` values). A fully connected layer
-    is ``fc`` with its flattened fan-in as ``in_channels`` on a 1x1 input."""
-    return {"kind": kind, "kernel": int(kernel), "stride": int(stride), "in_channels": int(in_channels),
-            "out_channels": int(out_channels), "in_height": int(in_height), "in_width": int(in_width),
-            "out_height": int(out_height), "out_width": int(out_width), "macs": int(macs)}
+    is ``fc`` with its flattened fan-in as ``in_channels`` on a 1x1 input. ``density``: N/M of the
+    N:M pattern a sparse conv/fc runs with (1 dense; only then is it in the dict, so dense layers'
+    features read as before sparsity)."""
+    features = {"kind": kind, "kernel": int(kernel), "stride": int(stride), "in_channels": int(in_channels),
+                "out_channels": int(out_channels), "in_height": int(in_height), "in_width": int(in_width),
+                "out_height": int(out_height), "out_width": int(out_width), "macs": int(macs)}
+    if density != 1.0:
+        features["density"] = float(density)
+    return features
 
 
 def features_of(graph, node) -> dict:
@@ -87,8 +92,10 @@ def features_of(graph, node) -> dict:
     stride = int(node.attrs.stride)
     if kind == "fc":  # a classifier on a (C, H, W) input is a C*H*W -> K product
         cin, h, w, kernel = cin * h * w, 1, 1, 1
+    pattern = node.attrs.sparsity.pattern
     return layer_features(kind, kernel=kernel, stride=stride, in_channels=cin, out_channels=cout, in_height=h,
-                          in_width=w, out_height=oh, out_width=ow, macs=node.macs)
+                          in_width=w, out_height=oh, out_width=ow, macs=node.macs,
+                          density=1.0 if pattern is None else pattern[0] / pattern[1])
 
 
 def rule_kind(features: dict) -> str:
@@ -107,15 +114,18 @@ def numeric_features(features: dict) -> dict[str, float]:
     """The :data:`FEATURES` of a layer's raw features."""
     f = features
     kind = f["kind"]
+    # A sparse layer does the PE work of density x its MACs and loads density x 5/4 of its weight bytes
+    # (values and 2-bit indices): it is characterized, and chosen for, as that dense layer.
+    density = f.get("density", 1.0)
     if kind in ("conv", "fc"):
-        weights = f["out_channels"] * f["in_channels"] * f["kernel"] ** 2
+        weights = f["out_channels"] * f["in_channels"] * f["kernel"] ** 2 * (density * 1.25 if density < 1 else 1)
     elif kind == "depthwise":
         weights = f["out_channels"] * f["kernel"] ** 2
     else:
         weights = 0
     activations = f["in_channels"] * f["in_height"] * f["in_width"] + f["out_channels"] * f["out_height"] * f[
         "out_width"]
-    return {"log2_macs": _log2(f["macs"]), "log2_in_channels": _log2(f["in_channels"]),
+    return {"log2_macs": _log2(f["macs"] * density), "log2_in_channels": _log2(f["in_channels"]),
             "log2_out_channels": _log2(f["out_channels"]), "log2_out_rows": _log2(f["out_height"]),
             "log2_activation_bytes": _log2(activations), "log2_weight_bytes": _log2(weights),
             "log2_weights_per_activation": _log2(weights) - _log2(activations)}
