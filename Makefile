@@ -28,13 +28,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VBIN)/dlfusion demo $(HW_ARG)
 
-# Foundation, scaling and zoo benchmarks, then the full-grid characterization
+# Foundation, scaling, zoo and sparsity benchmarks, then the full-grid characterization
 # (the decision rule of the HwConfig), the tuning benchmark over the zoo, and the
 # simulator's speed against the bare MAC array.
 bench: $(STAMP)
 	$(VBIN)/dlfusion bench foundation $(HW_ARG)
 	$(VBIN)/dlfusion bench scaling $(HW_ARG)
 	$(VBIN)/dlfusion bench zoo $(HW_ARG)
+	$(VBIN)/dlfusion bench sparse $(HW_ARG)
 	$(VBIN)/dlfusion characterize --grid full $(HW_ARG)
 	$(VBIN)/dlfusion bench tune $(HW_ARG)
 	$(VBIN)/dlfusion bench simspeed $(HW_ARG)

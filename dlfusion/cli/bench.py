@@ -30,7 +30,7 @@ DEFAULT_OUT = "build/bench"
 
 
 def add_commands(sub) -> None:
-    parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo, tune or simspeed",
+    parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo, sparse, tune or simspeed",
                             description=__doc__.split("\n\n")[0])
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
 
@@ -68,6 +68,14 @@ def add_commands(sub) -> None:
     add_simulation_options(p)
     add_max_group(p)
     p.set_defaults(func=cmd_tune_bench)
+
+    p = add_command(benchmarks, "sparse", help="N:M sparsity on the RTL: a 3x3 conv, an FC layer, ResNet-50 and "
+                                               "MobileNetV2 dense vs 2:4 vs 1:4 on the same pruned weights")
+    add_hw(p)
+    _add_out(p)
+    p.add_argument("--layers-only", action="store_true", help="the two layers, no networks")
+    add_simulation_options(p, cache=False)
+    p.set_defaults(func=cmd_sparse)
 
     p = add_command(benchmarks, "simspeed", help="simulated cycles per second of whole programs on the RTL "
                                                  "(dlfusion run as a process), against the bare MAC array")
@@ -125,6 +133,16 @@ def cmd_tune_bench(args) -> int:
     print()
     print(summary_table(summary_rows({r["source"]: r for r in reports})))
     print(f"report: {Path(args.report) / 'tune-report.md'}")
+    return 0
+
+
+def cmd_sparse(args) -> int:
+    from ..sparsebench import sparse_bench, sparse_tables
+    hw = load_hw(args)
+    with make_executor(args) as executor:
+        report = sparse_bench(hw, Path(args.out) / "sparse", layers_only=args.layers_only, executor=executor,
+                              rule_dir=args.rule_dir, progress=show_progress(args))
+    print(sparse_tables(report))
     return 0
 
 
