@@ -30,7 +30,7 @@ DEFAULT_OUT = "build/bench"
 
 
 def add_commands(sub) -> None:
-    parser = sub.add_parser("bench", help="run a benchmark on the RTL: foundation, scaling, zoo, sparse, tune or simspeed",
+    parser = sub.add_parser("bench", help="run an RTL benchmark: foundation, scaling, zoo, sparse, tune or simspeed",
                             description=__doc__.split("\n\n")[0])
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
 
