@@ -52,6 +52,10 @@ Points the ISA document leaves open, settled here (and in the RTL alike):
   naming the own core, is ``BAD_FIELD``; a core that never arrives (one
   without a stream, or one that ended) makes it a ``WATCHDOG``.
 * The reserved header bits 6..7 are ignored.
+* A sparse MATMUL range-checks every line of every iteration's window; its
+  metadata entry is the weight block's (the weight block check covers it).
+  Metadata indices naming the same activation twice are legal: both products
+  count.
 
 Cycle model (an estimate; the RTL gives the real count)
 -------------------------------------------------------
@@ -70,7 +74,8 @@ Cycle model (an estimate; the RTL gives the real count)
   cycles) has elapsed. Pad-only transfers take ``p`` cycles. The wait for the
   port is counted as ``dma_stall``.
 * PE: ``MATMUL`` takes ``n1 * n0 + 2`` cycles (one iteration per cycle plus
-  the pipeline).
+  the pipeline), sparse or dense alike (a sparse iteration reads its window of
+  ``M/N`` lines from as many activation banks in one cycle).
 * PPU: ``REQUANT`` takes ``n1 * n0 + 6 + 2`` cycles, ``ADD``
   ``n1 * n0 + 6 + 3`` (pipeline plus parameter reads); with ``lut`` set, two
   more (the table read and the byte select).
