@@ -18,7 +18,8 @@ from unit_bench import TINY, backing_store, pack, simulate, unpack
 
 from dlfusion.hw.core import COUNTER_BITS, COUNTER_NAMES, Core, Semaphores
 from dlfusion.hw.isa import _PAYLOAD_FIELDS, Buffer, ErrorCode, MatmulMode, Opcode, Unit, encode, encode_program
-from dlfusion.hw.memsys import TAG_BITS, MemorySystem
+from dlfusion.hw.dma import dma_tag_layout
+from dlfusion.hw.memsys import MemorySystem
 from dlfusion.hw.numerics import requantize
 
 HW = TINY
@@ -30,7 +31,7 @@ DATA, PARAMS, OUTPUT, TABLE = 512, 600, 700, 800     # DRAM lines
 class CoreBench(Elaboratable):
     def __init__(self, dram, hw=HW):
         self.core = Core(hw, 0)
-        self.memsys = MemorySystem(hw, [0, TAG_BITS])
+        self.memsys = MemorySystem(hw, [0, dma_tag_layout(hw).size])
         self.dram_init = dram
         self.dram = None
 

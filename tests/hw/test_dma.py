@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_bench import TINY, backing_store, drive, entry, pack, simulate, unpack
 
-from dlfusion.hw.dma import DmaUnit
+from dlfusion.hw.dma import DmaUnit, dma_tag_layout
 from dlfusion.hw.isa import Buffer, ErrorCode, Opcode, Unit, encode
-from dlfusion.hw.memsys import TAG_BITS, MemorySystem
+from dlfusion.hw.memsys import MemorySystem
 
 HW = TINY
 LANES = HW.lanes
@@ -25,7 +25,7 @@ LANES = HW.lanes
 class DmaBench(Elaboratable):
     def __init__(self, dram, act):
         self.dma = DmaUnit(HW)
-        self.memsys = MemorySystem(HW, [TAG_BITS])
+        self.memsys = MemorySystem(HW, [dma_tag_layout(HW).size])
         self.dram_init = [pack(line, 8) for line in dram]
         self.act = memory.Memory(shape=8 * LANES, depth=HW.act_lines, init=[pack(line, 8) for line in act])
         self.dram = None
