@@ -60,10 +60,11 @@ def run_dma(instructions, dram, act):
     async def monitor(ctx):
         dma, mem = bench.dma, bench.memsys.mem
         line = dma.line_write
-        async for _, _, we, buffer, addr, data, re, mem_we in ctx.tick().sample(
-                line.valid, line.payload.buffer, line.payload.addr, line.payload.data, mem.re, mem.we):
+        async for _, _, we, buffer, addr, data, meta, re, mem_we in ctx.tick().sample(
+                line.valid, line.payload.buffer, line.payload.addr, line.payload.data, line.payload.meta,
+                mem.re, mem.we):
             if we:
-                writes.append((Buffer(buffer), addr, tuple(unpack(data, LANES, 8))))
+                writes.append(("meta" if meta else Buffer(buffer), addr, tuple(unpack(data, LANES, 8))))
             traffic["reads"] += re
             traffic["writes"] += mem_we
 
@@ -93,7 +94,7 @@ def transfer_lines(f):
 
 
 def expected_load_writes(f, dram):
-    buffer = Buffer(f.get("buffer", Buffer.ACT))
+    buffer = "meta" if f.get("meta") else Buffer(f.get("buffer", Buffer.ACT))
     pad_line = (f.get("pad_value", 0),) * LANES
     return sorted((buffer, sram, pad_line if line is None else tuple(int(v) for v in dram[line]))
                   for sram, line in transfer_lines(f))
@@ -126,6 +127,20 @@ def test_load_names_its_scratchpad(buffer):
     writes, _, _, run = run_dma([(Opcode.LOAD, f, 1)], dram, act)
     assert run.error is None
     assert sorted(writes) == expected_load_writes(f, dram)
+
+
+def test_a_metadata_load_writes_the_metadata_store_up_to_its_last_line():
+    """LOAD weight with meta: the line writes say so (padding too), and the range is the store's."""
+    dram, act = random_contents(9)
+    f = dict(buffer=Buffer.WEIGHT, meta=1, sram_addr=HW.meta_lines - 6, sram_s1=3, dram_addr=30, dram_s1=5,
+             n0=3, n1=2, n2=1, pad_left=1, pad_value=0xE4)
+    writes, _, _, run = run_dma([(Opcode.LOAD, f, 1)], dram, act)
+    assert run.error is None
+    assert sorted(writes) == expected_load_writes(f, dram)
+    assert max(addr for _, addr, _ in writes) == HW.meta_lines - 1
+    _, _, _, run = run_dma([(Opcode.LOAD, dict(f, sram_addr=HW.meta_lines - 5), 1)], dram, act)
+    assert run.error == (ErrorCode.SRAM_RANGE, 20)
+    assert HW.meta_lines < HW.weight_lines
 
 
 def test_a_table_load_reaches_the_last_line_of_the_store():
