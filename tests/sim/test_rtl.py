@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sparse_golden import pruned  # the golden sparse tests' pruning
 
 from dlfusion.compiler import layers
 from dlfusion.hw.asm import DramAllocator, StreamBuilder, assemble, pack_params
@@ -78,8 +79,6 @@ def _sparse_program(hw, sparsity, seed, *, dense=False):
     signs, zero points, accumulation, strides) into 8 accumulators, then each accumulator requantized
     at three scales (so that its low, middle and high bits show) and stored. ``dense``: the same
     program with dense MATMULs (other results, the same cycles)."""
-    from test_sparse_golden import pruned  # the golden sparse tests' pruning
-
     rng = np.random.default_rng(seed)
     lanes, window = hw.lanes, sparsity.window
     dram = DramAllocator(hw)
