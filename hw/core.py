@@ -489,8 +489,8 @@ class Core(wiring.Component):
                     m.d.comb += [self.error_code.eq(u.error_code), self.error_pc.eq(u.error_pc)]
 
     def _scratchpads(self, m, dma, pe, ppu):
-        """The act, weight, accumulator and parameter scratchpads, the lookup-table store, and the
-        units' ports on them."""
+        """The act (banked on a sparse array), weight, accumulator and parameter scratchpads, the
+        lookup-table store, the metadata store (sparse array), and the units' ports on them."""
         hw = self.hw
         lanes = hw.lanes
         line_bits = 8 * lanes

@@ -14,9 +14,18 @@ One loop iteration per cycle, in a three-stage pipeline:
 
 The next instruction starts issuing in the cycle after the last iteration of
 the previous one, so a stream of instructions keeps the array busy.
+
+On a sparse array (``HwConfig.sparse_patterns``) the issue stage of a sparse
+MATMUL also computes the window lines ``act + j * act_sg`` (``j < M/N``),
+checks each, and reads each from its activation bank (line ``a`` lives in bank
+``a % G``; the lines are in distinct banks because ``act_sg`` is odd), and it
+reads the block's metadata entry beside the weight block. The multiply stage
+routes the banks' data back to window order and each multiplier selects its
+activation from the 4 channels of its group by its 2-bit index. The pipeline
+is the same: a sparse MATMUL takes the cycles of a dense one.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -123,22 +132,33 @@ class Multipliers(wiring.Component):
             value = Signal(signed(10), name=f"x{k}")
             m.d.comb += value.eq(widen(self.act[8 * k:8 * k + 8], self.in_signed) - zero_point)
             x.append(value)
-        dense = self.sparse == Sparsity.DENSE
+        # The indices in use: the metadata's, or r % M for a dense MATMUL (channel r of line 0).
+        index = Signal(INDEX_BITS * lanes * lanes)
+        dense_index = sum((r % group_size) << (INDEX_BITS * (r * lanes + c))
+                          for r in range(lanes) for c in range(lanes))
+        m.d.comb += index.eq(Mux(self.sparse == Sparsity.DENSE, dense_index, self.index))
+        # A row's group packed in 16-bit slots, so that the M:1 multiplexer of a multiplier is one
+        # shift by 16 * index (one 64-bit shift in a simulator, rather than a case per multiplier).
+        slot = 16
         operand = []
         for r in range(lanes):
-            group = [Signal(signed(10), name=f"group{r}_{q}") for q in range(group_size)]
+            group = Signal(slot * group_size, name=f"group{r}")
+
+            def packed(first):
+                return Cat(Cat(x[first + q], Const(0, slot - 10)) for q in range(group_size))
+
             with m.Switch(self.sparse):
                 for pattern in self.patterns:
                     n, _ = pattern.pattern
                     with m.Case(pattern):
-                        m.d.comb += [group[q].eq(x[(r // n) * group_size + q]) for q in range(group_size)]
+                        m.d.comb += group.eq(packed((r // n) * group_size))
                 with m.Default():
-                    m.d.comb += [group[q].eq(x[(r // group_size) * group_size + q]) for q in range(group_size)]
+                    m.d.comb += group.eq(packed((r // group_size) * group_size))
             row = []
             for c in range(lanes):
                 bit = INDEX_BITS * (r * lanes + c)
-                index = Mux(dense, r % group_size, self.index[bit:bit + INDEX_BITS])
-                row.append(Array(group)[index])
+                shift = Cat(Const(0, exact_log2(slot)), index[bit:bit + INDEX_BITS])
+                row.append((group >> shift)[:10].as_signed())
             operand.append(row)
         return operand
 
@@ -148,7 +168,9 @@ class PeArray(wiring.Component):
 
     Members
     -------
-    act_read : In(ReadPort.Signature), an activation scratchpad read port.
+    act_read : In(ReadPort.Signature), an activation scratchpad read port; on a sparse array an
+        array of ``sparse_window`` ports, one per activation bank (row addresses).
+    meta_read : In(ReadPort.Signature), sparse array only: a metadata store read port (an entry).
     weight_read : In(ReadPort.Signature), a weight scratchpad read port (a whole ``L x L`` block).
     acc_read : In(ReadPort.Signature), an accumulator read port (transparent for ``acc_write``).
     acc_write : In(WritePort.Signature), the accumulator write port.
