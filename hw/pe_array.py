@@ -227,7 +227,7 @@ class PeArray(wiring.Component):
 
         act_bad = act >= hw.act_lines
         if self.banks > 1:
-            window = self._window(m, act, instr)
+            window = self._window(m, act)
             act_bad = act_bad | Cat(used & (line >= hw.act_lines) for line, used in window[1:]).any()
         bad = Signal()
         m.d.comb += bad.eq(~is_sync & (act_bad | (weight >= hw.weight_blocks)
@@ -354,7 +354,7 @@ class PeArray(wiring.Component):
         ]
         return m
 
-    def _window(self, m, act, instr):
+    def _window(self, m, act):
         """The lines of a sparse window, ``act + j * act_sg`` for ``j < G``, each with whether the
         instruction's pattern reads it (line 0 always). ``j * act_sg`` is computed once, when the
         instruction starts."""
