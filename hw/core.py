@@ -103,8 +103,10 @@ class Dispatcher(wiring.Component):
 
     ``instr_lines`` fetched lines make one instruction, the first in its low bits. A malformed
     instruction (a bad opcode, a reserved field value, a barrier that does not name this core
-    or names a core that does not exist) is reported, not dispatched, as is a stream that runs
-    past the end of DRAM.
+    or names a core that does not exist, a ``meta`` LOAD of another buffer than weight or on a
+    dense array, a STORE with ``meta``, a sparse MATMUL of a pattern the array lacks, of another
+    mode than MATMUL or with an even ``act_sg``) is reported, not dispatched, as is a stream that
+    runs past the end of DRAM.
 
     Parameters
     ----------
