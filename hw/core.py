@@ -11,14 +11,14 @@ the cycle. :class:`Core` joins them with the scratchpads and the
 units and keeps the first error and the counters.
 """
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from .config import HwConfig
-from .dma import DmaUnit
-from .isa import INSTRUCTION, NUM_SEMAPHORES, SEMAPHORE_MAX, Buffer, ErrorCode, Opcode, Unit
+from .dma import DmaUnit, dma_tag_layout
+from .isa import INSTRUCTION, NUM_SEMAPHORES, SEMAPHORE_MAX, Buffer, ErrorCode, MatmulMode, Opcode, Sparsity, Unit
 from .memsys import RequestSignature, ResponseSignature
 from .pe_array import PeArray
 from .ppu import Ppu
@@ -103,8 +103,10 @@ class Dispatcher(wiring.Component):
 
     ``instr_lines`` fetched lines make one instruction, the first in its low bits. A malformed
     instruction (a bad opcode, a reserved field value, a barrier that does not name this core
-    or names a core that does not exist) is reported, not dispatched, as is a stream that runs
-    past the end of DRAM.
+    or names a core that does not exist, a ``meta`` LOAD of another buffer than weight or on a
+    dense array, a STORE with ``meta``, a sparse MATMUL of a pattern the array lacks, of another
+    mode than MATMUL or with an even ``act_sg``) is reported, not dispatched, as is a stream that
+    runs past the end of DRAM.
 
     Parameters
     ----------
@@ -188,17 +190,24 @@ class Dispatcher(wiring.Component):
         dispatchable = Signal()
         bad_opcode = Signal()
         bad_field = Signal()
+        dma, matmul = instr.payload.dma, instr.payload.matmul
+        # The metadata store is the weight buffer's, on a sparse array only.
+        bad_meta = dma.meta & ((dma.buffer != Buffer.WEIGHT) if hw.sparse_patterns else 1)
+        # A sparse pattern the array has (3 is reserved), in MATMUL mode, with an odd window stride.
+        supported = Cat(matmul.sparse == Sparsity.from_label(label) for label in hw.sparse_patterns)
+        bad_sparse = (matmul.sparse != Sparsity.DENSE) & (
+            ~supported.any() | (matmul.mode != MatmulMode.MATMUL) | ~matmul.act_sg[0])
         with m.Switch(opcode):
             with m.Case(Opcode.LOAD):
                 # Buffer lut (3) exists only with lookup tables.
                 m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
-                             bad_field.eq(0 if hw.lut_tables else instr.payload.dma.buffer == Buffer.LUT)]
+                             bad_field.eq((0 if hw.lut_tables else dma.buffer == Buffer.LUT) | bad_meta)]
             with m.Case(Opcode.STORE):
                 m.d.comb += [target.eq(Unit.DMA), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.dma.buffer != Buffer.ACT)]
+                             bad_field.eq((dma.buffer != Buffer.ACT) | dma.meta)]
             with m.Case(Opcode.MATMUL):
                 m.d.comb += [target.eq(Unit.PE), dispatchable.eq(1),
-                             bad_field.eq(instr.payload.matmul.mode.as_value() == 3)]
+                             bad_field.eq((matmul.mode.as_value() == 3) | bad_sparse)]
             with m.Case(Opcode.REQUANT, Opcode.ADD):
                 m.d.comb += [target.eq(Unit.PPU), dispatchable.eq(1)]
             with m.Case(Opcode.SYNC):
@@ -351,7 +360,8 @@ class Core(wiring.Component):
         super().__init__({
             "start": In(1), "enable": In(1), "prog_addr": In(32), "halt": In(1),
             "fetch": Out(RequestSignature(hw, 0)), "fetch_resp": In(ResponseSignature(hw, 0)),
-            "dma": Out(RequestSignature(hw)), "dma_resp": In(ResponseSignature(hw)),
+            "dma": Out(RequestSignature(hw, dma_tag_layout(hw).size)),
+            "dma_resp": In(ResponseSignature(hw, dma_tag_layout(hw).size)),
             "finished": Out(1), "error": Out(1), "error_code": Out(ErrorCode), "error_pc": Out(32),
             "pc": Out(32), "progress": Out(1),
             "barrier_arrive": Out(1), "barrier_mask": Out(hw.cores), "barrier_go": In(1),
@@ -481,12 +491,14 @@ class Core(wiring.Component):
                     m.d.comb += [self.error_code.eq(u.error_code), self.error_pc.eq(u.error_pc)]
 
     def _scratchpads(self, m, dma, pe, ppu):
-        """The act, weight, accumulator and parameter scratchpads, the lookup-table store, and the
-        units' ports on them."""
+        """The act (banked on a sparse array), weight, accumulator and parameter scratchpads, the
+        lookup-table store, the metadata store (sparse array), and the units' ports on them."""
         hw = self.hw
         lanes = hw.lanes
         line_bits = 8 * lanes
-        m.submodules.act = act = memory.Memory(shape=line_bits, depth=hw.act_lines, init=[])
+        banked = hw.sparse_window > 1
+        if not banked:
+            m.submodules.act = act = memory.Memory(shape=line_bits, depth=hw.act_lines, init=[])
         m.submodules.weight = weight = memory.Memory(shape=line_bits * lanes, depth=hw.weight_blocks, init=[])
         m.submodules.acc = acc = memory.Memory(shape=32 * lanes, depth=hw.acc_entries, init=[])
         m.submodules.param = param = memory.Memory(shape=32 * lanes, depth=hw.param_entries, init=[])
@@ -497,13 +509,17 @@ class Core(wiring.Component):
         # _clock_gate): read data then changes only when the unit's clock ticks, so the logic behind
         # it is evaluated only then. The act write ports stay on the core's clock, in one domain,
         # so their priority stays defined.
-        act_dma_w = act.write_port()
-        act_ppu_w = act.write_port()
-        wiring.connect(m, ppu.act_write, act_ppu_w)
-        wiring.connect(m, pe.act_read, act.read_port(domain="pe_gated"))
-        wiring.connect(m, ppu.a_read, act.read_port(domain=ppu.add_domain))
-        wiring.connect(m, ppu.b_read, act.read_port(domain="ppu_gated"))
-        wiring.connect(m, dma.act_read, act.read_port(domain="dma_gated"))
+        line = dma.line_write
+        if banked:
+            self._act_banks(m, dma, pe, ppu)
+        else:
+            act_dma_w = act.write_port()
+            act_ppu_w = act.write_port()
+            wiring.connect(m, ppu.act_write, act_ppu_w)
+            wiring.connect(m, pe.act_read, act.read_port(domain="pe_gated"))
+            wiring.connect(m, ppu.a_read, act.read_port(domain=ppu.add_domain))
+            wiring.connect(m, ppu.b_read, act.read_port(domain="ppu_gated"))
+            wiring.connect(m, dma.act_read, act.read_port(domain="dma_gated"))
         weight_w = weight.write_port(granularity=line_bits)
         wiring.connect(m, pe.weight_read, weight.read_port(domain="pe_gated"))
         acc_w = acc.write_port(domain="pe_gated")
@@ -514,23 +530,89 @@ class Core(wiring.Component):
         wiring.connect(m, ppu.param_read, param.read_port(domain="ppu_gated"))
 
         # DMA line writes decoded to the three DMA-writable scratchpads.
-        line = dma.line_write
         row_bits = exact_log2(lanes)
         chunk_bits = exact_log2(hw.param_lines_per_entry)
+        if not banked:
+            m.d.comb += [
+                act_dma_w.addr.eq(line.payload.addr), act_dma_w.data.eq(line.payload.data),
+                act_dma_w.en.eq(line.valid & (line.payload.buffer == Buffer.ACT)),
+            ]
+        # (on a sparse array, a line of the metadata store is not one of the weight values)
+        weight_line = line.valid & (line.payload.buffer == Buffer.WEIGHT)
+        if banked:
+            weight_line = weight_line & ~line.payload.meta
         m.d.comb += [
-            act_dma_w.addr.eq(line.payload.addr), act_dma_w.data.eq(line.payload.data),
-            act_dma_w.en.eq(line.valid & (line.payload.buffer == Buffer.ACT)),
             weight_w.addr.eq(line.payload.addr >> row_bits),
             weight_w.data.eq(Cat([line.payload.data] * lanes)),
-            weight_w.en.eq(Mux(line.valid & (line.payload.buffer == Buffer.WEIGHT),
-                               Const(1, lanes) << line.payload.addr[:row_bits], 0)),
+            weight_w.en.eq(Mux(weight_line, Const(1, lanes) << line.payload.addr[:row_bits], 0)),
             param_w.addr.eq(line.payload.addr >> chunk_bits),
             param_w.data.eq(Cat([line.payload.data] * hw.param_lines_per_entry)),
             param_w.en.eq(Mux(line.valid & (line.payload.buffer == Buffer.PARAM),
                               Const(1, hw.param_lines_per_entry) << line.payload.addr[:chunk_bits], 0)),
         ]
+        if banked:
+            self._metadata_store(m, pe, line)
         if hw.lut_tables:
             self._lookup_tables(m, ppu, line)
+
+    def _act_banks(self, m, dma, pe, ppu):
+        """The activation scratchpad of a sparse array: ``sparse_window`` banks by line address
+        (line ``a`` is row ``a // G`` of bank ``a % G``), each with the ports of the one scratchpad of
+        a dense array. A write goes to the bank its address names; a read reads there, and its data
+        comes back from the bank the address named when it was read. The PE has a port per bank: the
+        lines of a sparse window are in distinct banks (its stride is odd)."""
+        hw = self.hw
+        banks = hw.sparse_window
+        bank_bits = exact_log2(banks)
+        memories = []
+        for bank in range(banks):
+            m.submodules[f"act_bank{bank}"] = bank_memory = memory.Memory(
+                shape=8 * hw.lanes, depth=hw.act_lines // banks, init=[])
+            memories.append(bank_memory)
+
+        def write(addr, data, en):
+            for bank, bank_memory in enumerate(memories):
+                port = bank_memory.write_port()
+                m.d.comb += [port.addr.eq(addr[bank_bits:]), port.data.eq(data),
+                             port.en.eq(en & (addr[:bank_bits] == bank))]
+
+        def read(reader, domain, name):
+            ports = [bank_memory.read_port(domain=domain) for bank_memory in memories]
+            bank_read = Signal(bank_bits, name=f"{name}_bank")
+            with m.If(reader.en):
+                m.d[domain] += bank_read.eq(reader.addr[:bank_bits])
+            for bank, port in enumerate(ports):
+                m.d.comb += [port.addr.eq(reader.addr[bank_bits:]),
+                             port.en.eq(reader.en & (reader.addr[:bank_bits] == bank))]
+            m.d.comb += reader.data.eq(Array(port.data for port in ports)[bank_read])
+
+        # Write ports in the order of their priority, as on the one scratchpad.
+        line = dma.line_write
+        write(line.payload.addr, line.payload.data, line.valid & (line.payload.buffer == Buffer.ACT))
+        write(ppu.act_write.addr, ppu.act_write.data, ppu.act_write.en)
+        for bank, bank_memory in enumerate(memories):
+            wiring.connect(m, pe.act_read[bank], bank_memory.read_port(domain="pe_gated"))
+        read(ppu.a_read, ppu.add_domain, "ppu_a")
+        read(ppu.b_read, "ppu_gated", "ppu_b")
+        read(dma.act_read, "dma_gated", "dma_act")
+
+    def _metadata_store(self, m, pe, line):
+        """The metadata store of a sparse array: an entry of ``L x L`` 2-bit indices per weight block,
+        written by the DMA's line writes of a LOAD with ``meta`` (``L/4`` lines an entry, the first in
+        the low bits), read by the PE beside the weight block."""
+        hw = self.hw
+        line_bits = 8 * hw.line_bytes
+        per_entry = hw.meta_lines_per_block
+        entry_bits = exact_log2(per_entry)
+        m.submodules.meta = meta = memory.Memory(shape=line_bits * per_entry, depth=hw.weight_blocks, init=[])
+        meta_w = meta.write_port(granularity=line_bits)
+        meta_line = line.valid & (line.payload.buffer == Buffer.WEIGHT) & line.payload.meta
+        m.d.comb += [
+            meta_w.addr.eq(line.payload.addr >> entry_bits),
+            meta_w.data.eq(Cat([line.payload.data] * per_entry)),
+            meta_w.en.eq(Mux(meta_line, Const(1, per_entry) << line.payload.addr[:entry_bits], 0)),
+        ]
+        wiring.connect(m, pe.meta_read, meta.read_port(domain="pe_gated"))
 
     def _lookup_tables(self, m, ppu, line):
         """The lookup-table store: a copy per PPU lane (each lane looks up a byte per cycle), all

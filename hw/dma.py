@@ -20,12 +20,23 @@ from .isa import DMA_PAYLOAD, Buffer, ErrorCode, Opcode
 from .memsys import RequestSignature, ResponseSignature
 from .unit import unit_members
 
-__all__ = ["DmaUnit", "TransferLoops", "LOOP_FIELDS", "line_write_layout"]
+__all__ = ["DmaUnit", "TransferLoops", "LOOP_FIELDS", "line_write_layout", "dma_tag_layout"]
+
+
+def _meta_field(hw: HwConfig) -> dict:
+    """The metadata-store bit of a line write or tag: only a sparse array has the store."""
+    return {"meta": 1} if hw.sparse_patterns else {}
 
 
 def line_write_layout(hw: HwConfig) -> data.StructLayout:
-    """One scratchpad line written by the DMA: the buffer, its line address and the line."""
-    return data.StructLayout({"buffer": Buffer, "addr": 18, "data": 8 * hw.line_bytes})
+    """One scratchpad line written by the DMA: the buffer, its line address and the line (and, on a
+    sparse array, ``meta``: the line is of the weight buffer's metadata store)."""
+    return data.StructLayout({"buffer": Buffer, "addr": 18, "data": 8 * hw.line_bytes, **_meta_field(hw)})
+
+
+def dma_tag_layout(hw: HwConfig) -> data.StructLayout:
+    """The tag of a DMA read request: where its response is written (20 bits; 21 on a sparse array)."""
+    return data.StructLayout({"addr": 18, "buffer": Buffer, **_meta_field(hw)})
 
 
 #: The fields of a DMA instruction that shape its loops.
@@ -130,8 +141,8 @@ class DmaUnit(wiring.Component):
         line_bits = 8 * hw.line_bytes
         super().__init__({
             **unit_members(self.PAYLOAD),
-            "req": Out(RequestSignature(hw)),
-            "resp": In(ResponseSignature(hw)),
+            "req": Out(RequestSignature(hw, dma_tag_layout(hw).size)),
+            "resp": In(ResponseSignature(hw, dma_tag_layout(hw).size)),
             "line_write": Out(stream.Signature(line_write_layout(hw), always_ready=True)),
             "act_read": In(memory.ReadPort.Signature(addr_width=exact_log2(hw.act_lines), shape=line_bits)),
             "stall": Out(1),
@@ -161,6 +172,10 @@ class DmaUnit(wiring.Component):
                     m.d.comb += depth.eq(hw.lut_lines)
             with m.Default():       # param (without tables the dispatcher rejects buffer lut)
                 m.d.comb += depth.eq(hw.param_lines)
+        if hw.sparse_patterns:
+            # The metadata store (the dispatcher lets meta through with buffer weight only).
+            with m.If(instr.meta):
+                m.d.comb += depth.eq(hw.meta_lines)
 
         m.submodules.loops = loops = TransferLoops()
         sram, dram, pad = loops.sram, loops.dram, loops.pad
@@ -171,16 +186,19 @@ class DmaUnit(wiring.Component):
         m.d.comb += response_write.eq(self.resp.valid)
 
         # Scratchpad line writes: read responses have priority, pad lines use free cycles.
-        tag_buffer = self.resp.payload.tag[18:20]
-        tag_addr = self.resp.payload.tag[0:18]
+        tag = dma_tag_layout(hw)(self.resp.payload.tag)
         pad_line = Cat([instr.pad_value] * hw.line_bytes)
         line = self.line_write
         with m.If(response_write):
-            m.d.comb += [line.valid.eq(1), line.payload.buffer.eq(tag_buffer), line.payload.addr.eq(tag_addr),
+            m.d.comb += [line.valid.eq(1), line.payload.buffer.eq(tag.buffer), line.payload.addr.eq(tag.addr),
                          line.payload.data.eq(self.resp.payload.data)]
+            if hw.sparse_patterns:
+                m.d.comb += line.payload.meta.eq(tag.meta)
         with m.Elif(advance & pad & ~is_store):
             m.d.comb += [line.valid.eq(1), line.payload.buffer.eq(instr.buffer), line.payload.addr.eq(sram),
                          line.payload.data.eq(pad_line)]
+            if hw.sparse_patterns:
+                m.d.comb += line.payload.meta.eq(instr.meta)
 
         with m.If(self.req.valid & self.req.ready & ~self.req.payload.write):
             with m.If(~response_write):
@@ -254,7 +272,8 @@ class DmaUnit(wiring.Component):
                             self.req.valid.eq(1),
                             self.req.payload.addr.eq(dram),
                             self.req.payload.write.eq(0),
-                            self.req.payload.tag.eq(Cat(sram[:18], instr.buffer)),
+                            self.req.payload.tag.eq(Cat(sram[:18], instr.buffer,
+                                                        *([instr.meta] if hw.sparse_patterns else []))),
                             advance.eq(self.req.ready),
                         ]
                 with m.If(advance & loops.last):

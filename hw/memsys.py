@@ -19,7 +19,8 @@ from .config import HwConfig
 
 __all__ = ["TAG_BITS", "MemRequest", "MemResponse", "BackingStoreSignature", "MemorySystem"]
 
-TAG_BITS = 20
+#: The widest tag a requester may have (the DMA's on a sparse array, :func:`dlfusion.hw.dma.dma_tag_layout`).
+TAG_BITS = 21
 
 
 def MemRequest(hw: HwConfig, tag_bits: int = TAG_BITS):

@@ -14,8 +14,9 @@ from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 from .core import COUNTERS, Core
+from .dma import dma_tag_layout
 from .isa import ErrorCode
-from .memsys import TAG_BITS, BackingStoreSignature, MemorySystem
+from .memsys import BackingStoreSignature, MemorySystem
 from .netnames import strip_unused_aliases
 
 __all__ = ["Accelerator", "generate_verilog", "TOP_NAME"]
@@ -56,7 +57,7 @@ class Accelerator(wiring.Component):
         m = Module()
         hw = self.hw
         # Ports 2i (instruction fetch, untagged) and 2i + 1 (DMA, tagged) belong to core i.
-        m.submodules.memsys = memsys = MemorySystem(hw, [0, TAG_BITS] * hw.cores)
+        m.submodules.memsys = memsys = MemorySystem(hw, [0, dma_tag_layout(hw).size] * hw.cores)
         wiring.connect(m, wiring.flipped(self.mem), memsys.mem)
 
         running = Signal()

@@ -8,7 +8,10 @@ MATMULs in every mode with random zero points and strides (including stride-0
 accumulation), REQUANTs and ADDs with random parameters and clamps, STOREs.
 On a HwConfig with lookup tables it also loads the whole table store at the
 start, reloads parts of it, and about half of its REQUANTs and ADDs look their
-output up in a random table. It ends by storing the whole act window and a
+output up in a random table. On a HwConfig with sparse patterns it loads random
+metadata for the weight window (random indices, repeated ones too), reloads
+parts of it, and emits sparse MATMULs of every supported pattern with odd
+window strides. It ends by storing the whole act window and a
 requantized view of the accumulator window to an output region, so every state
 difference shows up in the output.
 """
@@ -20,7 +23,7 @@ import numpy as np
 from ..hw.asm import DramAllocator, StreamBuilder, assemble, pack_params
 from ..hw.binary import Binary, Segment, Tensor
 from ..hw.config import HwConfig
-from ..hw.isa import Buffer, MatmulMode, Opcode, Unit
+from ..hw.isa import Buffer, MatmulMode, Opcode, Sparsity, Unit
 
 __all__ = ["random_program", "ACT_WINDOW", "ACC_WINDOW", "WEIGHT_WINDOW"]
 
@@ -78,16 +81,57 @@ def _look_up(rng, hw: HwConfig) -> dict:
     return dict(lut=1, lut_table=int(rng.integers(0, hw.lut_tables)))
 
 
-def random_program(hw: HwConfig, seed: int, length: int = 24, *, lookups: bool | None = None) -> tuple[Binary, dict]:
+def _weight_window(rng, n1: int, n0: int) -> tuple[int, int, int]:
+    """A weight block address and strides whose blocks stay in the weight window."""
+    w_s1, w_s0 = (int(rng.choice([0, 1])) for _ in range(2))
+    w = int(rng.integers(0, WEIGHT_WINDOW - _span((n1, n0), (w_s1, w_s0)))) \
+        if _span((n1, n0), (w_s1, w_s0)) < WEIGHT_WINDOW else 0
+    if _span((n1, n0), (w_s1, w_s0)) >= WEIGHT_WINDOW:
+        w_s1 = w_s0 = 0
+    return w, w_s1, w_s0
+
+
+def _acc_window(rng, n1: int, n0: int) -> tuple[int, int, int]:
+    """An accumulator address and strides whose entries stay in the accumulator window."""
+    acc_s1, acc_s0 = (int(rng.choice([0, 1, 2])) for _ in range(2))
+    if _span((n1, n0), (acc_s1, acc_s0)) >= ACC_WINDOW:
+        acc_s1 = acc_s0 = 0
+    acc = int(rng.integers(0, ACC_WINDOW - _span((n1, n0), (acc_s1, acc_s0))))
+    return acc, acc_s1, acc_s0
+
+
+def _sparse_matmul(rng, hw: HwConfig) -> dict:
+    """The fields of a random sparse MATMUL: a pattern of ``hw``, an odd window stride, every window
+    line in the act window."""
+    sparsity = Sparsity.from_label(str(rng.choice(list(hw.sparse_patterns))))
+    reach = ACT_WINDOW // 2
+    act_sg = 2 * int(rng.integers(0, reach // (2 * max(1, sparsity.window - 1)))) + 1
+    act, (n1, n0), (act_s1, act_s0) = _loops(rng, ACT_WINDOW - (sparsity.window - 1) * act_sg, 2)
+    acc, acc_s1, acc_s0 = _acc_window(rng, n1, n0)
+    w, w_s1, w_s0 = _weight_window(rng, n1, n0)
+    return dict(mode=MatmulMode.MATMUL, sparse=sparsity, act_sg=act_sg, accumulate=int(rng.integers(0, 2)),
+                in_signed=int(rng.integers(0, 2)), in_zp=int(rng.integers(0, 256)),
+                w_addr=w, w_s1=w_s1, w_s0=w_s0, act_addr=act, act_s1=act_s1, act_s0=act_s0,
+                acc_addr=acc, acc_s1=acc_s1, acc_s0=acc_s0, n1=n1, n0=n0)
+
+
+def random_program(hw: HwConfig, seed: int, length: int = 24, *, lookups: bool | None = None,
+                   sparse: bool | None = None) -> tuple[Binary, dict]:
     """A random race-free single-core program and its (empty) input dict.
 
     ``lookups`` (by default: whether ``hw`` has lookup tables) adds table loads and look-ups;
-    without them a seed gives the program it gave before lookup tables existed.
+    without them a seed gives the program it gave before lookup tables existed. ``sparse`` (by
+    default: whether ``hw`` has sparse patterns) adds metadata loads and sparse MATMULs; without
+    them a seed gives the program it gave before sparsity existed.
     """
     if lookups is None:
         lookups = hw.lut_tables > 0
     if lookups and hw.lut_tables == 0:
         raise ValueError(f"look-ups need a HwConfig with lookup tables, not lut_tables={hw.lut_tables}")
+    if sparse is None:
+        sparse = bool(hw.sparse_patterns)
+    if sparse and not hw.sparse_patterns:
+        raise ValueError("sparse MATMULs need a HwConfig with sparse patterns, not sparse_patterns=()")
     rng = np.random.default_rng(seed)
     lanes = hw.lanes
     lpe = hw.param_lines_per_entry
@@ -123,10 +167,18 @@ def random_program(hw: HwConfig, seed: int, length: int = 24, *, lookups: bool |
     chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.ACT, dram_addr=data_line + 7, n2=1, n1=1, n0=ACT_WINDOW)
     if lookups:
         chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.LUT, dram_addr=table_line, n2=1, n1=1, n0=hw.lut_lines)
+    meta_window = WEIGHT_WINDOW * hw.meta_lines_per_block
+    if sparse:
+        # Random bytes as metadata: every index of the weight window random, repeated ones too.
+        sparse_rng = np.random.default_rng((seed, 2))
+        chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.WEIGHT, meta=1, n2=1, n1=1, n0=meta_window,
+                   dram_addr=data_line + int(sparse_rng.integers(0, DATA_LINES - meta_window + 1)))
 
     kinds = ["load", "load_weight", "matmul", "matmul", "matmul", "requant", "add", "store", "sync"]
     if lookups:
         kinds.append("load_table")
+    if sparse:
+        kinds += ["sparse_matmul", "sparse_matmul", "sparse_matmul", "load_meta"]
     for _ in range(length):
         kind = kinds[int(rng.integers(len(kinds)))]
         if kind == "load":
@@ -149,15 +201,8 @@ def random_program(hw: HwConfig, seed: int, length: int = 24, *, lookups: bool |
                         n0=int(rng.integers(1, 5)), dram_addr=data_line + int(rng.integers(0, 80)))
         elif kind == "matmul":
             act, (n1, n0), (act_s1, act_s0) = _loops(rng, ACT_WINDOW, 2)
-            acc_s1, acc_s0 = (int(rng.choice([0, 1, 2])) for _ in range(2))
-            if _span((n1, n0), (acc_s1, acc_s0)) >= ACC_WINDOW:
-                acc_s1 = acc_s0 = 0
-            acc = int(rng.integers(0, ACC_WINDOW - _span((n1, n0), (acc_s1, acc_s0))))
-            w_s1, w_s0 = (int(rng.choice([0, 1])) for _ in range(2))
-            w = int(rng.integers(0, WEIGHT_WINDOW - _span((n1, n0), (w_s1, w_s0)))) \
-                if _span((n1, n0), (w_s1, w_s0)) < WEIGHT_WINDOW else 0
-            if _span((n1, n0), (w_s1, w_s0)) >= WEIGHT_WINDOW:
-                w_s1 = w_s0 = 0
+            acc, acc_s1, acc_s0 = _acc_window(rng, n1, n0)
+            w, w_s1, w_s0 = _weight_window(rng, n1, n0)
             chain.emit(Opcode.MATMUL, Unit.PE, mode=MatmulMode(int(rng.integers(0, 3))),
                         accumulate=int(rng.integers(0, 2)), in_signed=int(rng.integers(0, 2)),
                         in_zp=int(rng.integers(0, 256)), w_row=int(rng.integers(0, lanes)),
@@ -208,6 +253,14 @@ def random_program(hw: HwConfig, seed: int, length: int = 24, *, lookups: bool |
                        dram_s1=dram_s1,
                        dram_addr=data_line + int(rng.integers(0, DATA_LINES - (n1 - 1) * dram_s1 - n0 + 1)),
                        pad_left=int(rng.integers(0, 2)) if n0 > 1 else 0, pad_value=int(rng.integers(0, 256)))
+        elif kind == "sparse_matmul":
+            chain.emit(Opcode.MATMUL, Unit.PE, **_sparse_matmul(rng, hw))
+        elif kind == "load_meta":
+            # Part of the metadata window, from anywhere in the data.
+            n0 = int(rng.integers(1, meta_window + 1))
+            chain.emit(Opcode.LOAD, Unit.DMA, buffer=Buffer.WEIGHT, meta=1, n2=1, n1=1, n0=n0,
+                       sram_addr=int(rng.integers(0, meta_window - n0 + 1)),
+                       dram_addr=data_line + int(rng.integers(0, DATA_LINES - n0 + 1)))
         else:
             chain.emit(Opcode.SYNC, Unit(int(rng.integers(0, 3))))
     # Make every scratchpad window observable.

@@ -115,7 +115,7 @@ def make_cases(hw: HwConfig) -> dict:
 
     cases = {}
     for seed in range(6):
-        cases[f"random_{seed}"] = random_program(hw, seed, length=30, lookups=False)
+        cases[f"random_{seed}"] = random_program(hw, seed, length=30, lookups=False, sparse=False)
     full = hw.cores
     small = hw.lanes <= 4
     size = 7 if small else 9

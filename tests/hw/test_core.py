@@ -17,9 +17,21 @@ from amaranth.lib import wiring
 from unit_bench import TINY, backing_store, pack, simulate, unpack
 
 from dlfusion.hw.core import COUNTER_BITS, COUNTER_NAMES, Core, Semaphores
-from dlfusion.hw.isa import _PAYLOAD_FIELDS, Buffer, ErrorCode, MatmulMode, Opcode, Unit, encode, encode_program
-from dlfusion.hw.memsys import TAG_BITS, MemorySystem
+from dlfusion.hw.dma import dma_tag_layout
+from dlfusion.hw.isa import (
+    _PAYLOAD_FIELDS,
+    Buffer,
+    ErrorCode,
+    MatmulMode,
+    Opcode,
+    Sparsity,
+    Unit,
+    encode,
+    encode_program,
+)
+from dlfusion.hw.memsys import MemorySystem
 from dlfusion.hw.numerics import requantize
+from dlfusion.hw.sparse import expand, meta_entry, meta_indices
 
 HW = TINY
 NO_TABLES = dataclasses.replace(TINY, lut_tables=0)
@@ -30,7 +42,7 @@ DATA, PARAMS, OUTPUT, TABLE = 512, 600, 700, 800     # DRAM lines
 class CoreBench(Elaboratable):
     def __init__(self, dram, hw=HW):
         self.core = Core(hw, 0)
-        self.memsys = MemorySystem(hw, [0, TAG_BITS])
+        self.memsys = MemorySystem(hw, [0, dma_tag_layout(hw).size])
         self.dram_init = dram
         self.dram = None
 
@@ -222,6 +234,77 @@ def test_malformed_instruction_stops_the_core(words, code, pc):
     run = run_core(words)
     assert not run["finished"]
     assert run["error"] == (code, pc)
+
+
+DENSE = TINY.baseline()
+ONLY_2_4 = dataclasses.replace(TINY, sparse_patterns=("2:4",))
+SPARSE_ONE = dict(n1=1, n0=1, act_sg=1, sparse=Sparsity.S1_4)
+
+
+@pytest.mark.parametrize(("word", "hw", "code"), [
+    pytest.param(encode(Opcode.MATMUL, **SPARSE_ONE), ONLY_2_4, ErrorCode.BAD_FIELD, id="pattern_absent"),
+    pytest.param(encode(Opcode.MATMUL, **dict(SPARSE_ONE, sparse=Sparsity.S2_4)), DENSE, ErrorCode.BAD_FIELD,
+                 id="sparse_on_a_dense_array"),
+    pytest.param(with_field(encode(Opcode.MATMUL, **SPARSE_ONE), Opcode.MATMUL, "sparse", 3), HW,
+                 ErrorCode.BAD_FIELD, id="sparse_3"),
+    pytest.param(encode(Opcode.MATMUL, **dict(SPARSE_ONE, mode=MatmulMode.MAX)), HW, ErrorCode.BAD_FIELD,
+                 id="not_matmul_mode"),
+    pytest.param(encode(Opcode.MATMUL, **dict(SPARSE_ONE, act_sg=4)), HW, ErrorCode.BAD_FIELD, id="even_stride"),
+    pytest.param(encode(Opcode.LOAD, buffer=Buffer.WEIGHT, meta=1, n0=1, n1=1, n2=1), DENSE, ErrorCode.BAD_FIELD,
+                 id="dense_meta_load"),
+    pytest.param(encode(Opcode.LOAD, buffer=Buffer.ACT, meta=1, n0=1, n1=1, n2=1), HW, ErrorCode.BAD_FIELD,
+                 id="meta_other_buffer"),
+    pytest.param(encode(Opcode.STORE, buffer=Buffer.ACT, meta=1, n0=1, n1=1, n2=1), HW, ErrorCode.BAD_FIELD,
+                 id="meta_store"),
+    pytest.param(encode(Opcode.MATMUL, **dict(SPARSE_ONE, act_addr=HW.act_lines - 3 * 5, act_sg=5)), HW,
+                 ErrorCode.SRAM_RANGE, id="window_out_of_range"),
+])
+def test_malformed_sparse_instruction_stops_the_core(word, hw, code):
+    assert run_core([SYNC, word, END], hw=hw)["error"] == (code, 1)
+
+
+def test_sparse_matmul_through_the_core():
+    """LOAD the values and their metadata, a 1:4 and a 2:4 MATMUL accumulating into the same entries,
+    REQUANT, STORE: the DRAM holds what the expanded weights give."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, size=(48, LANES)).astype(np.uint8)
+    values = rng.integers(-128, 128, size=(2, LANES, LANES)).astype(np.int8)
+    index = rng.integers(0, 4, size=(2, LANES, LANES)).astype(np.uint8)
+    bias = rng.integers(-50, 50, size=LANES).astype(np.int32)
+    mult = rng.uniform(0.001, 0.01, size=LANES).astype(np.float32)
+    weights, metas = 900, 950
+    data = [(DATA, x), (PARAMS, np.concatenate([bias.view(np.uint8), mult.view(np.uint8)])),
+            (weights, values.view(np.uint8)), (metas, np.concatenate([meta_entry(i) for i in index]))]
+    per_block = HW.meta_lines_per_block
+    words = [
+        encode(Opcode.LOAD, signal=0b001, buffer=Buffer.ACT, dram_addr=DATA, n0=48, n1=1, n2=1),
+        encode(Opcode.LOAD, signal=0b010, buffer=Buffer.PARAM, dram_addr=PARAMS, n0=2 * HW.param_lines_per_entry,
+               n1=1, n2=1),
+        encode(Opcode.LOAD, signal=0b100, buffer=Buffer.WEIGHT, dram_addr=weights, n0=2 * LANES, n1=1, n2=1),
+        encode(Opcode.LOAD, signal=0b1000, buffer=Buffer.WEIGHT, meta=1, dram_addr=metas, n0=2 * per_block,
+               n1=1, n2=1),
+        encode(Opcode.MATMUL, wait=0b1101, signal=0, sparse=Sparsity.S1_4, act_addr=2, act_s0=1, act_sg=7,
+               w_addr=0, w_s0=1, acc_addr=0, acc_s0=1, n1=1, n0=2, in_zp=100),
+        encode(Opcode.MATMUL, signal=0b10000, sparse=Sparsity.S2_4, accumulate=1, act_addr=30, act_s0=2, act_sg=1,
+               w_addr=1, w_s0=0, acc_addr=0, acc_s0=1, n1=1, n0=2, in_signed=1, in_zp=0xFE),
+        encode(Opcode.REQUANT, wait=0b10010, signal=0b100000, acc_addr=0, acc_s0=1, out_addr=60, out_s0=1, n1=1,
+               n0=2, param_addr=0, out_signed=1, clamp_lo=0x80, clamp_hi=0x7F),
+        encode(Opcode.STORE, wait=0b100000, buffer=Buffer.ACT, sram_addr=60, dram_addr=OUTPUT, n0=2, n1=1, n2=1),
+        END,
+    ]
+    run = run_core(words, data=data)
+    assert run["finished"] and run["error"] is None
+    assert (meta_indices(np.concatenate([meta_entry(i) for i in index])[:LANES * LANES // 4], LANES)
+            == index[0]).all()
+    unsigned, signed = x.astype(np.int64), x.view(np.int8).astype(np.int64)
+    acc = np.zeros((2, LANES), np.int64)
+    for i in range(2):
+        window = np.concatenate([unsigned[2 + i + 7 * j] for j in range(4)]) - 100
+        acc[i] = window @ expand(values[i], index[i], Sparsity.S1_4)
+        window = np.concatenate([signed[30 + 2 * i + j] for j in range(2)]) + 2
+        acc[i] += window @ expand(values[1], index[1], Sparsity.S2_4)
+    expected = requantize(acc, bias, mult, out_zp=0, clamp_lo=-128, clamp_hi=127, out_signed=True)
+    np.testing.assert_array_equal(run["dram"][OUTPUT:OUTPUT + 2], expected.view(np.uint8))
 
 
 def test_stream_running_off_the_end_of_dram_is_a_fetch_range_error():

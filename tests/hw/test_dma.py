@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_bench import TINY, backing_store, drive, entry, pack, simulate, unpack
 
-from dlfusion.hw.dma import DmaUnit
+from dlfusion.hw.dma import DmaUnit, dma_tag_layout
 from dlfusion.hw.isa import Buffer, ErrorCode, Opcode, Unit, encode
-from dlfusion.hw.memsys import TAG_BITS, MemorySystem
+from dlfusion.hw.memsys import MemorySystem
 
 HW = TINY
 LANES = HW.lanes
@@ -25,7 +25,7 @@ LANES = HW.lanes
 class DmaBench(Elaboratable):
     def __init__(self, dram, act):
         self.dma = DmaUnit(HW)
-        self.memsys = MemorySystem(HW, [TAG_BITS])
+        self.memsys = MemorySystem(HW, [dma_tag_layout(HW).size])
         self.dram_init = [pack(line, 8) for line in dram]
         self.act = memory.Memory(shape=8 * LANES, depth=HW.act_lines, init=[pack(line, 8) for line in act])
         self.dram = None
@@ -60,10 +60,11 @@ def run_dma(instructions, dram, act):
     async def monitor(ctx):
         dma, mem = bench.dma, bench.memsys.mem
         line = dma.line_write
-        async for _, _, we, buffer, addr, data, re, mem_we in ctx.tick().sample(
-                line.valid, line.payload.buffer, line.payload.addr, line.payload.data, mem.re, mem.we):
+        async for _, _, we, buffer, addr, data, meta, re, mem_we in ctx.tick().sample(
+                line.valid, line.payload.buffer, line.payload.addr, line.payload.data, line.payload.meta,
+                mem.re, mem.we):
             if we:
-                writes.append((Buffer(buffer), addr, tuple(unpack(data, LANES, 8))))
+                writes.append(("meta" if meta else Buffer(buffer), addr, tuple(unpack(data, LANES, 8))))
             traffic["reads"] += re
             traffic["writes"] += mem_we
 
@@ -93,7 +94,7 @@ def transfer_lines(f):
 
 
 def expected_load_writes(f, dram):
-    buffer = Buffer(f.get("buffer", Buffer.ACT))
+    buffer = "meta" if f.get("meta") else Buffer(f.get("buffer", Buffer.ACT))
     pad_line = (f.get("pad_value", 0),) * LANES
     return sorted((buffer, sram, pad_line if line is None else tuple(int(v) for v in dram[line]))
                   for sram, line in transfer_lines(f))
@@ -126,6 +127,20 @@ def test_load_names_its_scratchpad(buffer):
     writes, _, _, run = run_dma([(Opcode.LOAD, f, 1)], dram, act)
     assert run.error is None
     assert sorted(writes) == expected_load_writes(f, dram)
+
+
+def test_a_metadata_load_writes_the_metadata_store_up_to_its_last_line():
+    """LOAD weight with meta: the line writes say so (padding too), and the range is the store's."""
+    dram, act = random_contents(9)
+    f = dict(buffer=Buffer.WEIGHT, meta=1, sram_addr=HW.meta_lines - 6, sram_s1=3, dram_addr=30, dram_s1=5,
+             n0=3, n1=2, n2=1, pad_left=1, pad_value=0xE4)
+    writes, _, _, run = run_dma([(Opcode.LOAD, f, 1)], dram, act)
+    assert run.error is None
+    assert sorted(writes) == expected_load_writes(f, dram)
+    assert max(addr for _, addr, _ in writes) == HW.meta_lines - 1
+    _, _, _, run = run_dma([(Opcode.LOAD, dict(f, sram_addr=HW.meta_lines - 5), 1)], dram, act)
+    assert run.error == (ErrorCode.SRAM_RANGE, 20)
+    assert HW.meta_lines < HW.weight_lines
 
 
 def test_a_table_load_reaches_the_last_line_of_the_store():

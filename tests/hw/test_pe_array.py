@@ -1,6 +1,6 @@
-"""The PE array on the Amaranth simulator: MATMUL, DEPTHWISE and MAX against numpy loops.
+"""The PE array on the Amaranth simulator: MATMUL, DEPTHWISE, MAX and sparse MATMUL against numpy loops.
 
-The array runs between its three scratchpads (activations, weight blocks, accumulators),
+The array runs between its scratchpads (activation banks, weight blocks, metadata, accumulators),
 fed instruction by instruction through its queue; the accumulators are compared with a
 plain numpy loop over the instruction's iterations, in program order.
 """
@@ -13,36 +13,47 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unit_bench import TINY, drive, entry, pack, simulate, unpack
 
-from dlfusion.hw.isa import ErrorCode, MatmulMode, Opcode, encode
+from dlfusion.hw.isa import ErrorCode, MatmulMode, Opcode, Sparsity, encode
 from dlfusion.hw.pe_array import PeArray
+from dlfusion.hw.sparse import expand, meta_entry
 
 HW = TINY
 LANES = HW.lanes
+BANKS = HW.sparse_window
+SPARSE = [s for s in Sparsity if s is not Sparsity.DENSE]
 
 
 class PeBench(Elaboratable):
-    """The PE array with its act, weight and accumulator scratchpads (initial contents given)."""
+    """The PE array with its act (banked by line address), weight, metadata and accumulator
+    scratchpads (initial contents given; ``index``: the ``(L, L)`` indices of each block)."""
 
-    def __init__(self, act, weight, acc):
+    def __init__(self, act, weight, acc, index=None):
         self.pe = PeArray(HW)
-        self.act = memory.Memory(shape=8 * LANES, depth=HW.act_lines, init=[pack(line, 8) for line in act])
+        self.act = [memory.Memory(shape=8 * LANES, depth=HW.act_lines // BANKS,
+                                  init=[pack(line, 8) for line in act[bank::BANKS]]) for bank in range(BANKS)]
         self.weight = memory.Memory(shape=8 * LANES * LANES, depth=HW.weight_blocks,
                                     init=[pack(block, 8) for block in weight])
+        index = np.zeros((HW.weight_blocks, LANES, LANES), np.uint8) if index is None else index
+        self.meta = memory.Memory(shape=2 * LANES * LANES, depth=HW.weight_blocks,
+                                  init=[pack(meta_entry(block), 8) for block in index])
         self.acc = memory.Memory(shape=32 * LANES, depth=HW.acc_entries, init=[pack(e, 32) for e in acc])
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.pe = pe = self.pe
-        m.submodules.act = self.act
+        for bank, act in enumerate(self.act):
+            m.submodules[f"act{bank}"] = act
+            wiring.connect(m, pe.act_read[bank], act.read_port())
         m.submodules.weight = self.weight
+        m.submodules.meta = self.meta
         m.submodules.acc = self.acc
-        connect_pe(m, pe, self.act, self.weight, self.acc)
+        wiring.connect(m, pe.meta_read, self.meta.read_port())
+        connect_pe(m, pe, self.weight, self.acc)
         return m
 
 
-def connect_pe(m, pe, act, weight, acc):
+def connect_pe(m, pe, weight, acc):
     acc_w = acc.write_port()
-    wiring.connect(m, pe.act_read, act.read_port())
     wiring.connect(m, pe.weight_read, weight.read_port())
     wiring.connect(m, pe.acc_write, acc_w)
     wiring.connect(m, pe.acc_read, acc.read_port(transparent_for=(acc_w,)))
@@ -52,13 +63,14 @@ def wrap32(values):
     return ((np.asarray(values, dtype=np.int64) + 2**31) % 2**32) - 2**31
 
 
-def expected_acc(instructions, act, weight, acc):
+def expected_acc(instructions, act, weight, acc, index=None):
     """Accumulators after ``instructions`` (dicts of MATMUL fields), iteration by iteration."""
     acc = acc.astype(np.int64).copy()
     for f in instructions:
         signed = f.get("in_signed", 0)
         x_all = act.view(np.int8).astype(np.int64) if signed else act.astype(np.int64)
         zp = np.int64(np.int8(np.uint8(f.get("in_zp", 0)))) if signed else np.int64(f.get("in_zp", 0))
+        sparsity = f.get("sparse", Sparsity.DENSE)
         for i1 in range(f["n1"]):
             for i0 in range(f["n0"]):
                 a = f.get("act_addr", 0) + i1 * f.get("act_s1", 0) + i0 * f.get("act_s0", 0)
@@ -66,7 +78,10 @@ def expected_acc(instructions, act, weight, acc):
                 c = f.get("acc_addr", 0) + i1 * f.get("acc_s1", 0) + i0 * f.get("acc_s0", 0)
                 x = x_all[a] - zp
                 mode = f.get("mode", MatmulMode.MATMUL)
-                if mode == MatmulMode.MATMUL:
+                if sparsity is not Sparsity.DENSE:
+                    window = [x_all[a + j * f["act_sg"]] - zp for j in range(sparsity.window)]
+                    v = np.concatenate(window) @ expand(weight[w], index[w], sparsity)
+                elif mode == MatmulMode.MATMUL:
                     v = x @ weight[w].astype(np.int64)
                 elif mode == MatmulMode.DEPTHWISE:
                     v = x * weight[w][f["w_row"]].astype(np.int64)
@@ -81,9 +96,9 @@ def expected_acc(instructions, act, weight, acc):
     return acc
 
 
-def run_pe(instructions, act, weight, acc, *, signals=None):
+def run_pe(instructions, act, weight, acc, *, signals=None, index=None):
     """Run MATMUL ``instructions`` (field dicts); returns (accumulators, UnitRun)."""
-    bench = PeBench(act, weight, acc)
+    bench = PeBench(act, weight, acc, index)
     signals = signals or [1 << (k % 8) for k in range(len(instructions))]
     words = [encode(Opcode.MATMUL, signal=s, **f) for f, s in zip(instructions, signals, strict=True)]
     entries = [entry(PeArray.PAYLOAD, word, pc=10 + k) for k, word in enumerate(words)]
@@ -194,3 +209,40 @@ def test_random_instructions_match_numpy(instructions, seed):
     assert run.error is None
     assert [pc for _, _, pc in run.done] == list(range(10, 10 + len(instructions)))
     np.testing.assert_array_equal(got, expected_acc(instructions, act, weight, acc))
+
+
+def random_index(rng):
+    return rng.integers(0, 4, size=(HW.weight_blocks, LANES, LANES)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("sparsity", SPARSE)
+def test_sparse_matmul_selects_each_weights_activation_in_its_window(sparsity):
+    """Every window line from its bank, each multiplier's activation by its index (random, repeated
+    too), both signs, zero points, accumulation back to back; one iteration per cycle as dense."""
+    rng = np.random.default_rng(5 + sparsity.value)
+    act, weight, acc = random_memories(rng)
+    index = random_index(rng)
+    instructions = [
+        dict(mode=MatmulMode.MATMUL, sparse=sparsity, act_sg=3, n1=2, n0=3, act_addr=1, act_s1=9, act_s0=2,
+             w_addr=1, w_s1=2, w_s0=1, acc_addr=0, acc_s1=3, acc_s0=1, in_zp=200),
+        dict(mode=MatmulMode.MATMUL, sparse=sparsity, act_sg=5, accumulate=1, n1=1, n0=4, act_addr=30,
+             act_s0=1, w_addr=6, acc_addr=9, in_signed=1, in_zp=0xF0),
+        dict(mode=MatmulMode.MATMUL, accumulate=1, n1=1, n0=2, act_addr=7, act_s0=1, acc_addr=9),
+    ]
+    got, run = run_pe(instructions, act, weight, acc, index=index)
+    assert run.error is None
+    np.testing.assert_array_equal(got, expected_acc(instructions, act, weight, acc, index))
+    dense = [dict(f, sparse=Sparsity.DENSE, act_sg=0) for f in instructions]
+    _, dense_run = run_pe(dense, act, weight, acc, index=index)
+    assert run.done == dense_run.done and run.popped == dense_run.popped
+
+
+@pytest.mark.parametrize("sparsity", SPARSE)
+def test_every_sparse_window_line_is_range_checked(sparsity):
+    rng = np.random.default_rng(7)
+    act, weight, acc = random_memories(rng)
+    last = HW.act_lines - 1 - (sparsity.window - 1) * 7
+    ok = dict(mode=MatmulMode.MATMUL, sparse=sparsity, act_sg=7, n1=1, n0=1, act_addr=last)
+    assert run_pe([ok], act, weight, acc)[1].error is None
+    _, run = run_pe([dict(ok, act_addr=last + 1)], act, weight, acc)
+    assert run.error == (ErrorCode.SRAM_RANGE, 10)
