@@ -123,22 +123,29 @@ class Design:
         return [kind[len(prefix):] if not path else f"{path}.{kind[len(prefix):]}"
                 for kind, _ in _CELL.findall(self.modules[self.name(path)]) if kind in self.modules]
 
-    def rtlil(self, root: str, black_boxes: Iterable[str] = ()) -> str:
-        """RTLIL of ``root`` and the modules below it; those in ``black_boxes`` become port-only stubs."""
-        black_boxes = set(black_boxes)
-        text, todo, seen = [], [root], set()
+    def subtree(self, root: str, black_boxes: Iterable[str] = ()) -> list[str]:
+        """``root`` and the paths below it, not below those in ``black_boxes`` (which are listed)."""
+        black_boxes = set(black_boxes) - {root}
+        paths, todo = [], [root]
         while todo:
             path = todo.pop()
-            if path in seen:
-                continue
-            seen.add(path)
+            if path not in paths:
+                paths.append(path)
+                if path not in black_boxes:
+                    todo.extend(self.children(path))
+        return paths
+
+    def rtlil(self, root: str, black_boxes: Iterable[str] = ()) -> str:
+        """RTLIL of ``root`` and the modules below it; those in ``black_boxes`` become port-only stubs."""
+        black_boxes = set(black_boxes) - {root}
+        text = []
+        for path in self.subtree(root, black_boxes):
             module = self.modules[self.name(path)]
-            if path in black_boxes and path != root:
+            if path in black_boxes:
                 ports = "\n".join(_PORT.findall(module))
                 text.append(f"attribute \\blackbox 1\nmodule {self.name(path)}\n{ports}\nend\n")
             else:
                 text.append(module)
-                todo.extend(self.children(path))
         return "".join(text)
 
 
