@@ -246,8 +246,10 @@ class BlockArea:
         Of the logic cells (``stat -tech cmos``), not of the memories.
     memories : list of Memory
     seconds : float
-        Yosys's time for the run the block came from (0 for a block read from the cache: see
-        ``cached``).
+        Yosys's time for the run the block came from (when it was synthesized, for a block read
+        from the cache).
+    cached : bool
+        Read from the cache.
     """
     name: str
     instances: int

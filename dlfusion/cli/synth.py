@@ -6,6 +6,7 @@ what was wrong), 3 Yosys failed or is missing (one line with its last error).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -40,8 +41,10 @@ def cmd_synth(args) -> int:
     from ..hw.synth import BLOCKS, synthesize
     hw = load_hw(args)
     enabled = show_progress(args) and sys.stderr.isatty()
+    # While the bar is drawn, log records go above it (the command line's logger, not the root's).
+    redirect = logging_redirect_tqdm([logging.getLogger("dlfusion")]) if enabled else contextlib.nullcontext()
     with tqdm(total=len(BLOCKS), desc="synth", unit="block", file=sys.stderr, disable=not enabled,
-              dynamic_ncols=True) as bar, logging_redirect_tqdm():
+              dynamic_ncols=True) as bar, redirect:
         def progress(name, block):
             if block is None:
                 bar.set_description(f"synth {name}")
