@@ -25,7 +25,9 @@ quarter of a NAND2, :data:`SRAM_BIT_CELL_GE`, in a macro whose cells take
 :data:`SRAM_ARRAY_EFFICIENCY` of its area, the rest decoders, sense amplifiers and I/O).
 
 Results are cached per HwConfig hash and block, ``<build>/synth/<hash>/<block>.json``: an
-entry is reused while the flow, the gateware sources and the Yosys build are the same.
+entry is reused while the flow, the gateware sources and the Yosys build are the same. Below
+them, each Yosys run is kept by the sha256 of its RTLIL (``<build>/synth/runs/``), so that
+configurations sharing a block (the PE array of 2 and of 4 cores) synthesize it once.
 """
 
 from __future__ import annotations
@@ -412,9 +414,15 @@ def default_cache_dir() -> Path:
     return (root if (root / "pyproject.toml").exists() else Path.cwd()) / "build" / "synth"
 
 
+def _flow_key() -> str:
+    """Names what turns a block's RTLIL into numbers: this format, the flow, the Yosys build."""
+    return hashlib.sha256(f"{FORMAT_VERSION}\n{FLOW}\n{_tool_identity()}\n".encode()).hexdigest()
+
+
 def _cache_key() -> str:
+    """Names a configuration's block entries: the flow and the gateware sources."""
     from .sources import gateware_sources
-    digest = hashlib.sha256(f"{FORMAT_VERSION}\n{FLOW}\n{_tool_identity()}\n".encode())
+    digest = hashlib.sha256(_flow_key().encode())
     for path in [*gateware_sources(), Path(__file__)]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -462,7 +470,8 @@ def synthesize(hw: HwConfig, *, blocks: Iterable[str] | None = None, cache_dir: 
     if unknown:
         raise SynthInputError(f"unknown block(s) {', '.join(unknown)}; the blocks are {', '.join(specs)}")
     wanted = [name for name in specs if name in wanted]
-    directory = Path(cache_dir if cache_dir is not None else default_cache_dir()) / hw.hash
+    root_dir = Path(cache_dir if cache_dir is not None else default_cache_dir())
+    directory = root_dir / hw.hash
     directory.mkdir(parents=True, exist_ok=True)
     key = _cache_key()
     design = None
@@ -484,8 +493,8 @@ def synthesize(hw: HwConfig, *, blocks: Iterable[str] | None = None, cache_dir: 
                 run = (spec.root, black_boxes)
                 first = run not in runs
                 if first:
-                    runs[run] = _run_yosys(design.name(spec.root), design.rtlil(spec.root, black_boxes),
-                                           f"block {name} of HwConfig {hw.hash}")
+                    runs[run] = _synthesized(root_dir, design.name(spec.root), design.rtlil(spec.root, black_boxes),
+                                             f"block {name} of HwConfig {hw.hash}")
                 block = _block(spec, hw, *runs[run], first=first)
                 atomic_write(directory / f"{name}.json", json.dumps(
                     {"format": ENTRY_FORMAT, "key": key, "hw": hw.to_dict(), "block": block.to_dict()},
@@ -494,6 +503,33 @@ def synthesize(hw: HwConfig, *, blocks: Iterable[str] | None = None, cache_dir: 
             if progress is not None:
                 progress(name, block)
     return AreaReport(hw, result, tool=tool_description())
+
+
+_GENERATED_PORT = re.compile(r"\\port\$(\d+)\$")
+
+
+def _canonical_names(rtlil_text: str) -> str:
+    """The RTLIL with Amaranth's generated port names (``port$<serial>$<bit>``, the serial counted
+    over the whole elaboration) numbered in order of appearance: equal for equal blocks."""
+    serials: dict[str, int] = {}
+    return _GENERATED_PORT.sub(lambda m: f"\\port${serials.setdefault(m.group(1), len(serials))}$", rtlil_text)
+
+
+def _synthesized(root_dir: Path, top: str, rtlil_text: str, what: str):
+    """:func:`_run_yosys`, or its result for the same RTLIL from ``<root_dir>/runs/``: configurations
+    that differ in what a block does not see (the PE array of 2 or 4 cores) share its synthesis."""
+    run_id = hashlib.sha256(f"{_flow_key()}\n{top}\n{_canonical_names(rtlil_text)}".encode()).hexdigest()
+    path = root_dir / "runs" / run_id[:2] / f"{run_id}.json"
+    try:
+        run = json.loads(path.read_text())
+        return (run["cells"], run["transistors"], [Memory(**memory) for memory in run["memories"]],
+                run["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    cells, transistors, memories, seconds = _run_yosys(top, rtlil_text, what)
+    atomic_write(path, json.dumps({"cells": cells, "transistors": transistors, "seconds": seconds,
+                                   "memories": [vars(memory) for memory in memories]}, sort_keys=True))
+    return cells, transistors, memories, seconds
 
 
 def _block(spec: BlockSpec, hw: HwConfig, cells: dict[str, int], transistors: int, memories: list[Memory],
