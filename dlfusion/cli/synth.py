@@ -99,7 +99,7 @@ def write_report(result: dict, out_dir) -> list[Path]:
     axis.barh(names, logic, color="#4c72b0", label="logic")
     axis.barh(names, sram, left=logic, color="#dd8452", label="SRAM")
     axis.invert_yaxis()
-    axis.set_xlabel(f"area, all instances ({result['area_unit']})")
+    axis.set_xlabel("area of all instances, GE (NAND2 equivalents)")
     axis.set_title(f"HwConfig {result['hash']}: {result['total']['area']:,.0f} GE", fontsize=10)
     axis.legend(loc="lower right")
     figure.tight_layout()
