@@ -92,10 +92,11 @@ def test_four_cores_double_the_per_core_part(cache, two_cores):
     def per_core(report):
         return sum(report.blocks[name].area * report.blocks[name].instances for name in PER_CORE)
     assert all(four.blocks[name].instances == 4 and two_cores.blocks[name].instances == 2 for name in PER_CORE)
-    # The units do not see the core count; the control only through the barrier mask's width.
-    for name in ("pe_array", "ppu", "dma", "scratchpads"):
-        assert four.blocks[name].to_dict() | {"instances": 0, "seconds": 0} \
-            == two_cores.blocks[name].to_dict() | {"instances": 0, "seconds": 0}
+    # The units do not see the core count (their RTLIL is the same: one Yosys run, its seconds
+    # included); the control only through the barrier mask's width.
+    for name in ("pe_array", "ppu", "dma"):
+        assert four.blocks[name].to_dict() | {"instances": 0} == two_cores.blocks[name].to_dict() | {"instances": 0}
+    assert four.blocks["scratchpads"].memories == two_cores.blocks["scratchpads"].memories
     control_growth = four.blocks["core_control"].transistors / two_cores.blocks["core_control"].transistors
     assert 1.0 < control_growth < 1.05
     assert 2.0 < per_core(four) / per_core(two_cores) < 2.05
