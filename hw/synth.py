@@ -32,6 +32,7 @@ configurations sharing a block (the PE array of 2 and of 4 cores) synthesize it 
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ from .config import HwConfig
 from .errors import DlfusionError, InputError
 
 __all__ = ["AREA_UNIT", "BLOCKS", "FLOW", "SRAM_ARRAY_EFFICIENCY", "SRAM_BIT_CELL_GE", "SRAM_GE_PER_BIT",
-           "TRANSISTORS_PER_GE", "AreaReport", "BlockArea", "BlockSpec", "Design", "Memory", "SynthError",
+           "TRANSISTORS_PER_GE", "AreaReport", "BlockArea", "BlockSpec", "Design", "Memory", "Part", "SynthError",
            "SynthInputError", "default_cache_dir", "synthesize", "synthesize_whole", "tool_description",
            "yosys_command"]
 
@@ -172,6 +173,15 @@ def _split_modules(text: str) -> dict[str, str]:
 
 # -- blocks --------------------------------------------------------------------------------------
 
+class Part(enum.Enum):
+    """What of a synthesized netlist a block counts."""
+    ALL = "all"
+    #: The logic, and the memories of the root's submodules (``core_control``: the FIFOs).
+    LOGIC = "logic"
+    #: The memories of the root module itself and no logic (``scratchpads``).
+    OWN_MEMORIES = "own_memories"
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """A block of the accelerator, as cut out of the elaborated hierarchy.
@@ -186,17 +196,15 @@ class BlockSpec:
         ``(design) -> paths`` of the submodules left out (counted by other blocks).
     per_core : bool
         One instance per core (``root`` is core 0's), else one in the accelerator.
-    part : str
-        What of the netlist the block counts: ``"all"``, ``"logic"`` with the memories of
-        submodules (``core_control``), or ``"own_memories"``, the memories of the root module
-        itself and no logic (``scratchpads``).
+    part : Part
+        What of the netlist the block counts.
     """
     name: str
     description: str
     root: str
     black_boxes: Callable[[Design], list[str]] = lambda design: []
     per_core: bool = False
-    part: str = "all"
+    part: Part = Part.ALL
 
     def instances(self, hw: HwConfig) -> int:
         return hw.cores if self.per_core else 1
@@ -212,9 +220,9 @@ BLOCKS = (
               per_core=True),
     BlockSpec("dma", "DMA engine: strided transfer loops, padding, tags", "core0.dma", per_core=True),
     BlockSpec("core_control", "fetch, dispatch, unit queues, semaphores, counters, clock gates, "
-              "scratchpad port logic", "core0", lambda design: list(_UNITS), per_core=True, part="logic"),
+              "scratchpad port logic", "core0", lambda design: list(_UNITS), per_core=True, part=Part.LOGIC),
     BlockSpec("scratchpads", "the core's memories: act, weight, accumulator, parameter, lookup tables",
-              "core0", lambda design: list(_UNITS), per_core=True, part="own_memories"),
+              "core0", lambda design: list(_UNITS), per_core=True, part=Part.OWN_MEMORIES),
     BlockSpec("memsys", "DRAM port: round-robin arbiter, bandwidth credits, latency pipeline", "memsys"),
     BlockSpec("top", "barrier unit, first-error, watchdog, cycle counter", "",
               lambda design: design.children("")),
@@ -535,10 +543,10 @@ def _synthesized(root_dir: Path, top: str, rtlil_text: str, what: str):
 def _block(spec: BlockSpec, hw: HwConfig, cells: dict[str, int], transistors: int, memories: list[Memory],
            seconds: float, *, first: bool) -> BlockArea:
     seconds = seconds if first else 0.0
-    if spec.part == "own_memories":
+    if spec.part is Part.OWN_MEMORIES:
         return BlockArea(spec.name, spec.instances(hw), {}, 0, [m for m in memories if "." not in m.name],
                          seconds)
-    if spec.part == "logic":
+    if spec.part is Part.LOGIC:
         memories = [m for m in memories if "." in m.name]
     return BlockArea(spec.name, spec.instances(hw), cells, transistors, memories, seconds)
 

@@ -54,7 +54,7 @@ def test_every_module_is_in_one_block():
     design = synth.Design(TWO_CORES)
     covered = []
     for spec in synth.BLOCKS:
-        if spec.part != "own_memories":
+        if spec.part is not synth.Part.OWN_MEMORIES:
             boxes = set(spec.black_boxes(design))
             covered += [path for path in design.subtree(spec.root, boxes) if path not in boxes or path == spec.root]
     assert len(covered) == len(set(covered))
