@@ -19,7 +19,7 @@ import logging
 import sys
 
 from ..hw.errors import DlfusionError
-from . import bench, characterize, demo, layer, lint, models, run, tune, verilog
+from . import bench, characterize, demo, layer, lint, models, run, synth, tune, verilog
 from . import compile as compile_model
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +28,7 @@ __all__ = ["build_parser", "main"]
 EXIT_INTERRUPTED = 130
 
 #: The subcommand modules, in the order ``dlfusion --help`` lists their commands.
-COMMANDS = (verilog, run, layer, compile_model, models, demo, characterize, tune, bench, lint)
+COMMANDS = (verilog, synth, run, layer, compile_model, models, demo, characterize, tune, bench, lint)
 
 _log = logging.getLogger("dlfusion")
 

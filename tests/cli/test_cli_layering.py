@@ -38,7 +38,7 @@ def test_no_argparse_outside_the_cli(path):
 def test_the_cli_parses():
     from dlfusion.cli import build_parser
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"verilog", "run", "layer", "compile", "models", "export", "prune", "demo", "characterize", "tune",
-            "bench", "lint"} == set(commands)
+    assert {"verilog", "synth", "run", "layer", "compile", "models", "export", "prune", "demo", "characterize",
+            "tune", "bench", "lint"} == set(commands)
     benchmarks = commands["bench"]._subparsers._group_actions[0].choices
     assert set(benchmarks) == {"foundation", "scaling", "zoo", "sparse", "tune", "simspeed"}
