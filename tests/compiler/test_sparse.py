@@ -262,3 +262,25 @@ def test_prune_command_reports_and_writes_a_model_that_compiles_sparse(tmp_path,
     assert main(["compile", str(out), "--fusion", "none", "--cores", "1", "-o", str(binary), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["sparse_layers"]) == 20 and set(summary["sparse_layers"].values()) == {"1:4"}
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "1:4"])
+@pytest.mark.parametrize("cores, split", [(1, "rows"), (2, "rows"), (2, "channels")])
+def test_sparse_layer_in_input_channel_chunks(pattern, cores, split):
+    """Weights of one output block beyond half the weight scratchpad: the chunked lowering, sparse."""
+    hw = dataclasses.replace(HW, weight_blocks=64)
+    cases = {mode: build_conv(hw, h=5, w=6, cin=256, cout=40, prune=pattern, sparse_exec=mode, cores=cores,
+                              split=split, seed=9) for mode in ("auto", "off")}
+    assert cases["auto"].description.get("input_chunks", 1) > 1 and cases["auto"].description["sparsity"] == pattern
+    for case in cases.values():
+        np.testing.assert_array_equal(_run(case, hw).outputs["y"], case.expected["y"])
+
+
+def test_the_tuner_counts_sparse_layers_smaller(tmp_path):
+    """The tuner's features of a pruned layer: fewer PE cycles and weight lines under auto than off."""
+    from dlfusion.compiler.tune.features import Workload
+    graph = load_onnx(zoo.export_pruned("resnet18", "1:4", 32, tmp_path / "r18.onnx")[0])
+    name = next(n.name for n in graph.nodes if n.op is Op.CONV and n.name.startswith("/layer3"))
+    auto, off = (Workload(graph, HW, mode).features((name,), 1) for mode in ("auto", "off"))
+    assert auto.pe_cycles * 3 < off.pe_cycles
+    assert auto.load_lines < off.load_lines
