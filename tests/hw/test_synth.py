@@ -35,7 +35,14 @@ def two_cores(cache):
 def scratchpad_bits(hw: HwConfig) -> int:
     line = 8 * hw.lanes
     return (hw.act_lines * line + hw.weight_blocks * line * hw.lanes + hw.acc_entries * 32 * hw.lanes
-            + hw.param_entries * 32 * hw.lanes + hw.lanes * hw.lut_lines * line)
+            + hw.param_entries * 32 * hw.lanes + hw.lanes * hw.lut_lines * line + hw.meta_lines * line)
+
+
+def scratchpad_memories(hw: HwConfig) -> set[str]:
+    """The memories' names: the activation banks of a sparse array, the metadata store, the table copies."""
+    banks = {f"act_bank{i}" for i in range(hw.sparse_window)} if hw.sparse_patterns else {"act"}
+    return {*banks, "weight", "acc", "param", *(["meta"] if hw.sparse_patterns else []),
+            *(f"lut{i}" for i in range(hw.lanes if hw.lut_tables else 0))}
 
 
 def payload(unit):
@@ -64,15 +71,15 @@ def test_every_module_is_in_one_block():
     assert len(core1) == len(design.subtree("core0")) > 10
 
 
-@pytest.mark.parametrize("buffers", [dict(), dict(act_lines=256, weight_blocks=16, acc_entries=64, param_entries=32,
-                                                  lut_tables=2, fetch_lines=32, queue_depth=4)])
+@pytest.mark.parametrize("buffers", [dict(), dict(sparse_patterns=()),
+                                     dict(act_lines=256, weight_blocks=16, acc_entries=64, param_entries=32,
+                                          lut_tables=2, fetch_lines=32, queue_depth=4)])
 def test_sram_bits_are_the_configurations_memories(cache, buffers):
     hw = HwConfig(cores=1, **{**SMALL, **buffers})
     report = synth.synthesize(hw, blocks=["core_control", "scratchpads"], cache_dir=cache)
     scratchpads, control = report.blocks["scratchpads"], report.blocks["core_control"]
     assert scratchpads.sram_bits == scratchpad_bits(hw)
-    assert {m.name for m in scratchpads.memories} == {"act", "weight", "acc", "param",
-                                                      *(f"lut{i}" for i in range(hw.lanes if hw.lut_tables else 0))}
+    assert {m.name for m in scratchpads.memories} == scratchpad_memories(hw)
     assert control.sram_bits == fifo_bits(hw)
     assert scratchpads.cells == {} and scratchpads.transistors == 0
     assert scratchpads.area == pytest.approx(scratchpad_bits(hw) * synth.SRAM_GE_PER_BIT)
@@ -196,3 +203,15 @@ def test_cli_yosys_failure_is_one_line(tmp_path, capsys, monkeypatch):
     assert_one_line_error(messages[-1] + "\n", "Yosys failed on block pe_array")
     assert messages[-1].endswith("ERROR: out of memory")
     assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_the_sparse_datapath_costs_its_selects_and_metadata(cache):
+    """The same configuration with and without the sparse PE array: the array grows by its 4:1 selects,
+    the scratchpads by the metadata store's bits exactly."""
+    sparse, dense = (HwConfig(cores=1, **{**SMALL, "sparse_patterns": patterns}) for patterns in (("2:4", "1:4"), ()))
+    reports = {hw.sparse_patterns: synth.synthesize(hw, blocks=["pe_array", "scratchpads"], cache_dir=cache)
+               for hw in (sparse, dense)}
+    pe = {key: report.blocks["pe_array"].transistors for key, report in reports.items()}
+    assert pe[()] * 1.02 < pe[sparse.sparse_patterns]
+    bits = {key: report.blocks["scratchpads"].sram_bits for key, report in reports.items()}
+    assert bits[sparse.sparse_patterns] - bits[()] == sparse.weight_blocks * sparse.lanes * sparse.lanes * 2
