@@ -25,7 +25,7 @@ from .lower.common import ceil_div, initial_credits, layer_of, pack_windowed, pa
 from .lower.group import lower_group
 from .plan import Plan, group_label
 
-__all__ = ["place_constants", "ActivationLayout", "emit_program"]
+__all__ = ["place_constants", "weight_bytes", "ActivationLayout", "emit_program"]
 
 
 def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str, dict], int]:
@@ -89,6 +89,12 @@ def place_constants(graph: Graph, hw: HwConfig) -> tuple[list[Segment], dict[str
     if cursor > hw.dram_lines:
         raise CompileError(f"the model's weights need {cursor} DRAM lines; DRAM has {hw.dram_lines}")
     return segments, constants, cursor
+
+
+def weight_bytes(binary: Binary) -> int:
+    """DRAM bytes of the weights of a binary :func:`place_constants` laid out (a sparse layer's metadata
+    included)."""
+    return sum(len(segment.data) for segment in binary.segments if segment.name.split(":")[0] in ("weights", "meta"))
 
 
 class ActivationLayout:

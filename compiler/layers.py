@@ -93,11 +93,7 @@ def build_windowed(hw: HwConfig, kind: str, *, channels: int, height: int, width
     channels (a depthwise layer has one input channel per filter: it stays dense); ``sparse_exec``
     (auto, on, off) says whether a convolution whose weights follow a pattern of ``hw`` runs sparse."""
     pruning = parse_pattern(prune) if prune is not None else None
-    try:
-        mode = SparseExec(sparse_exec)
-    except ValueError:
-        raise CompileError(f"sparse_exec must be one of {', '.join(m.value for m in SparseExec)}, "
-                           f"not {sparse_exec!r}") from None
+    mode = SparseExec.parse(sparse_exec)
     rng = np.random.default_rng(seed)
     out_channels = channels if out_channels is None else out_channels
     pad = kernel // 2 if pad is None else pad

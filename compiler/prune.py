@@ -15,7 +15,7 @@ from ..hw.config import SPARSE_PATTERNS
 from ..hw.isa import Sparsity
 from .errors import CompileError
 
-__all__ = ["parse_pattern", "prune_weight"]
+__all__ = ["parse_pattern", "prune_weight", "by_input_channel"]
 
 
 def parse_pattern(text: str) -> Sparsity:
@@ -30,13 +30,20 @@ def parse_pattern(text: str) -> Sparsity:
     return sparsity
 
 
+def by_input_channel(weight: np.ndarray, m: int = 4) -> np.ndarray:
+    """``weight`` (``(K, C, ...)``) with its input channels last, zero-padded to a multiple of ``m``."""
+    by_channel = np.moveaxis(weight, 1, -1)
+    padding = -weight.shape[1] % m
+    if not padding:
+        return by_channel
+    return np.concatenate([by_channel, np.zeros((*by_channel.shape[:-1], padding), weight.dtype)], axis=-1)
+
+
 def prune_weight(weight: np.ndarray, sparsity: Sparsity) -> np.ndarray:
     """``weight`` (``(K, C, ...)``) with at most N nonzeros in every group of M input channels."""
     n, m = sparsity.pattern
     channels = weight.shape[1]
-    by_channel = np.moveaxis(weight, 1, -1)
-    padding = -channels % m
-    padded = np.concatenate([by_channel, np.zeros((*by_channel.shape[:-1], padding), weight.dtype)], axis=-1)
+    padded = by_input_channel(weight, m)
     groups = padded.reshape(*padded.shape[:-1], -1, m)
     rank = np.argsort(-np.abs(groups.astype(np.float64)), axis=-1, kind="stable")
     keep = np.zeros(groups.shape, bool)

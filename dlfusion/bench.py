@@ -226,22 +226,34 @@ ZOO_SIZES = {"tiny_cnn": 32, "resnet18": 224, "resnet50": 112, "mobilenet_v2": 2
 ZOO_PLANS = (("none", "1"), ("none", "all"), ("max", "all"))
 
 
-def _zoo_job(job: dict) -> dict:
-    """Run one compiled plan of a model on the golden simulator and the RTL (executor worker)."""
-    from .hw.binary import Binary
+def run_checked(hw: HwConfig, binary, inputs: dict):
+    """Run ``binary`` on the golden simulator and the RTL; the RTL's result, once it ended without error
+    and every output equals the golden simulator's (else AcceleratorFault, MismatchError)."""
     from .sim.golden import GoldenSimulator
     from .sim.rtl import RtlSimulator
-    from .sim.runtime import group_report
-    hw = HwConfig.from_dict(job["hw"])
-    binary = Binary.from_bytes(job["binary"])
-    x = np.random.default_rng(0).integers(0, 256, size=job["input_shape"]).astype(np.uint8)
-    golden = GoldenSimulator(hw).run(binary, {"input": x})
-    rtl = RtlSimulator(hw).run(binary, {"input": x})
+    golden = GoldenSimulator(hw).run(binary, inputs)
+    rtl = RtlSimulator(hw).run(binary, inputs)
     if rtl.error is not None:
         raise AcceleratorFault(f"the RTL stopped: {rtl.error}")
     differing = [t.name for t in binary.outputs if not np.array_equal(rtl.outputs[t.name], golden.outputs[t.name])]
     if differing:
         raise MismatchError(f"RTL output(s) {differing} differ from the golden simulator's")
+    return rtl, golden
+
+
+def measurement_failure(error: str) -> type:
+    """The error class of a failed measurement's message (an executor job's ``MismatchError: ...``)."""
+    return MismatchError if error.startswith(f"{MismatchError.__name__}:") else AcceleratorFault
+
+
+def _zoo_job(job: dict) -> dict:
+    """Run one compiled plan of a model on the golden simulator and the RTL (executor worker)."""
+    from .hw.binary import Binary
+    from .sim.runtime import group_report
+    hw = HwConfig.from_dict(job["hw"])
+    binary = Binary.from_bytes(job["binary"])
+    x = np.random.default_rng(0).integers(0, 256, size=job["input_shape"]).astype(np.uint8)
+    rtl, golden = run_checked(hw, binary, {"input": x})
     result = {"cycles": int(rtl.cycles), "golden_cycles": int(golden.cycles),
               "compile_seconds": job["compile_seconds"], "groups": job["groups"], "fused_groups": job["fused_groups"],
               "instructions": sum(s.instructions for s in binary.streams),
@@ -326,8 +338,7 @@ def zoo_bench(hw: HwConfig, out_dir: Path, models=None, workers: int | None = No
                          progress=progress, label="zoo RTL runs"):
             spec = m.spec
             if not m.ok:
-                failure = MismatchError if m.error.startswith(f"{MismatchError.__name__}:") else AcceleratorFault
-                raise failure(f"{spec['model']} {spec['fusion']} {spec['cores']} cores: {m.error}")
+                raise measurement_failure(m.error)(f"{spec['model']} {spec['fusion']} {spec['cores']} cores: {m.error}")
             meta = info[spec["model"]]
             bound = meta["bounds"][spec["cores"]]
             row = {"model": spec["model"], "size": spec["size"], "fusion": spec["fusion"], "cores": spec["cores"],

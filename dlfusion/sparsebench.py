@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import measurement_failure, run_checked
 from .hw.binary import atomic_write
 from .hw.config import HwConfig
-from .hw.errors import AcceleratorFault, MismatchError
+from .hw.errors import MismatchError
 
 __all__ = ["LAYERS", "NETWORKS", "PATTERNS", "sparse_bench", "sparse_tables"]
 
@@ -44,19 +45,11 @@ NETWORKS = (("resnet50", 64), ("mobilenet_v2", 64))
 def _job(job: dict) -> dict:
     """Run one binary on the golden simulator and the RTL (an executor worker): cycles, DRAM bytes, groups."""
     from .hw.binary import Binary
-    from .sim.golden import GoldenSimulator
-    from .sim.rtl import RtlSimulator
     from .sim.runtime import group_report
     hw = HwConfig.from_dict(job["hw"])
     binary = Binary.from_bytes(job["binary"])
     inputs = {name: np.asarray(value) for name, value in job["inputs"].items()}
-    golden = GoldenSimulator(hw).run(binary, inputs)
-    rtl = RtlSimulator(hw).run(binary, inputs)
-    if rtl.error is not None:
-        raise AcceleratorFault(f"the RTL stopped: {rtl.error}")
-    differing = [t.name for t in binary.outputs if not np.array_equal(rtl.outputs[t.name], golden.outputs[t.name])]
-    if differing:
-        raise MismatchError(f"RTL output(s) {differing} differ from the golden simulator's")
+    rtl, _ = run_checked(hw, binary, inputs)
     expected = job.get("expected")
     if expected is not None and not all(np.array_equal(rtl.outputs[k], np.asarray(v)) for k, v in expected.items()):
         raise MismatchError("RTL output differs from the numpy reference")
@@ -107,6 +100,7 @@ def sparse_bench(hw: HwConfig, out_dir: Path, *, networks=NETWORKS, layers_only:
     """
     from .compiler import layers
     from .compiler.compile import compile_graph
+    from .compiler.emit import weight_bytes
     from .compiler.plan import make_plan
     from .compiler.tune.cache import MeasurementCache, measure, measurement_key
     from .compiler.tune.executor import LocalExecutor
@@ -154,8 +148,7 @@ def sparse_bench(hw: HwConfig, out_dir: Path, *, networks=NETWORKS, layers_only:
             extra = {"plan_source": source, "groups": len(plan.groups),
                      "group_categories": [sorted({categories[n] for n in group.nodes}) for group in plan.groups],
                      "sparse_layers": sum(c == "sparse conv/fc" for c in categories.values()),
-                     "weight_bytes": sum(len(s.data) for s in binary.segments
-                                         if s.name.split(":")[0] in ("weights", "meta"))}
+                     "weight_bytes": weight_bytes(binary)}
         data = binary.to_bytes()
         job = {"hw": hw.to_dict(), "binary": data, "inputs": inputs, "expected": expected,
                "compile_seconds": time.perf_counter() - started, "extra": extra}
@@ -168,8 +161,7 @@ def sparse_bench(hw: HwConfig, out_dir: Path, *, networks=NETWORKS, layers_only:
         for m in measure(specs, prepare, _job, executor=executor, cache=MeasurementCache(out_dir / "cache"),
                          hw_hash=hw.hash, describe=lambda s: dict(s), progress=progress, label="sparse RTL runs"):
             if not m.ok:
-                failure = MismatchError if m.error.startswith(f"{MismatchError.__name__}:") else AcceleratorFault
-                raise failure(f"{m.spec}: {m.error}")
+                raise measurement_failure(m.error)(f"{m.spec}: {m.error}")
             rows.append({**m.spec, **m.result})
             _log.info("%s %s %s %s: %s cycles", m.spec["name"], m.spec["pattern"], m.spec["mode"], m.spec["plan"],
                       f"{m.result['cycles']:,}")

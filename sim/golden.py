@@ -673,15 +673,16 @@ class GoldenSimulator:
     def _matmul_values(x: np.ndarray, w_i: np.ndarray, count: int, weight_of) -> np.ndarray:
         """v[n, c] = sum_r x[n, r] * weight_of(w_i[n])[r, c] (exact: |v| < 2**23)."""
         blocks, inverse = np.unique(w_i, return_inverse=True)
-        v = np.empty((count, weight_of(blocks[0]).shape[1]), np.int64)
+        weights = [weight_of(block) for block in blocks]
+        v = np.empty((count, weights[0].shape[1]), np.int64)
         if len(blocks) * 8 <= count:
             # Few distinct blocks (typical): one float64 matmul per block, exact for |v| < 2**53.
             xf = x.astype(np.float64)
-            for j, block in enumerate(blocks):
+            for j, weight in enumerate(weights):
                 sel = inverse == j
-                v[sel] = (xf[sel] @ weight_of(block).astype(np.float64)).astype(np.int64)
+                v[sel] = (xf[sel] @ weight.astype(np.float64)).astype(np.int64)
             return v
-        weights = np.stack([weight_of(block).astype(np.int32) for block in blocks])
+        weights = np.stack(weights).astype(np.int32)
         for start in range(0, count, _EINSUM_CHUNK):
             stop = min(count, start + _EINSUM_CHUNK)
             w = weights[inverse[start:stop]]

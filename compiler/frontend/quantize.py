@@ -22,7 +22,7 @@ import onnx
 
 from ...hw.errors import InputError
 
-__all__ = ["CalibrationError", "RandomCalibrationReader", "NpyCalibrationReader", "calibration_reader",
+__all__ = ["quantized_op", "CalibrationError", "RandomCalibrationReader", "NpyCalibrationReader", "calibration_reader",
            "quantize_model", "list_ops", "atomic_write_bytes", "ACTIVATION_TYPES", "QUANT_FORMATS", "EXTRA_OPTIONS"]
 
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -41,6 +41,11 @@ EXTRA_OPTIONS = {
 class CalibrationError(InputError):
     """The calibration data cannot be used (missing directory, no .npy files, wrong shape, ...)."""
 
+
+
+def quantized_op(op_types) -> str | None:
+    """The first quantized operator among ``op_types`` (QLinear*, QGemm, QuantizeLinear), None for a float model."""
+    return next((op for op in op_types if op.startswith("QLinear") or op in ("QGemm", "QuantizeLinear")), None)
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``:

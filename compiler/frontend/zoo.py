@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ...hw.errors import InputError
-from .quantize import atomic_write_bytes, calibration_reader, list_ops, quantize_model
+from .quantize import atomic_write_bytes, calibration_reader, list_ops, quantize_model, quantized_op
 
 __all__ = ["ZooError", "ModelSpec", "MODELS", "OPSET", "IR_VERSION", "INPUT_NAME", "OUTPUT_NAME", "BN_STATS_SIZE",
            "RESIDUAL_GAMMA",
@@ -856,11 +856,9 @@ def export_pruned(model: str | os.PathLike, pattern: str, input_size: int | None
                 raise ZooError(f"model file {str(model)!r} does not exist") from None
             except Exception as error:
                 raise ZooError(f"{model}: not a readable ONNX model ({type(error).__name__})") from None
-            quantized = [n.op_type for n in proto.graph.node
-                         if n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "QuantizeLinear",
-                                                                             "DequantizeLinear")]
-            if quantized:
-                raise ZooError(f"{model} is already quantized ({quantized[0]}): prune its float model, then "
+            quantized = quantized_op(node.op_type for node in proto.graph.node)
+            if quantized is not None:
+                raise ZooError(f"{model} is already quantized ({quantized}): prune its float model, then "
                                "quantize (dlfusion prune quantizes it)")
         else:
             spec = _spec(str(model))

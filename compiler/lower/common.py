@@ -17,6 +17,7 @@ W_FREE      a weight slot may be overwritten
 from __future__ import annotations
 
 import enum
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from ...hw.isa import PAYLOADS, Buffer, MatmulMode, Opcode, Sparsity, Unit
 from ...hw.sparse import compress, meta_entry, satisfies
 from ..errors import CompileError
 from ..ir import Graph, Node, Op, computed, out_size
+from ..prune import by_input_channel
 
 __all__ = ["IN_FULL", "IN_FREE", "ACC_FULL", "ACC_FREE", "OUT_FULL", "OUT_FREE", "W_FULL", "W_FREE",
            "FIELD_MAX_COUNT", "FIELD_MAX_STRIDE", "MAX_KERNEL", "LayerKind", "MATMUL_MODES",
@@ -293,14 +295,26 @@ def detect_sparsity(weight: np.ndarray, in_channels: int, lanes: int, patterns: 
     """The sparsest of ``patterns`` (HwConfig.sparse_patterns) that the ``(K, C, k, k)`` int8 weight
     satisfies along its input channels and that has a whole window of input blocks, else DENSE."""
     span = ceil_div(in_channels, lanes)
-    by_channel = np.moveaxis(weight, 1, -1)
-    padding = -in_channels % 4
-    if padding:
-        by_channel = np.concatenate([by_channel, np.zeros((*by_channel.shape[:-1], padding), weight.dtype)], axis=-1)
     for sparsity in sorted((Sparsity.from_label(p) for p in patterns), key=lambda s: -s.window):
-        if sparsity.window <= span and satisfies(by_channel, sparsity):
+        if sparsity.window <= span and _satisfies(weight, sparsity):
             return sparsity
     return Sparsity.DENSE
+
+
+#: id(weight) -> (a weak reference to it, {pattern: satisfied}): compiling, planning and the tuner's
+#: workload each detect the patterns of the same weights.
+_SATISFIED: dict[int, tuple[weakref.ref, dict[Sparsity, bool]]] = {}
+
+
+def _satisfies(weight: np.ndarray, sparsity: Sparsity) -> bool:
+    """:func:`~...hw.sparse.satisfies` along input channels, remembered per weight array."""
+    key = id(weight)
+    entry = _SATISFIED.get(key)
+    if entry is None or entry[0]() is not weight:
+        entry = _SATISFIED[key] = (weakref.ref(weight, lambda _: _SATISFIED.pop(key, None)), {})
+    if sparsity not in entry[1]:
+        entry[1][sparsity] = satisfies(by_input_channel(weight, sparsity.pattern[1]), sparsity)
+    return entry[1][sparsity]
 
 
 def step_instructions(steps: tuple[Step, ...], layer: WindowedLayer, *, w0: int, act0: int, in_plane: int,

@@ -28,6 +28,15 @@ class SparseExec(enum.StrEnum):
     ON = "on"       #: as auto, and an error naming every conv/FC layer that cannot run sparse
     OFF = "off"     #: every layer dense (the same weights on the dense datapath: the speedup reference)
 
+    @classmethod
+    def parse(cls, mode: str | SparseExec) -> SparseExec:
+        """``mode`` as a member, or a one-line error naming the accepted ones."""
+        try:
+            return cls(mode)
+        except ValueError:
+            accepted = ", ".join(m.value for m in cls)
+            raise CompileError(f"--sparse-exec must be one of {accepted}, not {mode!r}") from None
+
 
 def _eligible(node) -> bool:
     return node.op in (Op.CONV, Op.FC) and node.attrs.groups == 1 and not node.attrs.selection
@@ -48,11 +57,7 @@ def choose_sparsity(graph: Graph, hw: HwConfig, mode: str | SparseExec = SparseE
     CompileError
         An unknown mode, or ``on`` with a layer that cannot run sparse (named, with why).
     """
-    try:
-        mode = SparseExec(mode)
-    except ValueError:
-        raise CompileError(f"--sparse-exec must be one of {', '.join(m.value for m in SparseExec)}, "
-                           f"not {mode!r}") from None
+    mode = SparseExec.parse(mode)
     chosen = sparse_candidates(graph, hw) if mode is not SparseExec.OFF else {}
     if mode is SparseExec.ON:
         dense = [name for name, sparsity in chosen.items() if sparsity is Sparsity.DENSE]

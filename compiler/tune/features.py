@@ -109,7 +109,7 @@ class Workload:
 
     def __init__(self, graph: Graph, hw: HwConfig, sparse_exec: str = "auto"):
         self.graph, self.hw = graph, hw
-        self.sparse = choose_sparsity(graph, hw, sparse_exec)
+        choose_sparsity(graph, hw, sparse_exec)
         self.names = [node.name for node in graph.nodes]
         self.position = {name: index for index, name in enumerate(self.names)}
         self.node = {node.name: node for node in graph.nodes}

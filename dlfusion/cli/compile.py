@@ -72,15 +72,14 @@ def _load_onnx_any(path: Path, calibration: str | None):
     import onnx
 
     from ..compiler.frontend import load_onnx
-    from ..compiler.frontend.quantize import quantize_model
+    from ..compiler.frontend.quantize import quantize_model, quantized_op
     if not path.exists():
         raise UsageError(f"model file {str(path)!r} does not exist")
     try:
         ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
     except Exception as error:   # onnx raises DecodeError and others for a broken file
         raise UsageError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
-    quantized = any(op.startswith("QLinear") or op in ("QGemm", "QuantizeLinear") for op in ops)
-    if quantized:
+    if quantized_op(ops) is not None:
         return load_onnx(path)
     if calibration is None:
         raise UsageError(f"{path} is a float model (no quantized ops); pass --calibration random or "
@@ -143,6 +142,7 @@ def choose_plan(graph, hw, args) -> tuple[Plan, dict]:
 
 def cmd_compile(args) -> int:
     from ..compiler.compile import compile_graph
+    from ..compiler.emit import weight_bytes
     from ..compiler.frontend import zoo
     from ..compiler.passes.sparsity import choose_sparsity
     hw = load_hw(args)
@@ -167,7 +167,7 @@ def cmd_compile(args) -> int:
                "instructions": sum(s.instructions for s in binary.streams),
                "compile_seconds": round(time.perf_counter() - started, 3),
                "sparse_layers": {name: sparsity.label for name, sparsity in sparse.items()},
-               "weight_bytes": sum(len(s.data) for s in binary.segments if s.name.split(":")[0] in ("weights", "meta")),
+               "weight_bytes": weight_bytes(binary),
                **plan_info}
     if args.json:
         print_json(summary)
